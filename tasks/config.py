@@ -1,0 +1,261 @@
+"""The pipeline configuration: declared once, typed, loaded from YAML with typed overrides.
+
+Every step receives the whole `PipelineConfig`; its hash goes into every manifest and MLflow run.
+Overrides use dotted paths (`train.epochs=2`); values are parsed as YAML scalars and the result is
+validated again, so an override can never smuggle in a wrong type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is malformed; the message names the file and field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Section):
+    """One crawl source. `jsonl_feed`: an index of dated JSON-lines pages (the demo site's shape)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    kind: Literal["jsonl_feed"] = "jsonl_feed"
+    url: str
+    # Loopback/private addresses are refused unless a source opts in (the demo site runs on loopback).
+    allow_private_network: bool = False
+    # Field names in the source's records.
+    id_field: str = "id"
+    text_field: str = "text"
+    label_field: str = "label"
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"source url must be http(s)://, got {url!r}")
+        return url.rstrip("/") + "/"
+
+
+class CrawlConfig(_Section):
+    sources: list[SourceConfig] = Field(min_length=1)
+    user_agent: str = "freshet-crawler/0.1 (+https://github.com/freshet-ml/freshet)"
+    timeout_s: float = Field(10.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    backoff_base_s: float = Field(0.5, ge=0)
+    min_interval_s: float = Field(0.0, ge=0, description="per-host delay between requests")
+    max_response_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    max_redirects: int = Field(5, ge=0)
+
+
+class ValidateConfig(_Section):
+    min_text_chars: int = Field(3, ge=1)
+    max_text_chars: int = Field(5000, ge=1)
+    # Batch-level bound: above this fraction of quarantined rows the step fails instead of passing
+    # a mostly-bad batch downstream.
+    max_quarantine_fraction: float = Field(0.2, ge=0, le=1)
+    min_rows: int = Field(1, ge=0)
+
+
+class CleanConfig(_Section):
+    strip_markup: bool = True
+    unicode_form: Literal["NFC", "NFKC"] = "NFKC"
+    lowercase: bool = False
+
+
+class SplitConfig(_Section):
+    """Splits by a stable hash of the record id, so a record never changes split between runs."""
+
+    validation_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, gt=0, lt=1)
+    salt: str = "freshet"
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SplitConfig:
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise ValueError("validation_fraction + test_fraction must be < 1")
+        return self
+
+
+class AugmentConfig(_Section):
+    seed: int = 0
+    # EDA operations that need no lexicon: random swap and random deletion of words.
+    swap_probability: float = Field(0.1, ge=0, le=1)
+    delete_probability: float = Field(0.1, ge=0, le=1)
+    augmentations_per_row: int = Field(1, ge=0)
+    # Class balancing: minority classes are topped up with augmented rows toward this share of
+    # the largest class (1.0 = fully balanced, 0 = off).
+    balance_to_fraction_of_largest: float = Field(0.5, ge=0, le=1)
+    max_augmented_fraction: float = Field(0.5, ge=0, le=1, description="cap vs. real rows")
+
+
+class TinyModelConfig(_Section):
+    hidden_size: int = 32
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 2
+    intermediate_size: int = 64
+
+
+class TrainConfig(_Section):
+    model: Literal["minilm", "tiny"] = "minilm"
+    tiny: TinyModelConfig = TinyModelConfig()
+    max_length: int = Field(64, ge=8)
+    batch_size: int = Field(32, ge=1, description="per process")
+    epochs: float = Field(2.0, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_fraction: float = Field(0.1, ge=0, lt=1)
+    max_train_rows: int | None = Field(None, ge=1, description="bounded sample of new rows")
+    max_validation_rows: int = Field(2000, ge=1)
+    replay_fraction: float = Field(0.5, ge=0, description="old rows per new row (replay)")
+    warm_start: bool = True
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    # "auto": bf16 autocast on GPU, fp32 on CPU (bf16 on CPU is faster on AVX512-BF16 parts; opt in).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    early_stopping_patience: int = Field(2, ge=1, description="epochs without validation gain")
+    checkpoint_every_steps: int = Field(50, ge=1)
+    seed: int = 0
+    # DDP launch: "auto" = the GPUs present, else cpu_processes.
+    nproc_per_node: int | Literal["auto"] = "auto"
+    cpu_processes: int = Field(1, ge=1)
+    nnodes: int = Field(1, ge=1)
+    rdzv_endpoint: str | None = None
+    max_restarts: int = Field(0, ge=0)
+
+
+class GatePolicy(_Section):
+    """Declarative gate: absolute floors, non-inferiority vs the champion, compressed-model drop."""
+
+    floors: dict[str, float] = Field(default_factory=lambda: {"frozen.macro_f1": 0.3})
+    primary_metric: str = "macro_f1"
+    # Candidate may be at most this much worse than the champion on every slice both were scored on.
+    non_inferiority_margin: float = Field(0.02, ge=0)
+    max_compressed_drop: float = Field(0.03, ge=0)
+
+
+class EvaluateConfig(_Section):
+    batch_size: int = Field(64, ge=1)
+    gate: GatePolicy = GatePolicy()
+
+
+class CompressConfig(_Section):
+    quantize_int8: bool = True
+    latency_sample_rows: int = Field(64, ge=1)
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str
+    experiment: str = "freshet"
+    model_name: str = "freshet-classifier"
+    artifact_location: str | None = None
+
+
+class RunnerConfig(_Section):
+    """How the DAG runs each step: in the worker, in our image via Docker, or as a Kubernetes pod."""
+
+    mode: Literal["local", "docker", "kubernetes"] = "local"
+    image: str = "freshet:latest"
+    # Where this pipeline's config file is inside the image (docker / kubernetes modes).
+    container_config_path: str = "/opt/freshet/configs/pipeline.yaml"
+    docker_url: str = "unix://var/run/docker.sock"
+    network_mode: str | None = None
+    namespace: str = "freshet"
+    # Environment passed into every step (e.g. MLFLOW_TRACKING_URI on a shared server).
+    env: dict[str, str] = Field(default_factory=dict)
+    gpus: int = Field(0, ge=0)
+
+
+class PipelineConfig(_Section):
+    name: str = Field("freshet", pattern=r"^[a-zA-Z0-9_-]+$")
+    labels: list[str] = Field(min_length=2)
+    artifact_root: str
+    mlflow: MlflowConfig
+    runner: RunnerConfig = RunnerConfig()
+    crawl: CrawlConfig
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    clean: CleanConfig = CleanConfig()
+    split: SplitConfig = SplitConfig()
+    augment: AugmentConfig = AugmentConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    compress: CompressConfig = CompressConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, labels: list[str]) -> list[str]:
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"labels must be unique, got {labels}")
+        return labels
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    @property
+    def config_hash(self) -> str:
+        return digest_json(self.to_dict())
+
+    def section_hash(self, *sections: str) -> str:
+        data = self.to_dict()
+        return digest_json({name: data[name] for name in ("labels", *sections)})
+
+
+def digest_json(value: Any) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _apply_override(data: dict[str, Any], override: str, origin: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"{origin}: override {override!r} must look like section.key=value")
+    dotted, raw_value = override.split("=", 1)
+    keys = dotted.strip().split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{origin}: override {dotted!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = yaml.safe_load(raw_value)
+
+
+def _expand_env(value: Any) -> Any:
+    if isinstance(value, str):
+        return os.path.expandvars(value)
+    if isinstance(value, dict):
+        return {key: _expand_env(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(item) for item in value]
+    return value
+
+
+def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Load and validate a pipeline config; `${VAR}` in strings is expanded from the environment."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError as error:
+        raise ConfigError(f"config file not found: {path}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    for override in overrides:
+        _apply_override(data, override, origin=str(path))
+    try:
+        return PipelineConfig.model_validate(_expand_env(data))
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in issue['loc'])}: {issue['msg']}" for issue in error.errors()
+        )
+        raise ConfigError(f"{path}: invalid config: {problems}") from error

@@ -1,0 +1,251 @@
+"""The step contract: artifact references, manifests, idempotent execution and the step CLI.
+
+A step is `run(config, inputs, *, run_id, store, ...) -> Manifest`. It reads only its input
+manifests and config, writes only under `runs/<run_id>/<step>/` (staged, then committed in one
+rename with the manifest inside), and a rerun whose fingerprint (config section + input digests +
+any extra inputs such as the champion version) is unchanged returns the stored manifest untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from tasks.config import ConfigError, PipelineConfig, digest_json, load_config
+from tasks.store import ArtifactStore, digest_path
+
+log = logging.getLogger("freshet")
+
+STEPS = ("crawl", "validate", "clean", "augment", "train", "evaluate", "compress", "register", "promote")
+MetricValue = float | int | str | bool | None
+
+
+class StepError(RuntimeError):
+    """A step failed for a reason it can name (source, row, field, expectation, threshold)."""
+
+
+class ArtifactRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    uri: str
+    kind: Literal["dataset", "model", "file", "directory", "report"]
+    digest: str
+    rows: int | None = None
+    meta: dict[str, Any] = {}
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    step: str
+    run_id: str
+    uri: str
+    fingerprint: str
+    config_hash: str
+    logical_date: str | None = None
+    inputs: dict[str, str] = {}  # input name -> upstream manifest fingerprint
+    outputs: dict[str, ArtifactRef] = {}
+    metrics: dict[str, MetricValue] = {}
+    facts: dict[str, Any] = {}  # small structured results (gate checks, registry versions, ...)
+    created_at: str
+    reused: bool = False
+
+    def output(self, name: str) -> ArtifactRef:
+        try:
+            return self.outputs[name]
+        except KeyError as error:
+            raise StepError(f"{self.step} manifest {self.uri} has no output {name!r}; has {sorted(self.outputs)}") from error
+
+
+@dataclass
+class StepContext:
+    """What a step body sees: its config, inputs, a staging directory and its output registry."""
+
+    step: str
+    run_id: str
+    config: PipelineConfig
+    store: ArtifactStore
+    inputs: Mapping[str, Manifest]
+    out_dir: Path
+    logical_date: str | None = None
+    outputs: dict[str, ArtifactRef] = field(default_factory=dict)
+    metrics: dict[str, MetricValue] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def input(self, name: str) -> Manifest:
+        try:
+            return self.inputs[name]
+        except KeyError as error:
+            raise StepError(f"{self.step}: missing input manifest {name!r}; got {sorted(self.inputs)}") from error
+
+    def input_path(self, manifest: str, output: str) -> Path:
+        return self.store.local_path(self.input(manifest).output(output).uri)
+
+    def add_output(
+        self,
+        name: str,
+        relative_path: str,
+        kind: Literal["dataset", "model", "file", "directory", "report"],
+        rows: int | None = None,
+        **meta: Any,
+    ) -> ArtifactRef:
+        staged = self.out_dir / relative_path
+        if not staged.exists():
+            raise StepError(f"{self.step}: output {name!r} was not written at {relative_path}")
+        ref = ArtifactRef(
+            uri=self.store.step_uri(self.run_id, self.step, relative_path),
+            kind=kind,
+            digest=digest_path(staged),
+            rows=rows,
+            meta=meta,
+        )
+        self.outputs[name] = ref
+        return ref
+
+
+StepBody = Callable[[StepContext], None]
+
+
+def step_fingerprint(
+    step: str,
+    config: PipelineConfig,
+    inputs: Mapping[str, Manifest],
+    logical_date: str | None,
+    config_sections: Sequence[str] = (),
+    extra_fingerprint: Mapping[str, Any] | None = None,
+) -> str:
+    """What decides a step's result: its config sections, input fingerprints and extra inputs."""
+    return digest_json(
+        {
+            "step": step,
+            "config": config.section_hash(*config_sections),
+            "inputs": {name: manifest.fingerprint for name, manifest in sorted(inputs.items())},
+            "logical_date": logical_date,
+            "extra": dict(extra_fingerprint or {}),
+        }
+    )
+
+
+def execute(
+    step: str,
+    body: StepBody,
+    config: PipelineConfig,
+    inputs: Mapping[str, Manifest],
+    *,
+    run_id: str,
+    store: ArtifactStore,
+    logical_date: str | None = None,
+    config_sections: Sequence[str] = (),
+    extra_fingerprint: Mapping[str, Any] | None = None,
+) -> Manifest:
+    """Run a step body once per fingerprint; return the committed manifest."""
+    fingerprint = step_fingerprint(step, config, inputs, logical_date, config_sections, extra_fingerprint)
+    existing = read_manifest(store, run_id, step)
+    if existing is not None and existing.fingerprint == fingerprint:
+        log.info("%s: inputs unchanged since %s, reusing manifest %s", step, existing.created_at, existing.uri)
+        return existing.model_copy(update={"reused": True})
+
+    with store.staging(run_id, step) as out_dir:
+        context = StepContext(
+            step=step, run_id=run_id, config=config, store=store, inputs=inputs,
+            out_dir=out_dir, logical_date=logical_date,
+        )
+        body(context)
+        manifest = Manifest(
+            step=step,
+            run_id=run_id,
+            uri=store.step_uri(run_id, step, "manifest.json"),
+            fingerprint=fingerprint,
+            config_hash=config.config_hash,
+            logical_date=logical_date,
+            inputs={name: manifest.fingerprint for name, manifest in inputs.items()},
+            outputs=context.outputs,
+            metrics=context.metrics,
+            facts=context.facts,
+            created_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+        )
+        (out_dir / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+        store.commit(out_dir, run_id, step)
+    return manifest
+
+
+def read_manifest(store: ArtifactStore, run_id: str, step: str) -> Manifest | None:
+    from tasks.store import _safe
+
+    data = store.read_json("runs", _safe(run_id), step, "manifest.json")
+    return None if data is None else Manifest.model_validate(data)
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+def build_parser(step: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m tasks.{step}", description=description)
+    parser.add_argument("--config", required=True, help="pipeline YAML")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="typed config override, e.g. train.epochs=1 (repeatable)")
+    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--logical-date", default=None, help="ISO date of the data interval (Airflow logical date)")
+    parser.add_argument("--input", dest="inputs", action="append", default=[], metavar="NAME[=MANIFEST_URI]",
+                        help="an upstream manifest; NAME alone means this run's manifest of step NAME")
+    parser.add_argument("--xcom-file", default=None,
+                        help="also write the manifest here (KubernetesPodOperator reads /airflow/xcom/return.json)")
+    return parser
+
+
+def resolve_inputs(store: ArtifactStore, run_id: str, specs: Sequence[str]) -> dict[str, Manifest]:
+    import fsspec
+
+    manifests: dict[str, Manifest] = {}
+    for spec in specs:
+        name, _, uri = spec.partition("=")
+        if uri:
+            with fsspec.open(uri, "r") as handle:
+                manifest = Manifest.model_validate_json(handle.read())
+        else:
+            manifest = read_manifest(store, run_id, name)
+            if manifest is None:
+                raise StepError(f"input {name!r}: no manifest for run {run_id!r} at {store.step_uri(run_id, name, 'manifest.json')}")
+        manifests[name] = manifest
+    return manifests
+
+
+def cli(step: str, run: Callable[..., Manifest], argv: Sequence[str] | None = None, description: str = "") -> int:
+    """Shared `__main__`: parse, run, print the manifest as the last stdout line (the XCom value)."""
+    logging.basicConfig(level=os.environ.get("FRESHET_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args = build_parser(step, description).parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+        store = ArtifactStore(config.artifact_root)
+        inputs = resolve_inputs(store, args.run_id, args.inputs)
+        manifest = run(config, inputs, run_id=args.run_id, store=store, logical_date=args.logical_date)
+    except (ConfigError, StepError) as error:
+        print(f"freshet {step}: error: {error}", file=sys.stderr)
+        return 2
+    line = manifest.model_dump_json()
+    if args.xcom_file:
+        Path(args.xcom_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.xcom_file).write_text(line)
+    print(line, flush=True)
+    return 0
+
+
+def airflow_identity() -> dict[str, str]:
+    """The Airflow run that launched this step (set by our operators), for MLflow tags."""
+    keys = {"dag_id": "FRESHET_DAG_ID", "dag_run_id": "FRESHET_DAG_RUN_ID", "try_number": "FRESHET_TRY_NUMBER"}
+    return {name: os.environ[var] for name, var in keys.items() if os.environ.get(var)}
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str)

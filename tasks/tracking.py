@@ -1,0 +1,98 @@
+"""MLflow helpers: one parent run per pipeline run, one nested run per step (resumed on retry).
+
+Nothing here resolves a tracking server at import time; the URI comes from the config.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from tasks.config import PipelineConfig
+from tasks.contract import ArtifactRef, Manifest, airflow_identity
+
+log = logging.getLogger("freshet.tracking")
+
+
+def configure(config: PipelineConfig):
+    """Point the MLflow client at the configured tracking server; returns the experiment id."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(config.mlflow.tracking_uri)
+    mlflow.set_registry_uri(config.mlflow.tracking_uri)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(config.mlflow.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(config.mlflow.experiment, artifact_location=config.mlflow.artifact_location)
+    except mlflow.exceptions.MlflowException:
+        # Another step created it concurrently.
+        return client.get_experiment_by_name(config.mlflow.experiment).experiment_id
+
+
+def _find_run(client, experiment_id: str, tags: Mapping[str, str]) -> str | None:
+    query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+    runs = client.search_runs([experiment_id], filter_string=query, max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None
+
+
+@contextmanager
+def step_run(config: PipelineConfig, run_id: str, step: str, logical_date: str | None = None) -> Iterator[Any]:
+    """Active MLflow run for `step`, nested under the pipeline run `run_id`."""
+    import mlflow
+
+    experiment_id = configure(config)
+    client = mlflow.MlflowClient()
+    pipeline_tags = {"freshet.run_id": run_id, "freshet.kind": "pipeline"}
+    parent_id = _find_run(client, experiment_id, pipeline_tags)
+    if parent_id is None:
+        parent = client.create_run(
+            experiment_id,
+            run_name=f"{config.name} {logical_date or run_id}",
+            tags={**pipeline_tags, "freshet.config_hash": config.config_hash,
+                  **{f"airflow.{key}": value for key, value in airflow_identity().items() if key != "try_number"}},
+        )
+        parent_id = parent.info.run_id
+    step_tags = {"freshet.run_id": run_id, "freshet.step": step}
+    existing = _find_run(client, experiment_id, step_tags)
+    with mlflow.start_run(run_id=parent_id, log_system_metrics=False):
+        with mlflow.start_run(run_id=existing, experiment_id=experiment_id, run_name=None if existing else step, nested=True,
+                              tags={**step_tags, "mlflow.parentRunId": parent_id,
+                                    **{f"airflow.{k}": v for k, v in airflow_identity().items()}}) as run:
+            yield run
+
+
+def log_manifest(manifest: Manifest) -> None:
+    """Log a step's numeric metrics and its manifest to the active MLflow run."""
+    import mlflow
+
+    numeric = {key: float(value) for key, value in manifest.metrics.items()
+               if isinstance(value, int | float) and not isinstance(value, bool) and value == value}
+    if numeric:
+        mlflow.log_metrics(numeric)
+    # Tags, not params: a retried step with new inputs must be able to overwrite them.
+    mlflow.set_tags({"freshet.config_hash": manifest.config_hash, "freshet.fingerprint": manifest.fingerprint})
+    mlflow.log_dict(manifest.model_dump(mode="json"), "manifest.json")
+
+
+# MLflow stores a dataset digest in a 36-character column; our full digest goes into an input tag.
+_MLFLOW_DIGEST_CHARS = 36
+
+
+def log_dataset(frame: Any, ref: ArtifactRef, name: str, context: str) -> None:
+    """Log a dataset artifact (a pandas frame of it) as an input of the active MLflow run."""
+    import mlflow
+    import mlflow.data
+
+    with warnings.catch_warnings():
+        # MLflow registers its local source under two schemes and warns that a file:// URI is ambiguous.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        dataset = mlflow.data.from_pandas(frame, source=ref.uri, name=name,
+                                          digest=ref.digest.removeprefix("sha256:")[:_MLFLOW_DIGEST_CHARS])
+    mlflow.log_input(dataset, context=context, tags={"freshet.digest": ref.digest})
