@@ -1,0 +1,221 @@
+"""tasks.clean: normalisation rules, de-duplication within a batch and against history, stable splits."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tasks import clean
+from tasks.config import CleanConfig, PipelineConfig
+from tasks.contract import Manifest, StepContext, StepError, execute
+from tasks.data import RECORD_SCHEMA, content_hash, read_history, read_rows, record_snapshot, split_of, write_parquet
+from tasks.store import ArtifactStore
+
+LABELS = ["libs", "utils", "net"]
+
+
+def record(record_id: str, text: str, label: str) -> dict[str, Any]:
+    return {"id": record_id, "text": text, "label": label, "source": "t",
+            "fetched_at": "2026-11-25T00:00:00Z", "content_hash": content_hash(text)}
+
+
+def make_config(root: Path, tracking: Path, **overrides: Any) -> PipelineConfig:
+    return PipelineConfig.model_validate({
+        "labels": LABELS,
+        "artifact_root": str(root / "artifacts"),
+        "mlflow": {"tracking_uri": f"sqlite:///{tracking}/mlflow.db",
+                   "artifact_location": str(tracking / "mlartifacts")},
+        "crawl": {"sources": [{"name": "t", "url": "http://127.0.0.1:1/"}]},
+        **overrides,
+    })
+
+
+def validate_manifest(config: PipelineConfig, store: ArtifactStore, run_id: str,
+                      rows: Sequence[Mapping[str, Any]], logical_date: str | None = None) -> Manifest:
+    """A real validate manifest (through `execute`) whose valid rows are `rows`."""
+    def body(ctx: StepContext) -> None:
+        write_parquet(rows, ctx.out_dir / "valid.parquet", schema=RECORD_SCHEMA)
+        ctx.add_output("valid", "valid.parquet", "dataset", rows=len(rows))
+
+    return execute("validate", body, config, {}, run_id=run_id, store=store, logical_date=logical_date,
+                   extra_fingerprint={"rows": str(rows)})
+
+
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One MLflow database per pytest session, shared by the step test modules (creating one costs seconds)."""
+    directory = tmp_path_factory.getbasetemp() / "mlflow"
+    directory.mkdir(exist_ok=True)
+    return directory
+
+
+# ------------------------------------------------------------------------------- normalisation
+
+
+@pytest.mark.parametrize(("raw", "expected", "rules"), [
+    ("<p>Fast&nbsp;<b>JSON</b> parser &amp; printer</p>", "Fast JSON parser & printer",
+     {"markup_stripped", "unicode_changed", "whitespace_collapsed"}),
+    ("line one<br/>line two", "line one line two", {"markup_stripped"}),
+    ("<script>alert(1)</script>safe text<!-- note -->", "safe text", {"markup_stripped", "whitespace_collapsed"}),
+    ("written by <jane@debian.org>, uses vector<T>", "written by <jane@debian.org>, uses vector<T>", set()),
+    ("&lt;b&gt; is an encoded tag", "<b> is an encoded tag", {"markup_stripped"}),
+    ("ﬁle ｆｕｌｌwidth ①", "file fullwidth 1", {"unicode_changed"}),
+    ("bell\x07 and null\x00 and zero\u200bwidth", "bell and null and zerowidth", {"control_chars_removed"}),
+    ("  tabs\tand\n\nnewlines  ", "tabs and newlines", {"whitespace_collapsed"}),
+])
+def test_normalise(raw: str, expected: str, rules: set[str]) -> None:
+    normalised = clean.normalise(raw, CleanConfig())
+    assert normalised.text == expected
+    assert normalised.changed_by == rules
+
+
+def test_normalise_options() -> None:
+    options = CleanConfig(strip_markup=False, unicode_form="NFC", lowercase=True)
+    assert clean.normalise("<b>ＡBC</b>", options).text == "<b>ａbc</b>"
+
+
+# ---------------------------------------------------------------------------------- one batch
+
+BATCH = [
+    record("a", "<b>Terminal</b> multiplexer", "utils"),
+    record("b", "Terminal   multiplexer", "utils"),         # duplicate of a after normalisation
+    record("c", "HTTP client library", "libs"),
+    record("d", "http client library", "libs"),             # not a duplicate unless lowercasing
+    record("e", "packet capture", "net"),
+    record("f", "packet  capture", "libs"),                 # same text as e, other label: both quarantined
+    record("g", "<i>ab</i>", "libs"),                       # too short once the markup is gone
+    *(record(f"bulk-{number}", f"bulk text number {number}", "libs") for number in range(40)),
+]
+
+
+@pytest.fixture(scope="module")
+def cleaned(tmp_path_factory: pytest.TempPathFactory, tracking: Path) -> dict[str, Any]:
+    config = make_config(tmp_path_factory.mktemp("cleaned"), tracking)
+    store = ArtifactStore(config.artifact_root)
+    upstream = validate_manifest(config, store, "clean-1", BATCH)
+    manifest = clean.run(config, {"validate": upstream}, run_id="clean-1", store=store)
+    return {"config": config, "store": store, "upstream": upstream, "manifest": manifest,
+            "dataset": read_rows(store.local_path(manifest.output("dataset").uri)),
+            "quarantine": read_rows(store.local_path(manifest.output("quarantine").uri)),
+            "report": json.loads(store.local_path(manifest.output("clean_report").uri).read_text())}
+
+
+def test_in_batch_duplicates_keep_the_first(cleaned: dict[str, Any]) -> None:
+    by_id = {row["id"]: row for row in cleaned["dataset"]}
+    assert "b" not in by_id and by_id["a"]["text"] == "Terminal multiplexer"
+    assert {"c", "d"} <= set(by_id)
+    assert cleaned["report"]["counts"]["duplicates_in_batch"] == 1
+    assert cleaned["report"]["examples"]["duplicates_in_batch"] == ["b"]
+
+
+def test_label_conflicts_quarantine_every_member(cleaned: dict[str, Any]) -> None:
+    conflicts = [row for row in cleaned["quarantine"] if row["check"] == "clean.label_conflict"]
+    assert [(row["id"], row["value"]) for row in conflicts] == [("e", "net"), ("f", "libs")]
+    assert "['e', 'f']" in conflicts[0]["reason"]
+    assert json.loads(conflicts[1]["record_json"])["text"] == "packet  capture"
+
+
+def test_too_short_after_cleaning_is_quarantined(cleaned: dict[str, Any]) -> None:
+    [short] = [row for row in cleaned["quarantine"] if row["check"] == "clean.too_short"]
+    assert (short["id"], short["field"], short["value"]) == ("g", "text", "ab")
+
+
+def test_every_input_row_is_kept_quarantined_or_counted(cleaned: dict[str, Any]) -> None:
+    counts = cleaned["report"]["counts"]
+    removed = sum(counts[rule] for rule in clean.REMOVAL_RULES)
+    assert len(cleaned["dataset"]) + removed == len(BATCH)
+    assert counts["label_conflicts"] + counts["too_short"] == len(cleaned["quarantine"])
+
+
+def test_dataset_has_stable_splits_and_normalised_hashes(cleaned: dict[str, Any]) -> None:
+    config = cleaned["config"]
+    for row in cleaned["dataset"]:
+        assert row["split"] == split_of(row["id"], config.split)
+        assert row["normalized_hash"] == content_hash(row["text"])
+    metrics = cleaned["manifest"].metrics
+    assert sum(metrics[f"rows_{split}"] for split in ("train", "validation", "test")) == metrics["rows_out"]
+    assert metrics["rows_train"] > 0 and metrics["markup_stripped"] == 2
+
+
+def test_rerun_is_reused_and_the_snapshot_recorded_once(cleaned: dict[str, Any]) -> None:
+    again = clean.run(cleaned["config"], {"validate": cleaned["upstream"]}, run_id="clean-1", store=cleaned["store"])
+    assert again.reused and again.fingerprint == cleaned["manifest"].fingerprint
+    assert [(entry["run_id"], entry["digest"]) for entry in read_history(cleaned["store"])] == [
+        ("clean-1", cleaned["manifest"].output("dataset").digest)]
+
+
+# ------------------------------------------------------------------------------------- history
+
+
+def test_history_duplicates_are_removed_and_known_ids_updated(tmp_path: Path, tracking: Path) -> None:
+    config = make_config(tmp_path, tracking)
+    store = ArtifactStore(config.artifact_root)
+    day_one = [record("p1", "text seen on day one", "libs"), record("p2", "old text of p2", "net")]
+    first = clean.run(config, {"validate": validate_manifest(config, store, "clean-d1", day_one, "2026-01-01")},
+                      run_id="clean-d1", store=store, logical_date="2026-01-01")
+    day_two = [
+        record("p3", "text seen on  day one", "libs"),  # the same text once normalised, new id
+        record("p2", "new text of p2", "net"),          # known id, changed text: an update
+        record("p4", "brand new text", "utils"),
+    ]
+    second = clean.run(config, {"validate": validate_manifest(config, store, "clean-d2", day_two, "2026-01-02")},
+                       run_id="clean-d2", store=store, logical_date="2026-01-02")
+    assert [row["id"] for row in read_rows(store.local_path(second.output("dataset").uri))] == ["p2", "p4"]
+    assert (second.metrics["duplicates_of_history"], second.metrics["updates_of_history"]) == (1, 1)
+    assert first.facts["prior_snapshots"] == []
+    assert [entry["run_id"] for entry in second.facts["prior_snapshots"]] == ["clean-d1"]
+    assert [entry["run_id"] for entry in read_history(store)] == ["clean-d1", "clean-d2"]
+
+
+def test_history_duplicate_after_normalisation(tmp_path: Path, tracking: Path) -> None:
+    config = make_config(tmp_path, tracking)
+    store = ArtifactStore(config.artifact_root)
+    first_batch = [record("q1", "seen before", "libs")]
+    clean.run(config, {"validate": validate_manifest(config, store, "clean-h1", first_batch, "2026-02-01")},
+              run_id="clean-h1", store=store, logical_date="2026-02-01")
+    batch = [record("q2", "<b>seen</b> before", "libs"), record("q3", "seen before", "net")]
+    second = clean.run(config, {"validate": validate_manifest(config, store, "clean-h2", batch, "2026-02-02")},
+                       run_id="clean-h2", store=store, logical_date="2026-02-02")
+    report = json.loads(store.local_path(second.output("clean_report").uri).read_text())
+    # q2 and q3 share a text but disagree on labels: quarantined, never compared with history.
+    assert report["counts"]["label_conflicts"] == 2 and second.metrics["rows_out"] == 0
+
+    third_batch = [record("q4", "seen   before", "net")]
+    third = clean.run(config, {"validate": validate_manifest(config, store, "clean-h3", third_batch, "2026-02-03")},
+                      run_id="clean-h3", store=store, logical_date="2026-02-03")
+    assert third.metrics["duplicates_of_history"] == 1 and third.metrics["rows_out"] == 0
+    # Known text, other label: still dropped as known data, but the disagreement is counted.
+    assert third.metrics["history_label_disagreements"] == 1
+
+
+def test_a_missing_history_snapshot_is_a_named_error(tmp_path: Path, tracking: Path) -> None:
+    config = make_config(tmp_path, tracking)
+    store = ArtifactStore(config.artifact_root)
+    gone = store.step_uri("lost-run", "clean", "dataset.parquet")
+    record_snapshot(store, {"run_id": "lost-run", "logical_date": "2026-03-01", "uri": gone,
+                            "digest": "sha256:0", "rows": 1})
+    upstream = validate_manifest(config, store, "clean-m", BATCH[:2], "2026-03-02")
+    with pytest.raises(StepError, match=f"snapshot of run 'lost-run' is listed in the history but missing at {gone}"):
+        clean.run(config, {"validate": upstream}, run_id="clean-m", store=store, logical_date="2026-03-02")
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_prints_the_manifest_last_and_rejects_a_missing_input(tmp_path: Path, tracking: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    config = make_config(tmp_path, tracking)
+    validate_manifest(config, ArtifactStore(config.artifact_root), "clean-cli", BATCH[:3])
+    config_file = tmp_path / "pipeline.yaml"
+    config_file.write_text(yaml.safe_dump(config.to_dict()))
+    assert clean.main(["--config", str(config_file), "--run-id", "clean-cli", "--input", "validate"]) == 0
+    manifest = Manifest.model_validate_json(capsys.readouterr().out.strip().splitlines()[-1])
+    assert manifest.step == "clean" and manifest.output("dataset").rows == 2
+
+    assert clean.main(["--config", str(config_file), "--run-id", "clean-cli", "--input", "crawl"]) == 2
+    assert "freshet clean: error: input 'crawl': no manifest for run 'clean-cli'" in capsys.readouterr().err
