@@ -1,0 +1,169 @@
+"""Evaluate the candidate against the registry's champion on the test slices, then gate it.
+
+Slices (never containing augmented rows): `frozen` = the test split of the first accepted
+snapshot, `fresh` = this snapshot's test split, `old` = the test splits of every earlier snapshot
+(forgetting). The champion is scored on the same rows; the gate policy decides (tasks.gate).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tasks.config import PipelineConfig
+from tasks.contract import Manifest, StepContext, cli, execute
+from tasks.data import read_rows, write_parquet
+from tasks.gate import Verdict, judge_candidate
+from tasks.metrics import classification_metrics
+from tasks.store import ArtifactStore
+
+STEP = "evaluate"
+log = logging.getLogger("freshet.evaluate")
+
+
+def evaluation_slices(clean: Manifest, store: ArtifactStore) -> dict[str, list[dict[str, Any]]]:
+    """frozen / fresh / old test rows, from the clean manifest alone."""
+    current = [row for row in read_rows(store.local_path(clean.output("dataset").uri)) if row["split"] == "test"]
+    prior = clean.facts.get("prior_snapshots", [])
+    old: list[dict[str, Any]] = []
+    for entry in prior:
+        old.extend(row for row in read_rows(store.local_path(entry["uri"])) if row["split"] == "test")
+    frozen = ([row for row in read_rows(store.local_path(prior[0]["uri"])) if row["split"] == "test"]
+              if prior else current)
+    slices = {"frozen": frozen, "fresh": current}
+    if old:
+        slices["old"] = old
+    return slices
+
+
+def score(model, tokenizer, slices: Mapping[str, Sequence[dict[str, Any]]], labels: Sequence[str], *,
+          max_length: int, batch_size: int) -> tuple[dict[str, dict[str, Any]], dict[str, list[int]]]:
+    """Metrics per slice and the predicted label ids (kept for the serving check and reports)."""
+    from tasks.modeling import predict
+
+    index = {label: position for position, label in enumerate(labels)}
+    metrics, predicted = {}, {}
+    for name, rows in slices.items():
+        result = predict(model, tokenizer, [row["text"] for row in rows], max_length=max_length, batch_size=batch_size)
+        metrics[name] = classification_metrics([index[row["label"]] for row in rows], result.label_ids, labels)
+        predicted[name] = [int(value) for value in result.label_ids]
+    return metrics, predicted
+
+
+def confusion_png(matrix: Sequence[Sequence[int]], labels: Sequence[str], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(1.0 + 0.6 * len(labels), 0.8 + 0.55 * len(labels)))
+    axis.imshow(matrix, cmap="Blues")
+    axis.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    axis.set_yticks(range(len(labels)), labels)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(title)
+    for row, values in enumerate(matrix):
+        for column, value in enumerate(values):
+            axis.text(column, row, str(value), ha="center", va="center", fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def gate_report(verdict: Verdict, candidate: Mapping[str, Any], champion: Mapping[str, Any] | None,
+                champion_version: str | None, title: str) -> str:
+    lines = [f"# {title}", "", f"**Verdict: {'PASS' if verdict.passed else 'REJECT'}**", ""]
+    if verdict.reasons:
+        lines += ["Reasons:", *[f"- {reason}" for reason in verdict.reasons], ""]
+    lines += [f"Champion compared: {('version ' + champion_version) if champion_version else 'none (first run: floors only)'}", "",
+              "| slice | rows | candidate macro-F1 | champion macro-F1 | candidate accuracy |", "|---|---|---|---|---|"]
+    for name, metrics in candidate.items():
+        champion_f1 = champion.get(name, {}).get("macro_f1") if champion else None
+        lines.append(f"| {name} | {metrics['rows']} | {metrics['macro_f1']:.4f} | "
+                     f"{'-' if champion_f1 is None else f'{champion_f1:.4f}'} | {metrics['accuracy']:.4f} |")
+    lines += ["", "| check | value | threshold | verdict |", "|---|---|---|---|"]
+    for check in verdict.checks:
+        value = "-" if check.value is None else f"{check.value:.4f}"
+        lines.append(f"| {check.name} | {value} | {check.comparison} {check.threshold:.4f} | {check.verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, store: ArtifactStore,
+        logical_date: str | None = None) -> Manifest:
+    from tasks import registry
+
+    champion = registry.version_by_alias(config, registry.CHAMPION)
+    champion_version = str(champion.version) if champion else None
+
+    def body(context: StepContext) -> None:
+        from tasks.modeling import load_classifier, measure_latency, model_size_bytes
+
+        labels = list(config.labels)
+        slices = evaluation_slices(context.input("clean"), store)
+        candidate_model, tokenizer = load_classifier(context.input_path("train", "model"))
+        settings = dict(max_length=config.train.max_length, batch_size=config.evaluate.batch_size)
+        candidate, candidate_predicted = score(candidate_model, tokenizer, slices, labels, **settings)
+        champion_metrics = None
+        if champion_version is not None:
+            champion_model, champion_tokenizer = load_classifier(registry.download_model_dir(config, champion_version))
+            champion_metrics, _ = score(champion_model, champion_tokenizer, slices, labels, **settings)
+        verdict = judge_candidate(config.evaluate.gate, candidate, champion_metrics)
+
+        sample = [row["text"] for row in slices["fresh"][:16]] or [row["text"] for row in slices["frozen"][:16]]
+        latency = measure_latency(candidate_model, tokenizer, sample, max_length=config.train.max_length)
+        evaluation = {"candidate": candidate, "champion": champion_metrics, "champion_version": champion_version,
+                      "latency": latency, "size_bytes": model_size_bytes(candidate_model)}
+        (context.out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
+        (context.out_dir / "gate.json").write_text(json.dumps(verdict.summary(), indent=2))
+        (context.out_dir / "report.md").write_text(
+            gate_report(verdict, candidate, champion_metrics, champion_version, f"Candidate evaluation, run {run_id}"))
+        confusion_png(candidate["frozen"]["confusion_matrix"], labels, "candidate, frozen test",
+                      context.out_dir / "confusion_frozen.png")
+        write_parquet([{"slice": name, "id": row["id"], "text": row["text"], "label": row["label"],
+                        "predicted": labels[predicted]}
+                       for name in slices for row, predicted in zip(slices[name], candidate_predicted[name])],
+                      context.out_dir / "predictions.parquet")
+        context.add_output("evaluation", "evaluation.json", "report")
+        context.add_output("gate", "gate.json", "report")
+        context.add_output("report", "report.md", "report")
+        context.add_output("confusion_matrix", "confusion_frozen.png", "file")
+        context.add_output("predictions", "predictions.parquet", "dataset",
+                           rows=sum(len(rows) for rows in slices.values()))
+        for name, metrics in candidate.items():
+            context.metrics[f"candidate.{name}.macro_f1"] = metrics["macro_f1"]
+            context.metrics[f"candidate.{name}.accuracy"] = metrics["accuracy"]
+            context.metrics[f"{name}.rows"] = metrics["rows"]
+            if champion_metrics:
+                context.metrics[f"champion.{name}.macro_f1"] = champion_metrics[name]["macro_f1"]
+        context.metrics.update(latency)
+        context.metrics["size_bytes"] = evaluation["size_bytes"]
+        context.metrics["gate_passed"] = verdict.passed
+        context.facts.update({"gate": verdict.summary(), "champion_version": champion_version})
+
+    manifest = execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
+                       config_sections=("evaluate", "train"), extra_fingerprint={"champion_version": champion_version})
+    if not manifest.reused:
+        from tasks.tracking import log_manifest, step_run
+
+        with step_run(config, run_id, STEP, logical_date):
+            import mlflow
+
+            log_manifest(manifest)
+            for name in ("evaluation", "gate", "report", "confusion_matrix"):
+                mlflow.log_artifact(str(store.local_path(manifest.output(name).uri)), artifact_path="evaluation")
+    verdict = manifest.facts["gate"]
+    log.info("gate: %s%s", "PASS" if verdict["passed"] else "REJECT",
+             "" if verdict["passed"] else " - " + "; ".join(verdict["reasons"]))
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(STEP, run, argv, __doc__)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

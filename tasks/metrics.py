@@ -1,0 +1,34 @@
+"""Classification metrics on label ids, with the label names they stand for."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+
+def classification_metrics(truth: Sequence[int], predicted: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, macro/weighted F1, per-class precision/recall/F1 and the confusion matrix."""
+    indices = list(range(len(labels)))
+    truth_array, predicted_array = np.asarray(truth), np.asarray(predicted)
+    if truth_array.size == 0:
+        return {"rows": 0, "accuracy": float("nan"), "macro_f1": float("nan"), "weighted_f1": float("nan"),
+                "per_class": {}, "confusion_matrix": []}
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth_array, predicted_array, labels=indices, zero_division=0
+    )
+    present = [index for index in indices if support[index] > 0]  # classes absent from a slice don't count
+    return {
+        "rows": int(truth_array.size),
+        "accuracy": float(accuracy_score(truth_array, predicted_array)),
+        "macro_f1": float(f1_score(truth_array, predicted_array, labels=present, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(truth_array, predicted_array, labels=indices, average="weighted", zero_division=0)),
+        "per_class": {
+            labels[index]: {"precision": float(precision[index]), "recall": float(recall[index]),
+                            "f1": float(f1[index]), "support": int(support[index])}
+            for index in indices
+        },
+        "confusion_matrix": confusion_matrix(truth_array, predicted_array, labels=indices).tolist(),
+    }

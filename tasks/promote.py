@@ -1,0 +1,93 @@
+"""Promote the registered candidate: `champion` moves to it, the old champion keeps `previous`.
+
+Check-and-set: if the champion changed since the gate compared against it, promotion refuses
+rather than overwrite. A rejected candidate is never promoted (the DAG skips this step; called
+anyway, it records why and moves nothing). Version tags record when each version held `champion`,
+so "which version was champion at time T" is answerable from MLflow alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from tasks import registry
+from tasks.config import PipelineConfig
+from tasks.contract import Manifest, StepContext, StepError, airflow_identity, cli, execute
+from tasks.store import ArtifactStore
+
+STEP = "promote"
+log = logging.getLogger("freshet.promote")
+
+
+def move_champion(config: PipelineConfig, version: str, expected_champion: str | None, reason: str) -> dict[str, str | None]:
+    """Point `champion` at `version` if the champion is still `expected_champion`; keep `previous`."""
+    client = registry.client(config)
+    name = config.mlflow.model_name
+    current = registry.version_by_alias(config, registry.CHAMPION)
+    current_version = str(current.version) if current else None
+    if current_version == version:
+        return {"champion": version, "previous": None, "changed": "no"}
+    if current_version != expected_champion:
+        raise StepError(
+            f"promote: champion of {name} is version {current_version} but the gate compared the candidate "
+            f"against {expected_champion}; refusing to overwrite a champion the gate never saw (re-run evaluate)"
+        )
+    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    if current_version is not None:
+        client.set_registered_model_alias(name, registry.PREVIOUS, current_version)
+        client.set_model_version_tag(name, current_version, "freshet.champion_until", now)
+    client.set_registered_model_alias(name, registry.CHAMPION, version)
+    client.set_model_version_tag(name, version, "freshet.champion_since", now)
+    client.set_model_version_tag(name, version, "freshet.promotion_reason", reason)
+    for key, value in airflow_identity().items():
+        client.set_model_version_tag(name, version, f"freshet.promoted_by.airflow.{key}", value)
+    return {"champion": version, "previous": current_version, "changed": "yes"}
+
+
+def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, store: ArtifactStore,
+        logical_date: str | None = None) -> Manifest:
+    def body(context: StepContext) -> None:
+        registration = context.input("register").facts
+        gate = registration["gate"]
+        if not gate["passed"]:
+            context.facts.update({"promoted": False, "reasons": gate["reasons"], "version": registration["version"]})
+            context.metrics["promoted"] = False
+            log.info("promote: version %s not promoted: %s", registration["version"], "; ".join(gate["reasons"]))
+            return
+        moved = move_champion(config, registration["version"], registration.get("compared_champion"),
+                              reason=f"passed the gate in run {run_id}")
+        context.facts.update({"promoted": True, **moved})
+        context.metrics["promoted"] = True
+        context.metrics["champion_version"] = int(moved["champion"])
+        log.info("promote: %s@champion -> version %s (previous: %s)", config.mlflow.model_name, moved["champion"], moved["previous"])
+
+    return execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
+                   config_sections=("mlflow",))
+
+
+def rollback(config: PipelineConfig, who: str, why: str) -> dict[str, str]:
+    """Move `champion` back to `previous`; the demoted version is tagged with who and why."""
+    client = registry.client(config)
+    name = config.mlflow.model_name
+    champion = registry.version_by_alias(config, registry.CHAMPION)
+    previous = registry.version_by_alias(config, registry.PREVIOUS)
+    if champion is None or previous is None:
+        raise StepError(f"rollback: {name} needs both a champion and a previous version "
+                        f"(champion={champion and champion.version}, previous={previous and previous.version})")
+    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    client.set_registered_model_alias(name, registry.CHAMPION, previous.version)
+    client.delete_registered_model_alias(name, registry.PREVIOUS)
+    client.set_model_version_tag(name, champion.version, "freshet.champion_until", now)
+    client.set_model_version_tag(name, champion.version, "freshet.rolled_back", f"{now} by {who}: {why}")
+    client.set_model_version_tag(name, previous.version, "freshet.champion_since", now)
+    client.set_model_version_tag(name, previous.version, "freshet.promotion_reason", f"rollback by {who}: {why}")
+    return {"champion": str(previous.version), "demoted": str(champion.version)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(STEP, run, argv, __doc__)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

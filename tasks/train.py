@@ -1,0 +1,411 @@
+"""Train the candidate classifier: one program for a single process or torchrun DDP.
+
+Inputs: `augment` (new training rows, augmented ones tagged) and `clean` (this snapshot's
+validation split and the prior snapshots, from which a replay sample keeps old knowledge alive).
+Warm-starts from the registry's champion. gloo on CPU, NCCL on GPU; length-bucketed batches with
+dynamic padding; checkpoints every N steps and on SIGTERM; a restart resumes from the last one.
+Rank 0 alone writes the model and logs to MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from tasks.config import PipelineConfig
+from tasks.contract import Manifest, StepContext, StepError, cli, execute, read_manifest, step_fingerprint
+from tasks.data import read_rows
+from tasks.metrics import classification_metrics
+from tasks.modeling import threads_per_rank
+from tasks.store import ArtifactStore, atomic_write_text
+
+STEP = "train"
+log = logging.getLogger("freshet.train")
+
+
+@dataclass(frozen=True)
+class DistributedEnv:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls) -> DistributedEnv:
+        """DDP when launched by torchrun (WORLD_SIZE set), a single process otherwise."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        if world_size > 1 and not dist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        return cls(rank, local_rank, world_size, device)
+
+
+# ------------------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    train: list[dict[str, Any]]
+    validation: list[dict[str, Any]]
+    counts: dict[str, int]
+
+
+def gather_training_data(config: PipelineConfig, augment_rows: list[dict[str, Any]],
+                         snapshot_rows: list[dict[str, Any]], prior: Sequence[dict[str, Any]],
+                         store: ArtifactStore) -> TrainingData:
+    """New rows (bounded sample) + their augmentations + a replay sample of earlier snapshots."""
+    settings = config.train
+    rng = random.Random(settings.seed)
+    real = [row for row in augment_rows if not row.get("augmented_from")]
+    augmented = [row for row in augment_rows if row.get("augmented_from")]
+    if settings.max_train_rows is not None and len(real) > settings.max_train_rows:
+        real = rng.sample(real, settings.max_train_rows)
+        kept = {row["id"] for row in real}
+        augmented = [row for row in augmented if row["augmented_from"] in kept]
+    old_train: list[dict[str, Any]] = []
+    old_validation: list[dict[str, Any]] = []
+    for entry in prior:
+        for row in read_rows(store.local_path(entry["uri"])):
+            (old_train if row["split"] == "train" else old_validation if row["split"] == "validation" else []).append(row)
+    replay_count = min(len(old_train), int(round(settings.replay_fraction * len(real))))
+    replay = rng.sample(old_train, replay_count) if replay_count else []
+    validation = [row for row in snapshot_rows if row["split"] == "validation"] + old_validation
+    if len(validation) > settings.max_validation_rows:
+        validation = rng.sample(validation, settings.max_validation_rows)
+    train = real + augmented + replay
+    if not train:
+        raise StepError("train: no training rows (the new batch has no train split and there is no replay data)")
+    counts = {"rows_new": len(real), "rows_augmented": len(augmented), "rows_replay": len(replay),
+              "rows_train": len(train), "rows_validation": len(validation)}
+    return TrainingData(train, validation, counts)
+
+
+def bucketed_batches(lengths: Sequence[int], batch_size: int, world_size: int, seed: int, epoch: int,
+                     bucket_factor: int = 50) -> list[list[list[int]]]:
+    """Global batches for one epoch, each split into one per-rank batch of `batch_size`.
+
+    Shuffle, then sort by length inside windows of `bucket_factor` global batches so padding is
+    small but order stays random; deterministic in (seed, epoch), so a resumed run replays exactly
+    the same order and can skip the batches it already did.
+    """
+    generator = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    generator.shuffle(order)
+    global_size = batch_size * world_size
+    window = global_size * bucket_factor
+    batches: list[list[list[int]]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda index: lengths[index])
+        for offset in range(0, len(chunk) - global_size + 1, global_size):
+            block = chunk[offset:offset + global_size]
+            batches.append([block[rank * batch_size:(rank + 1) * batch_size] for rank in range(world_size)])
+    generator.shuffle(batches)
+    return batches
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"checkpoint-{state['progress']['step']:08d}.pt"
+    temporary = path.with_suffix(".pt.tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+    for old in sorted(directory.glob("checkpoint-*.pt"))[:-2]:  # keep the last two
+        old.unlink(missing_ok=True)
+    return path
+
+
+def latest_checkpoint(directory: Path) -> dict[str, Any] | None:
+    for path in sorted(directory.glob("checkpoint-*.pt"), reverse=True):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:  # a torn file from a crash: fall back to the previous one
+            log.warning("ignoring unreadable checkpoint %s: %s", path, error)
+    return None
+
+
+class StopRequested:
+    """SIGTERM (Airflow kill, torchrun restart, pod eviction) asks for a checkpoint, then exit."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        self.requested = True
+
+    def any_rank(self, environment: DistributedEnv) -> bool:
+        if environment.world_size == 1:
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=environment.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+# ------------------------------------------------------------------------------------ loop
+
+
+@dataclass
+class FitResult:
+    model: torch.nn.Module
+    tokenizer: Any
+    metrics: dict[str, float]
+
+
+def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv, checkpoint_dir: Path,
+        init_dir: Path | None, log_metrics=None) -> FitResult:
+    """The training loop, identical for one process and for every DDP rank."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from tasks.modeling import build_model, load_tokenizer, predict
+
+    settings = config.train
+    labels = list(config.labels)
+    label_index = {label: index for index, label in enumerate(labels)}
+    tokenizer = load_tokenizer(init_dir)
+    encoded = tokenizer([row["text"] for row in data.train], truncation=True, max_length=settings.max_length)["input_ids"]
+    targets = [label_index[row["label"]] for row in data.train]
+    lengths = [len(ids) for ids in encoded]
+
+    model = build_model(settings, labels, init_dir=init_dir).to(environment.device)
+    ddp_model: torch.nn.Module = model
+    if environment.world_size > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[environment.local_rank] if environment.device.type == "cuda" else None
+        )
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": settings.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, fused=environment.device.type == "cuda")
+    micro_batches_per_epoch = len(bucketed_batches(lengths, settings.batch_size, environment.world_size, settings.seed, 0))
+    if micro_batches_per_epoch == 0:
+        raise StepError(f"train: {len(lengths)} rows is fewer than one global batch "
+                        f"({settings.batch_size} x {environment.world_size} ranks); lower train.batch_size")
+    steps_per_epoch = max(1, micro_batches_per_epoch // settings.gradient_accumulation_steps)
+    total_steps = max(1, math.ceil(settings.epochs * steps_per_epoch))
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_fraction * total_steps), total_steps)
+    use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and environment.device.type == "cuda")
+
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_f1": -1.0, "epochs_without_gain": 0,
+             "samples_seen": 0, "tokens_seen": 0}
+    best_state: dict[str, torch.Tensor] | None = None
+    resumed_from = 0
+    checkpoint = latest_checkpoint(checkpoint_dir)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        state.update(checkpoint["progress"])
+        best_state = checkpoint.get("best_model")
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        resumed_from = state["step"]
+        log.info("resumed from checkpoint at step %d (epoch %d, batch %d)", state["step"], state["epoch"], state["batch_in_epoch"])
+
+    def checkpoint_now() -> None:
+        if environment.is_main:
+            save_checkpoint(checkpoint_dir, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "progress": dict(state), "best_model": best_state,
+                "rng": {"torch": torch.get_rng_state()},
+            })
+
+    def validate_epoch() -> float:
+        if not data.validation:
+            return float("nan")
+        predictions = predict(model, tokenizer, [row["text"] for row in data.validation],
+                              max_length=settings.max_length, batch_size=128)
+        truth = [label_index[row["label"]] for row in data.validation]
+        model.train()
+        return classification_metrics(truth, predictions.label_ids, labels)["macro_f1"]
+
+    stopper = StopRequested()
+    model.train()
+    started = time.perf_counter()
+    window_start, window_samples = started, 0
+    accumulation = settings.gradient_accumulation_steps
+    stopped_early = False
+    while state["step"] < total_steps and not stopped_early:
+        batches = bucketed_batches(lengths, settings.batch_size, environment.world_size, settings.seed, state["epoch"])
+        usable = len(batches) - len(batches) % accumulation
+        while state["batch_in_epoch"] < usable and state["step"] < total_steps:
+            optimizer.zero_grad(set_to_none=True)
+            for micro in range(accumulation):
+                indices = batches[state["batch_in_epoch"] + micro][environment.rank]
+                features = tokenizer.pad({"input_ids": [encoded[i] for i in indices]}, return_tensors="pt")
+                features = {key: value.to(environment.device) for key, value in features.items()}
+                batch_targets = torch.tensor([targets[i] for i in indices], device=environment.device)
+                sync = micro == accumulation - 1 or environment.world_size == 1
+                context = ddp_model.no_sync() if not sync else _nullcontext()
+                with context, torch.autocast(environment.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    logits = ddp_model(**features).logits
+                    loss = torch.nn.functional.cross_entropy(logits.float(), batch_targets) / accumulation
+                    loss.backward()
+                state["tokens_seen"] += int(features["attention_mask"].sum()) * environment.world_size
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            state["step"] += 1
+            state["batch_in_epoch"] += accumulation
+            global_samples = settings.batch_size * environment.world_size * accumulation
+            state["samples_seen"] += global_samples
+            window_samples += global_samples
+            if environment.is_main and (state["step"] % 10 == 0 or state["step"] == total_steps):
+                now = time.perf_counter()
+                rate = window_samples / max(now - window_start, 1e-9)
+                log.info("step %d/%d loss %.4f lr %.2e %.1f samples/s", state["step"], total_steps,
+                         loss.item() * accumulation, scheduler.get_last_lr()[0], rate)
+                if log_metrics:
+                    log_metrics({"loss": loss.item() * accumulation, "learning_rate": scheduler.get_last_lr()[0],
+                                 "samples_per_second": rate}, state["step"])
+                window_start, window_samples = now, 0
+            if state["step"] % settings.checkpoint_every_steps == 0:
+                checkpoint_now()
+            if stopper.any_rank(environment):
+                checkpoint_now()
+                raise SystemExit(f"train: stopped by SIGTERM at step {state['step']}; checkpoint saved")
+        if state["batch_in_epoch"] >= usable or state["step"] >= total_steps:
+            score = validate_epoch() if environment.is_main else 0.0
+            if environment.world_size > 1:  # every rank must agree on early stopping
+                shared = torch.tensor([score], device=environment.device)
+                dist.broadcast(shared, src=0)
+                score = float(shared.item())
+            if environment.is_main and log_metrics:
+                log_metrics({"validation_macro_f1": score}, state["step"])
+            if math.isnan(score) or score > state["best_f1"]:
+                state["best_f1"], state["epochs_without_gain"] = score, 0
+                best_state = {key: value.detach().clone() for key, value in model.state_dict().items()}
+            else:
+                state["epochs_without_gain"] += 1
+                stopped_early = state["epochs_without_gain"] >= settings.early_stopping_patience
+            state["epoch"] += 1
+            state["batch_in_epoch"] = 0
+    elapsed = time.perf_counter() - started
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    metrics = {
+        "steps": state["step"], "total_steps": total_steps, "epochs_completed": state["epoch"],
+        "best_validation_macro_f1": state["best_f1"], "resumed_from_step": resumed_from,
+        "stopped_early": int(stopped_early), "world_size": environment.world_size,
+        "train_seconds": elapsed,
+        "samples_per_second": (state["samples_seen"] / elapsed) if elapsed > 0 and resumed_from == 0 else float("nan"),
+        "tokens_per_second": (state["tokens_seen"] / elapsed) if elapsed > 0 and resumed_from == 0 else float("nan"),
+        "precision_bf16": int(use_bf16),
+    }
+    return FitResult(model, tokenizer, metrics)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ------------------------------------------------------------------------------------- step
+
+
+def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, store: ArtifactStore,
+        logical_date: str | None = None) -> Manifest:
+    from tasks import registry
+
+    environment = DistributedEnv.from_environment()
+    torch.set_num_threads(threads_per_rank())
+    champion = registry.version_by_alias(config, registry.CHAMPION) if config.train.warm_start else None
+    extra = {"champion_version": str(champion.version) if champion else None, "world_size": environment.world_size}
+    sections = ("train", "split")
+    fingerprint = step_fingerprint(STEP, config, inputs, logical_date, sections, extra)
+    existing = read_manifest(store, run_id, STEP)
+    if existing is not None and existing.fingerprint == fingerprint:
+        log.info("train: inputs unchanged, reusing %s", existing.uri)
+        return existing.model_copy(update={"reused": True})
+
+    clean = inputs["clean"]
+    snapshot_rows = read_rows(store.local_path(clean.output("dataset").uri))
+    augment_rows = read_rows(store.local_path(inputs["augment"].output("train").uri))
+    data = gather_training_data(config, augment_rows, snapshot_rows, clean.facts.get("prior_snapshots", []), store)
+    init_dir = registry.download_model_dir(config, champion.version) if champion else None
+    checkpoint_dir = store.work_dir(run_id, STEP) / fingerprint.split(":")[-1][:16]
+
+    if not environment.is_main:
+        fit(config, data, environment, checkpoint_dir, init_dir)
+        dist.barrier()
+        manifest = read_manifest(store, run_id, STEP)
+        dist.destroy_process_group()
+        return manifest
+
+    from tasks.tracking import log_manifest, step_run
+
+    with step_run(config, run_id, STEP, logical_date) as mlflow_run:
+        import mlflow
+
+        mlflow.log_params({f"train.{key}": value for key, value in config.train.model_dump(mode="json").items()
+                           if not isinstance(value, dict)} | {"champion_version": extra["champion_version"]})
+
+        def body(context: StepContext) -> None:
+            result = fit(config, data, environment, checkpoint_dir, init_dir,
+                         log_metrics=lambda values, step: mlflow.log_metrics(values, step=step))
+            model_dir = context.out_dir / "model"
+            result.model.save_pretrained(model_dir, safe_serialization=True)
+            result.tokenizer.save_pretrained(model_dir)
+            atomic_write_text(context.out_dir / "training_data.json", _json(data.counts))
+            context.add_output("model", "model", "model", labels=list(config.labels),
+                               warm_started_from=extra["champion_version"])
+            context.metrics.update(data.counts)
+            context.metrics.update(result.metrics)
+            context.metrics["peak_memory_mb"] = peak_memory_mb(environment.device)
+            context.facts.update({"champion_version": extra["champion_version"], "mlflow_run_id": mlflow_run.info.run_id})
+
+        manifest = execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
+                           config_sections=sections, extra_fingerprint=extra)
+        log_manifest(manifest)
+    if environment.world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return manifest
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, indent=2, sort_keys=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(STEP, run, argv, __doc__)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

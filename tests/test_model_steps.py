@@ -1,0 +1,148 @@
+"""train → evaluate → compress → register → promote on tiny in-memory data, twice (warm start)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks import compress, evaluate, promote, register, registry, train
+from tasks.config import PipelineConfig
+from tasks.contract import StepContext, StepError, execute
+from tasks.data import RECORD_SCHEMA, record_snapshot, split_of, write_parquet
+from tasks.demo_corpus import synthetic_corpus
+from tasks.store import ArtifactStore
+
+LABELS = ["alpha", "beta", "gamma"]
+
+
+def tiny_config(root, **train_overrides) -> PipelineConfig:
+    return PipelineConfig.model_validate({
+        "name": "unit", "labels": LABELS, "artifact_root": str(root / "artifacts"),
+        "mlflow": {"tracking_uri": f"sqlite:///{root}/mlflow.db", "artifact_location": str(root / "mlartifacts"),
+                   "model_name": "unit-model"},
+        "crawl": {"sources": [{"name": "unit", "url": "http://127.0.0.1:9/"}]},
+        "train": {"model": "tiny", "batch_size": 16, "epochs": 6, "learning_rate": 1e-2, "max_length": 16,
+                  "checkpoint_every_steps": 5, "warmup_fraction": 0.0, "early_stopping_patience": 6,
+                  **train_overrides},
+        "evaluate": {"gate": {"floors": {"frozen.macro_f1": 0.5}, "non_inferiority_margin": 0.05}},
+    })
+
+
+def fake_upstream(config, store, run_id, day, rows):
+    """Real clean/augment/validate manifests written through the contract, as those steps would."""
+    for row in rows:
+        row["split"] = split_of(row["id"], config.split)
+    prior = [entry for entry in (store.read_json("state", "history.json") or []) if entry["logical_date"] < day]
+
+    def clean_body(context: StepContext) -> None:
+        write_parquet(rows, context.out_dir / "dataset.parquet")
+        context.add_output("dataset", "dataset.parquet", "dataset", rows=len(rows))
+        context.facts["prior_snapshots"] = prior
+
+    def augment_body(context: StepContext) -> None:
+        train_rows = [dict(row, augmented_from=None) for row in rows if row["split"] == "train"]
+        write_parquet(train_rows, context.out_dir / "train.parquet")
+        context.add_output("train", "train.parquet", "dataset", rows=len(train_rows))
+
+    def validate_body(context: StepContext) -> None:
+        write_parquet(rows, context.out_dir / "valid.parquet", schema=RECORD_SCHEMA)
+        (context.out_dir / "gx.json").write_text("{}")
+        context.add_output("valid", "valid.parquet", "dataset", rows=len(rows))
+        context.add_output("gx_result", "gx.json", "report")
+
+    clean = execute("clean", clean_body, config, {}, run_id=run_id, store=store, logical_date=day,
+                    extra_fingerprint={"rows": len(rows), "prior": len(prior)})
+    record_snapshot(store, {"run_id": run_id, "logical_date": day, "uri": clean.output("dataset").uri,
+                            "digest": clean.output("dataset").digest, "rows": len(rows)})
+    augment = execute("augment", augment_body, config, {"clean": clean}, run_id=run_id, store=store, logical_date=day)
+    validate = execute("validate", validate_body, config, {}, run_id=run_id, store=store, logical_date=day,
+                       extra_fingerprint={"rows": len(rows)})
+    return {"clean": clean, "augment": augment, "validate": validate}
+
+
+def run_model_steps(config, store, run_id, day, upstream):
+    manifests = dict(upstream)
+    manifests["train"] = train.run(config, {"augment": upstream["augment"], "clean": upstream["clean"]},
+                                   run_id=run_id, store=store, logical_date=day)
+    manifests["evaluate"] = evaluate.run(config, {"train": manifests["train"], "clean": upstream["clean"]},
+                                         run_id=run_id, store=store, logical_date=day)
+    manifests["compress"] = compress.run(config, {k: manifests[k] for k in ("train", "evaluate", "clean")},
+                                         run_id=run_id, store=store, logical_date=day)
+    manifests["register"] = register.run(config, {k: manifests[k] for k in ("train", "evaluate", "compress", "validate", "clean")},
+                                         run_id=run_id, store=store, logical_date=day)
+    manifests["promote"] = promote.run(config, {"register": manifests["register"]}, run_id=run_id, store=store,
+                                       logical_date=day)
+    return manifests
+
+
+@pytest.fixture(scope="module")
+def two_rounds(tmp_path_factory):
+    root = tmp_path_factory.mktemp("model_steps")
+    config = tiny_config(root)
+    store = ArtifactStore(config.artifact_root)
+    corpus = synthetic_corpus(600, LABELS, seed=1)
+    first = run_model_steps(config, store, "run-1", "2026-11-01", fake_upstream(config, store, "run-1", "2026-11-01", corpus[:400]))
+    second = run_model_steps(config, store, "run-2", "2026-11-02", fake_upstream(config, store, "run-2", "2026-11-02", corpus[400:]))
+    return config, store, first, second
+
+
+def test_first_round_trains_gates_on_floors_and_becomes_champion(two_rounds):
+    config, _, first, _ = two_rounds
+    assert first["train"].metrics["steps"] > 0
+    assert first["evaluate"].facts["champion_version"] is None
+    gate = first["evaluate"].facts["gate"]
+    assert gate["passed"], gate["reasons"]
+    assert all(check["name"].startswith("floor:") for check in gate["checks"])
+    assert first["promote"].facts["promoted"] is True
+    assert first["promote"].facts["champion"] == first["register"].facts["version"] == "1"
+
+
+def test_second_round_warm_starts_replays_and_compares_with_champion(two_rounds):
+    config, _, first, second = two_rounds
+    assert second["train"].facts["champion_version"] == "1"
+    assert second["train"].metrics["rows_replay"] > 0
+    assert second["evaluate"].facts["champion_version"] == "1"
+    assert "old" in second["evaluate"].facts["gate"]["checks"][-1]["name"] or any(
+        check["name"].startswith("non_inferiority:") for check in second["evaluate"].facts["gate"]["checks"])
+    champion = registry.version_by_alias(config, registry.CHAMPION)
+    if second["compress"].facts["gate"]["passed"]:
+        assert str(champion.version) == "2"
+        assert str(registry.version_by_alias(config, registry.PREVIOUS).version) == "1"
+    else:
+        assert str(champion.version) == "1"
+
+
+def test_int8_variant_is_re_evaluated_and_smaller(two_rounds):
+    _, _, first, _ = two_rounds
+    variant = first["compress"].facts["variants"]["int8-dynamic"]
+    assert 0 < variant["size_ratio"] < 1
+    assert set(variant["macro_f1_delta"]) >= {"frozen", "fresh"}
+
+
+def test_rerun_is_a_no_op_that_returns_the_same_manifest(two_rounds):
+    config, store, first, _ = two_rounds
+    again = register.run(config, {k: first[k] for k in ("train", "evaluate", "compress", "validate", "clean")},
+                         run_id="run-1", store=store, logical_date="2026-11-01")
+    assert again.reused and again.fingerprint == first["register"].fingerprint
+    client = registry.client(config)
+    assert len(client.search_model_versions("name = 'unit-model'")) == 2
+
+
+def test_promotion_refuses_when_champion_changed_since_the_gate(two_rounds):
+    config, _, first, _ = two_rounds
+    current = registry.version_by_alias(config, registry.CHAMPION).version
+    with pytest.raises(StepError, match="refusing"):
+        promote.move_champion(config, first["register"].facts["version"] if current != "1" else "2",
+                              expected_champion="not-the-champion", reason="test")
+
+
+def test_registered_pyfunc_predicts_labels_from_texts(two_rounds):
+    import mlflow
+
+    config, _, _, _ = two_rounds
+    registry.client(config)
+    model = mlflow.pyfunc.load_model(f"models:/{config.mlflow.model_name}@champion")
+    import pandas as pd
+
+    result = model.predict(pd.DataFrame({"text": ["alpha0 alpha1 alpha2", "gamma3 gamma4"]}))
+    assert list(result.columns) == ["label", "probability"]
+    assert set(result["label"]) <= set(LABELS)
