@@ -1,0 +1,117 @@
+"""The runner factory builds the same step command for local, docker and kubernetes runners."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from freshet_airflow import factory
+from freshet_airflow.operators import DDPTrainOperator, FreshetStepOperator, parse_manifest, resolve_nproc
+
+
+def write_config(tmp_path, mode: str, gpus: int = 0) -> str:
+    path = tmp_path / f"{mode}.yaml"
+    path.write_text(yaml.safe_dump({
+        "labels": ["a", "b"], "artifact_root": str(tmp_path / "artifacts"),
+        "mlflow": {"tracking_uri": "http://mlflow:5000"},
+        "crawl": {"sources": [{"name": "s", "url": "https://example.org/feed/"}]},
+        "runner": {"mode": mode, "image": "freshet:test", "gpus": gpus, "env": {"MLFLOW_TRACKING_URI": "http://mlflow:5000"},
+                   "container_config_path": "/opt/freshet/configs/pipeline.yaml"},
+        "train": {"nproc_per_node": "auto", "cpu_processes": 2},
+    }))
+    factory.pipeline_config.cache_clear()
+    return str(path)
+
+
+def test_local_runner_runs_the_step_module_in_the_worker(tmp_path):
+    operator = factory.step("clean", write_config(tmp_path, "local"), inputs=["validate"])
+    assert isinstance(operator, FreshetStepOperator)
+    assert operator.command()[1:3] == ["-m", "tasks.clean"]
+    assert operator.arguments[operator.arguments.index("--input") + 1] == "validate"
+    assert "{{ run_id }}" in operator.arguments
+
+
+def test_docker_runner_runs_the_same_command_in_our_image(tmp_path):
+    from airflow.providers.docker.operators.docker import DockerOperator
+
+    operator = factory.step("clean", write_config(tmp_path, "docker"), inputs=["validate"])
+    assert isinstance(operator, DockerOperator)
+    assert operator.image == "freshet:test"
+    assert operator.command[:3] == ["python", "-m", "tasks.clean"]
+    assert "/opt/freshet/configs/pipeline.yaml" in operator.command
+    assert operator.environment["FRESHET_DAG_RUN_ID"] == "{{ run_id }}"
+
+
+def test_docker_train_requests_gpus_and_launches_torchrun(tmp_path):
+    operator = factory.train_step(write_config(tmp_path, "docker", gpus=1), inputs=["augment", "clean"])
+    assert operator.command[:3] == ["python", "-m", "torch.distributed.run"]
+    assert "--nproc-per-node=gpu" in operator.command
+    assert operator.device_requests[0].count == 1
+
+
+def test_kubernetes_runner_writes_the_manifest_where_the_pod_sidecar_reads_it(tmp_path):
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    operator = factory.step("evaluate", write_config(tmp_path, "kubernetes"), inputs=["train", "clean"])
+    assert isinstance(operator, KubernetesPodOperator)
+    assert operator.cmds == ["python"]
+    assert operator.arguments[:2] == ["-m", "tasks.evaluate"]
+    assert operator.arguments[-2:] == ["--xcom-file", "/airflow/xcom/return.json"]
+    assert operator.do_xcom_push
+
+
+def test_ddp_operator_divides_cores_among_ranks(tmp_path):
+    operator = factory.train_step(write_config(tmp_path, "local"), inputs=["augment", "clean"])
+    assert isinstance(operator, DDPTrainOperator)
+    operator.env["FRESHET_DAG_RUN_ID"] = "manual__x"
+    command = operator.command()
+    nproc = resolve_nproc("auto", 2)
+    assert f"--nproc-per-node={nproc}" in command and "--standalone" in command
+    assert command[command.index("-m", 2) + 1] == "tasks.train"
+    threads = int(operator.process_env()["OMP_NUM_THREADS"])
+    assert threads == max(1, len(os.sched_getaffinity(0)) // nproc)
+
+
+def test_manifest_is_the_last_manifest_line_of_the_output():
+    output = 'log line\n{"step": "clean", "run_id": "r"}\nmore log\n'
+    assert parse_manifest(output, "clean")["run_id"] == "r"
+    with pytest.raises(ValueError, match="printed no manifest"):
+        parse_manifest("only logs\n", "clean")
+
+
+def test_gate_callable_short_circuits_on_rejection():
+    rejected = {"facts": {"gate": {"passed": False, "reasons": ["floor"], "checks": []}}}
+    assert factory.gate_passed(rejected) is False
+    assert factory.gate_passed({"facts": {"gate": {"passed": True, "reasons": [], "checks": []}}}) is True
+
+
+def test_on_kill_ends_the_whole_process_group(tmp_path):
+    marker = tmp_path / "child.pid"
+    script = (f"import subprocess,sys,time; p=subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)']);"
+              f"open('{marker}','w').write(str(p.pid)); time.sleep(60)")
+    operator = FreshetStepOperator(task_id="sleepy", step="noop", arguments=[])
+    operator.command = lambda: [sys.executable, "-c", script]
+    operator._process = subprocess.Popen(operator.command(), start_new_session=True)
+    for _ in range(100):
+        if marker.exists() and marker.read_text():
+            break
+        time.sleep(0.05)
+    grandchild = int(marker.read_text())
+    operator.on_kill()
+    time.sleep(0.2)
+    assert operator._process.poll() is not None
+    assert not _alive(grandchild), "the step's own child outlived the killed task"
+
+
+def _alive(pid: int) -> bool:
+    """Running or sleeping; a zombie (killed, not yet reaped by init) counts as dead."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
