@@ -172,6 +172,8 @@ class RunnerConfig(_Section):
     # Environment passed into every step (e.g. MLFLOW_TRACKING_URI on a shared server).
     env: dict[str, str] = Field(default_factory=dict)
     gpus: int = Field(0, ge=0)
+    # Celery queue for the training task (e.g. "gpu", served by the compose GPU worker).
+    train_queue: str | None = None
 
 
 class PipelineConfig(_Section):

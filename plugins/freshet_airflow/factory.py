@@ -76,6 +76,8 @@ def train_step(config_path: str, *, inputs: Sequence[str] = (), overrides: Seque
     """The DDP training task: torchrun in the worker, in our image, or in a GPU pod."""
     config = pipeline_config(config_path)
     settings = config.train
+    if config.runner.train_queue:
+        operator_kwargs.setdefault("queue", config.runner.train_queue)
     if config.runner.mode == "local":
         return DDPTrainOperator(
             task_id="train", arguments=step_arguments("train", config_path, inputs, overrides), env=config.runner.env,
