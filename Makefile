@@ -1,0 +1,42 @@
+# Two commands set a fresh machine up: `make demo` and `make test`. Both create the venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DAYS ?= 2
+export FRESHET_HOME ?= $(CURDIR)/.freshet
+
+.PHONY: venv demo test lock airflow-ui mlflow-ui clean
+
+$(VENV)/.installed: requirements-torch.txt requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q pip==26.3
+	# torch first, alone: the CPU wheel, so nothing pulls a multi-GB CUDA build.
+	$(VENV)/bin/pip install -q -r requirements-torch.txt
+	$(VENV)/bin/pip install -q -r requirements.lock
+	$(VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv  ## the whole pipeline for $(DAYS) consecutive days on the embedded default
+	$(PY) -m tasks.demo --days $(DAYS)
+
+test: venv  ## the whole test suite
+	$(PY) -m pytest
+
+lock:  ## re-pin requirements.lock from the current venv (torch stays in requirements-torch.txt)
+	$(VENV)/bin/pip freeze --exclude-editable | grep -viE '^(torch|freshet)==' > requirements.lock
+
+airflow-ui: venv  ## Airflow UI on :8080 over the demo's SQLite metadata DB
+	AIRFLOW_HOME=$(FRESHET_HOME)/airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__CORE__PARALLELISM=4 FRESHET_CONFIG=$(CURDIR)/configs/demo.yaml \
+	$(VENV)/bin/airflow standalone
+
+mlflow-ui: venv  ## MLflow UI on :5000 over the demo's tracking DB and artifacts
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(FRESHET_HOME)/mlflow.db \
+	  --default-artifact-root $(FRESHET_HOME)/mlartifacts --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf $(FRESHET_HOME)

@@ -1,0 +1,117 @@
+"""The real DAG, end to end, twice: `airflow dags test` on SQLite with the demo site on loopback,
+a tiny random BERT trained by torchrun with 2 gloo ranks, MLflow on SQLite.
+
+Day 1 is clean and must become `champion`. Day 2 serves deliberately corrupted labels (each label
+shifted to the next): the gate must reject it, `promote` must be skipped, the rejected candidate
+must still be registered and tagged as rejected, and `champion` must not move.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tasks.demo import airflow_env
+from tasks.demo_corpus import synthetic_corpus
+from tasks.demo_site import serve
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+LABELS = ["alpha", "beta", "gamma"]
+DAYS = ["2026-11-01", "2026-11-02"]
+
+
+def pipeline_config(home, site_url: str) -> dict:
+    return {
+        "name": "e2e",
+        "labels": LABELS,
+        "artifact_root": str(home / "artifacts"),
+        "mlflow": {"tracking_uri": f"sqlite:///{home}/mlflow.db", "artifact_location": str(home / "mlartifacts"),
+                   "model_name": "e2e-model"},
+        "crawl": {"sources": [{"name": "synthetic", "url": site_url, "allow_private_network": True}]},
+        "validate": {"max_text_chars": 400},
+        "train": {"model": "tiny", "batch_size": 16, "epochs": 30, "learning_rate": 1e-2, "max_length": 16,
+                  "warmup_fraction": 0.0, "replay_fraction": 0.25, "early_stopping_patience": 30,
+                  "checkpoint_every_steps": 20, "nproc_per_node": 2},
+        "evaluate": {"gate": {"floors": {"frozen.macro_f1": 0.4}, "non_inferiority_margin": 0.05}},
+    }
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    home = tmp_path_factory.mktemp("e2e")
+    corpus = home / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(row) + "\n" for row in synthetic_corpus(600, LABELS, seed=3)))
+    with serve(corpus, dt.date.fromisoformat(DAYS[0]), days=1, initial_fraction=0.6,
+               corrupt_labels_from=dt.date.fromisoformat(DAYS[1])) as site:
+        config_path = home / "pipeline.yaml"
+        config_path.write_text(yaml.safe_dump(pipeline_config(home, site.url)))
+        env = airflow_env(home, config_path)
+        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+        runs = {}
+        for day in DAYS:
+            started = time.perf_counter()
+            result = subprocess.run([sys.executable, "-m", "airflow", "dags", "test", "freshet", day], env=env,
+                                    capture_output=True, text=True, timeout=900)
+            (home / f"dag-{day}.log").write_text(result.stdout + result.stderr)
+            runs[day] = {"returncode": result.returncode, "seconds": time.perf_counter() - started,
+                         "log": home / f"dag-{day}.log"}
+    database = sqlite3.connect(home / "airflow" / "airflow.db")
+    for day, run in runs.items():
+        (run_id,) = database.execute("SELECT run_id FROM dag_run WHERE dag_id = 'freshet' AND logical_date LIKE ?",
+                                     (f"{day}%",)).fetchone()
+        run["run_id"] = run_id
+        run["states"] = dict(database.execute("SELECT task_id, state FROM task_instance WHERE run_id = ?", (run_id,)))
+    with open(config_path) as handle:
+        from tasks.config import PipelineConfig
+
+        config = PipelineConfig.model_validate(yaml.safe_load(handle))
+    return config, runs
+
+
+def test_clean_day_runs_every_task_and_becomes_champion(pipeline):
+    from tasks import registry
+
+    config, runs = pipeline
+    first = runs[DAYS[0]]
+    assert set(first["states"].values()) == {"success"}, f"{first['states']} (log: {first['log']})"
+    assert len(first["states"]) == 10
+    champion = registry.version_by_alias(config, registry.CHAMPION)
+    assert champion is not None and str(champion.version) == "1"
+    assert champion.tags["freshet.gate"] == "passed"
+    assert champion.tags["airflow.dag_id"] == "freshet"
+    assert champion.tags["airflow.dag_run_id"] == first["run_id"]
+    assert champion.tags["freshet.data.clean_digest"].startswith("sha256:")
+
+
+def test_poisoned_day_is_rejected_and_champion_stays(pipeline):
+    from tasks import registry
+
+    config, runs = pipeline
+    second = runs[DAYS[1]]
+    states = second["states"]
+    assert states["promote"] == "skipped", f"{states} (log: {second['log']})"
+    assert all(state == "success" for task, state in states.items() if task != "promote"), states
+    assert str(registry.version_by_alias(config, registry.CHAMPION).version) == "1"
+    challenger = registry.version_by_alias(config, registry.CHALLENGER)
+    assert str(challenger.version) == "2"
+    assert challenger.tags["freshet.gate"] == "rejected"
+    assert "non_inferiority" in challenger.tags["freshet.gate_reasons"] or "vs champion" in challenger.tags["freshet.gate_reasons"]
+
+
+def test_second_crawl_fetched_only_the_new_page(pipeline):
+    from tasks.contract import read_manifest
+    from tasks.store import ArtifactStore
+
+    config, runs = pipeline
+    crawl = read_manifest(ArtifactStore(config.artifact_root), runs[DAYS[1]]["run_id"], "crawl")
+    assert crawl.metrics["pages_fetched"] == 1
+    assert crawl.metrics["pages_not_modified"] >= 1
+    assert crawl.metrics["rows_new"] > 0
