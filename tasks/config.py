@@ -119,6 +119,10 @@ class TrainConfig(_Section):
     replay_fraction: float = Field(0.5, ge=0, description="old rows per new row (replay)")
     warm_start: bool = True
     gradient_accumulation_steps: int = Field(1, ge=1)
+    # SGD makes DDP-vs-single-process equivalence checkable at float tolerance (Adam amplifies the
+    # float noise of parameters whose true gradient is zero); AdamW is the default for quality.
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    dropout: float | None = Field(None, ge=0, lt=1, description="override the model's dropout (0 = deterministic)")
     # "auto": bf16 autocast on GPU, fp32 on CPU (bf16 on CPU is faster on AVX512-BF16 parts; opt in).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     early_stopping_patience: int = Field(2, ge=1, description="epochs without validation gain")

@@ -46,8 +46,10 @@ def build_model(config: TrainConfig, labels: Sequence[str], init_dir: Path | Non
     """A classifier for `labels`: warm-started from `init_dir`, or MiniLM, or a tiny random BERT."""
     id2label = dict(enumerate(labels))
     label2id = {label: index for index, label in id2label.items()}
+    dropout = {} if config.dropout is None else {"hidden_dropout_prob": config.dropout,
+                                                 "attention_probs_dropout_prob": config.dropout}
     if init_dir is not None:
-        model = AutoModelForSequenceClassification.from_pretrained(str(init_dir))
+        model = AutoModelForSequenceClassification.from_pretrained(str(init_dir), **dropout)
         if list(model.config.id2label.values()) != list(labels):
             raise ValueError(
                 f"warm start from {init_dir}: its labels {list(model.config.id2label.values())} "
@@ -56,7 +58,7 @@ def build_model(config: TrainConfig, labels: Sequence[str], init_dir: Path | Non
         return model
     if config.model == "minilm":
         return AutoModelForSequenceClassification.from_pretrained(
-            str(pretrained_minilm_path()), num_labels=len(labels), id2label=id2label, label2id=label2id
+            str(pretrained_minilm_path()), num_labels=len(labels), id2label=id2label, label2id=label2id, **dropout
         )
     tokenizer = load_tokenizer()
     tiny = config.tiny
@@ -70,6 +72,7 @@ def build_model(config: TrainConfig, labels: Sequence[str], init_dir: Path | Non
         num_labels=len(labels),
         id2label=id2label,
         label2id=label2id,
+        **dropout,
     )
     torch.manual_seed(config.seed)
     return BertForSequenceClassification(bert_config)

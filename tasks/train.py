@@ -9,6 +9,7 @@ Rank 0 alone writes the model and logs to MLflow.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -200,7 +201,10 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
         {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": settings.weight_decay},
         {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, fused=environment.device.type == "cuda")
+    if settings.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=settings.learning_rate)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, fused=environment.device.type == "cuda")
     micro_batches_per_epoch = len(bucketed_batches(lengths, settings.batch_size, environment.world_size, settings.seed, 0))
     if micro_batches_per_epoch == 0:
         raise StepError(f"train: {len(lengths)} rows is fewer than one global batch "
@@ -211,7 +215,7 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
     use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and environment.device.type == "cuda")
 
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_f1": -1.0, "epochs_without_gain": 0,
-             "samples_seen": 0, "tokens_seen": 0}
+             "samples_seen": 0, "tokens_seen": 0, "order_digest": ""}
     best_state: dict[str, torch.Tensor] | None = None
     resumed_from = 0
     checkpoint = latest_checkpoint(checkpoint_dir)
@@ -254,7 +258,12 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
         while state["batch_in_epoch"] < usable and state["step"] < total_steps:
             optimizer.zero_grad(set_to_none=True)
             for micro in range(accumulation):
-                indices = batches[state["batch_in_epoch"] + micro][environment.rank]
+                global_batch = batches[state["batch_in_epoch"] + micro]
+                # A running digest of every sample consumed, in order: a resumed run must end with
+                # the same digest as an uninterrupted one (nothing skipped, nothing repeated).
+                state["order_digest"] = hashlib.sha256(
+                    f"{state['order_digest']}|{global_batch}".encode()).hexdigest()
+                indices = global_batch[environment.rank]
                 features = tokenizer.pad({"input_ids": [encoded[i] for i in indices]}, return_tensors="pt")
                 features = {key: value.to(environment.device) for key, value in features.items()}
                 batch_targets = torch.tensor([targets[i] for i in indices], device=environment.device)
@@ -284,6 +293,7 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
                 window_start, window_samples = now, 0
             if state["step"] % settings.checkpoint_every_steps == 0:
                 checkpoint_now()
+            _inject_fault(state["step"], environment)
             if stopper.any_rank(environment):
                 checkpoint_now()
                 raise SystemExit(f"train: stopped by SIGTERM at step {state['step']}; checkpoint saved")
@@ -314,8 +324,21 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
         "samples_per_second": (state["samples_seen"] / elapsed) if elapsed > 0 and resumed_from == 0 else float("nan"),
         "tokens_per_second": (state["tokens_seen"] / elapsed) if elapsed > 0 and resumed_from == 0 else float("nan"),
         "precision_bf16": int(use_bf16),
+        "order_digest": state["order_digest"],
+        "samples_seen": state["samples_seen"],
     }
     return FitResult(model, tokenizer, metrics)
+
+
+def _inject_fault(step: int, environment: DistributedEnv) -> None:
+    """Fault drill: `FRESHET_FAULT_AT_STEP=N` kills rank `FRESHET_FAULT_RANK` (default 1, else 0)
+    at step N on the first attempt only, as a crashed worker would; torchrun's restart resumes."""
+    fault_step = os.environ.get("FRESHET_FAULT_AT_STEP")
+    if not fault_step or int(fault_step) != step or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        return
+    if environment.rank == int(os.environ.get("FRESHET_FAULT_RANK", "1" if environment.world_size > 1 else "0")):
+        log.error("fault drill: rank %d exits hard at step %d", environment.rank, step)
+        os._exit(17)
 
 
 class _nullcontext:

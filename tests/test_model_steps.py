@@ -5,58 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tasks import compress, evaluate, promote, register, registry, train
-from tasks.config import PipelineConfig
-from tasks.contract import StepContext, StepError, execute
-from tasks.data import RECORD_SCHEMA, record_snapshot, split_of, write_parquet
+from tasks.contract import StepError
 from tasks.demo_corpus import synthetic_corpus
 from tasks.store import ArtifactStore
-
-LABELS = ["alpha", "beta", "gamma"]
-
-
-def tiny_config(root, **train_overrides) -> PipelineConfig:
-    return PipelineConfig.model_validate({
-        "name": "unit", "labels": LABELS, "artifact_root": str(root / "artifacts"),
-        "mlflow": {"tracking_uri": f"sqlite:///{root}/mlflow.db", "artifact_location": str(root / "mlartifacts"),
-                   "model_name": "unit-model"},
-        "crawl": {"sources": [{"name": "unit", "url": "http://127.0.0.1:9/"}]},
-        "train": {"model": "tiny", "batch_size": 16, "epochs": 6, "learning_rate": 1e-2, "max_length": 16,
-                  "checkpoint_every_steps": 5, "warmup_fraction": 0.0, "early_stopping_patience": 6,
-                  **train_overrides},
-        "evaluate": {"gate": {"floors": {"frozen.macro_f1": 0.5}, "non_inferiority_margin": 0.05}},
-    })
-
-
-def fake_upstream(config, store, run_id, day, rows):
-    """Real clean/augment/validate manifests written through the contract, as those steps would."""
-    for row in rows:
-        row["split"] = split_of(row["id"], config.split)
-    prior = [entry for entry in (store.read_json("state", "history.json") or []) if entry["logical_date"] < day]
-
-    def clean_body(context: StepContext) -> None:
-        write_parquet(rows, context.out_dir / "dataset.parquet")
-        context.add_output("dataset", "dataset.parquet", "dataset", rows=len(rows))
-        context.facts["prior_snapshots"] = prior
-
-    def augment_body(context: StepContext) -> None:
-        train_rows = [dict(row, augmented_from=None) for row in rows if row["split"] == "train"]
-        write_parquet(train_rows, context.out_dir / "train.parquet")
-        context.add_output("train", "train.parquet", "dataset", rows=len(train_rows))
-
-    def validate_body(context: StepContext) -> None:
-        write_parquet(rows, context.out_dir / "valid.parquet", schema=RECORD_SCHEMA)
-        (context.out_dir / "gx.json").write_text("{}")
-        context.add_output("valid", "valid.parquet", "dataset", rows=len(rows))
-        context.add_output("gx_result", "gx.json", "report")
-
-    clean = execute("clean", clean_body, config, {}, run_id=run_id, store=store, logical_date=day,
-                    extra_fingerprint={"rows": len(rows), "prior": len(prior)})
-    record_snapshot(store, {"run_id": run_id, "logical_date": day, "uri": clean.output("dataset").uri,
-                            "digest": clean.output("dataset").digest, "rows": len(rows)})
-    augment = execute("augment", augment_body, config, {"clean": clean}, run_id=run_id, store=store, logical_date=day)
-    validate = execute("validate", validate_body, config, {}, run_id=run_id, store=store, logical_date=day,
-                       extra_fingerprint={"rows": len(rows)})
-    return {"clean": clean, "augment": augment, "validate": validate}
+from tests.pipeline_fixtures import LABELS, fake_upstream, tiny_config
 
 
 def run_model_steps(config, store, run_id, day, upstream):
@@ -146,3 +98,24 @@ def test_registered_pyfunc_predicts_labels_from_texts(two_rounds):
     result = model.predict(pd.DataFrame({"text": ["alpha0 alpha1 alpha2", "gamma3 gamma4"]}))
     assert list(result.columns) == ["label", "probability"]
     assert set(result["label"]) <= set(LABELS)
+
+
+def test_rollback_moves_champion_back_and_records_who_and_why(two_rounds, capsys):
+    from tasks.cli import main
+
+    config, _, _, _ = two_rounds
+    client = registry.client(config)
+    name = config.mlflow.model_name
+    client.set_registered_model_alias(name, registry.CHAMPION, "2")
+    client.set_registered_model_alias(name, registry.PREVIOUS, "1")
+    config_path = config.artifact_root + "/../rollback.yaml"
+    import yaml
+
+    with open(config_path, "w") as handle:
+        yaml.safe_dump(config.to_dict(), handle)
+    assert main(["rollback", "--config", config_path, "--who", "oncall", "--why", "bad outputs in prod"]) == 0
+    assert str(registry.version_by_alias(config, registry.CHAMPION).version) == "1"
+    assert registry.version_by_alias(config, registry.PREVIOUS) is None
+    assert "oncall: bad outputs in prod" in client.get_model_version(name, "2").tags["freshet.rolled_back"]
+    assert main(["rollback", "--config", config_path, "--why", "again"]) == 2
+    assert "needs both a champion and a previous" in capsys.readouterr().err
