@@ -28,8 +28,8 @@ test: venv  ## the whole test suite
 lock:  ## re-pin requirements.lock from the current venv (torch stays in requirements-torch.txt)
 	$(VENV)/bin/pip freeze --exclude-editable | grep -viE '^(torch|freshet)==' > requirements.lock
 
-airflow-ui: venv  ## Airflow UI on :8080 over the demo's SQLite metadata DB
-	AIRFLOW_HOME=$(FRESHET_HOME)/airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+airflow-ui: venv  ## Airflow UI on :8080 over the demo's SQLite metadata DB (stop with Ctrl-C)
+	PATH=$(abspath $(VENV))/bin:$$PATH AIRFLOW_HOME=$(FRESHET_HOME)/airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
 	AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	AIRFLOW__CORE__PARALLELISM=4 FRESHET_CONFIG=$(CURDIR)/configs/demo.yaml \
 	$(VENV)/bin/airflow standalone
