@@ -2,21 +2,33 @@
 
 Normalisation, in order: strip HTML tags and decode entities (`clean.strip_markup`), Unicode
 normalisation (`clean.unicode_form`), removal of control and invisible format characters, whitespace
-collapse, optional lowercasing. Rows that end up shorter than `validate.min_text_chars` are
-quarantined (`clean.too_short`). Rows sharing a normalised text keep the first occurrence; if they
-disagree on the label all of them are quarantined (`clean.label_conflict`). Texts already in an
-earlier accepted snapshot are dropped and counted (known data); a known id with a new text is kept as
-an update. Every count is in `clean_report.json`. The snapshot is then recorded in the history.
+collapse, optional lowercasing, then optional PII scrubbing (`clean.scrub_pii`: e-mail addresses,
+phone numbers, IPv4/IPv6 addresses become `<EMAIL>`, `<PHONE>`, `<IPV4>`, `<IPV6>`). Rows that end up
+shorter than `validate.min_text_chars` are quarantined (`clean.too_short`). Rows sharing a normalised
+text keep the first occurrence; if they disagree on the label all of them are quarantined
+(`clean.label_conflict`). Texts already in an earlier accepted snapshot are dropped and counted (known
+data); a known id with a new text is kept as an update.
+
+Near-duplicates (`clean.near_duplicate_threshold`): MinHash LSH over shingles of the casefolded text
+finds candidates, and the exact Jaccard similarity of the shingle sets decides, so the threshold is
+exact. Within the batch, near-duplicate clusters keep their first row, or are quarantined whole
+(`clean.near_duplicate_label_conflict`) when they disagree on the label. A row near-duplicating an
+accepted history row (of another id) is dropped, or quarantined if the labels disagree.
+
+Leakage (`clean.leakage_threshold`): a train row similar to any validation or test row, of this batch
+or of the history, is removed (`leakage_removed`); evaluation rows are never removed for leakage.
+Every count is in `clean_report.json`. The snapshot is then recorded in the history.
 """
 
 from __future__ import annotations
 
 import html
+import ipaddress
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -43,8 +55,17 @@ STEP = "clean"
 DATASET_SCHEMA = RECORD_SCHEMA.append(pa.field("split", pa.string())).append(pa.field("normalized_hash", pa.string()))
 NORMALISATION_RULES = ("markup_stripped", "unicode_changed", "control_chars_removed", "whitespace_collapsed",
                        "lowercased")
-REMOVAL_RULES = ("duplicates_in_batch", "duplicates_of_history", "label_conflicts", "too_short")
+PII_RULES = ("pii_email", "pii_phone", "pii_ipv4", "pii_ipv6")
+REMOVAL_RULES = ("duplicates_in_batch", "duplicates_of_history", "label_conflicts", "too_short",
+                 "near_duplicates_in_batch", "near_duplicates_of_history", "near_duplicate_label_conflicts",
+                 "leakage_removed")
+QUARANTINE_RULES = ("label_conflicts", "too_short", "near_duplicate_label_conflicts")
+EVALUATION_SPLITS = ("validation", "test")
 EXAMPLE_IDS = 5
+# LSH only proposes candidates; it runs below the decision threshold so that pairs at the threshold
+# are rarely missed (the exact Jaccard check then rejects the extra candidates).
+LSH_CANDIDATE_MARGIN = 0.15
+MINHASH_SEED = 1
 
 # Only real HTML element names count as tags, so `<maintainer@debian.org>` or `vector<T>` survive.
 INLINE_TAGS = frozenset("a abbr b bdi bdo cite code data del dfn em font i ins kbd mark q s samp small span strike "
@@ -107,6 +128,117 @@ def normalise(text: str, config: CleanConfig) -> Normalised:
     return Normalised(text, frozenset(changed))
 
 
+# ------------------------------------------------------------------------------------ PII scrubbing
+
+EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+# Candidates, confirmed by `ipaddress` (IPv6) or a digit count (phones), so that times, versions and
+# dates survive.
+IPV6_CANDIDATE = re.compile(r"(?<![\w:.])[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(?<![.:])(?![\w:])"
+                            r"|(?<![\w:.])[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4})*::(?![\w:])")
+IPV4 = re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?!\w|\.\d)")
+PHONE_CANDIDATE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}(?!\w)")
+PHONE_DIGITS = (9, 15)  # fewer digits: dates, versions; more: not an E.164 number
+
+
+def _is_ipv6(candidate: str) -> bool:
+    try:
+        ipaddress.IPv6Address(candidate)
+    except ValueError:
+        return False
+    return any(char.isdigit() for char in candidate)
+
+
+def _is_phone(candidate: str) -> bool:
+    return PHONE_DIGITS[0] <= sum(char.isdigit() for char in candidate) <= PHONE_DIGITS[1]
+
+
+PII_PATTERNS: tuple[tuple[str, re.Pattern[str], str, Callable[[str], bool] | None], ...] = (
+    ("pii_email", EMAIL, "<EMAIL>", None),  # first: an address's domain could look like anything below
+    ("pii_ipv6", IPV6_CANDIDATE, "<IPV6>", _is_ipv6),
+    ("pii_ipv4", IPV4, "<IPV4>", None),
+    ("pii_phone", PHONE_CANDIDATE, "<PHONE>", _is_phone),
+)
+
+
+def scrub_pii(text: str) -> tuple[str, dict[str, int]]:
+    """Replace e-mail addresses, IP addresses and phone numbers by placeholders; count each kind."""
+    counts = dict.fromkeys(PII_RULES, 0)
+    for rule, pattern, placeholder, confirm in PII_PATTERNS:
+        def replace(match: re.Match[str], rule: str = rule, placeholder: str = placeholder,
+                    confirm: Callable[[str], bool] | None = confirm) -> str:
+            if confirm is not None and not confirm(match.group(0)):
+                return match.group(0)
+            counts[rule] += 1
+            return placeholder
+
+        text = pattern.sub(replace, text)
+    return text, counts
+
+
+def prepare(text: str, config: CleanConfig) -> tuple[Normalised, dict[str, int]]:
+    """Normalise, then scrub PII when configured (the dedup and split decisions see the scrubbed text)."""
+    normalised = normalise(text, config)
+    if not config.scrub_pii:
+        return normalised, {}
+    scrubbed, counts = scrub_pii(normalised.text)
+    return Normalised(scrubbed, normalised.changed_by), counts
+
+
+# ---------------------------------------------------------------------------------- near-duplicates
+
+
+def shingles(text: str, kind: str) -> frozenset[str]:
+    """Character 5-shingles or word 3-shingles of the casefolded text (a short text is one shingle)."""
+    text = text.casefold()
+    if kind == "word3":
+        words = text.split()
+        return frozenset(" ".join(words[i:i + 3]) for i in range(max(len(words) - 2, 1)))
+    return frozenset(text[i:i + 5] for i in range(max(len(text) - 4, 1)))
+
+
+def jaccard(left: frozenset[str], right: frozenset[str]) -> float:
+    return len(left & right) / len(left | right) if left or right else 1.0
+
+
+class SimilarityIndex:
+    """Keys whose texts are at least `threshold` similar (Jaccard of shingle sets) to a query text."""
+
+    def __init__(self, threshold: float, config: CleanConfig) -> None:
+        from datasketch import MinHashLSH
+
+        self.threshold = threshold
+        self.config = config
+        self.lsh = MinHashLSH(threshold=max(threshold - LSH_CANDIDATE_MARGIN, 0.05), num_perm=config.num_perm)
+        self.shingles: dict[Any, frozenset[str]] = {}
+
+    def add(self, key: Any, shingle_set: frozenset[str], minhash: Any) -> None:
+        self.shingles[key] = shingle_set
+        self.lsh.insert(key, minhash, check_duplication=False)
+
+    def matches(self, shingle_set: frozenset[str], minhash: Any) -> list[Any]:
+        return [key for key in self.lsh.query(minhash) if jaccard(shingle_set, self.shingles[key]) >= self.threshold]
+
+
+def minhashes(shingle_sets: Sequence[frozenset[str]], config: CleanConfig) -> list[Any]:
+    from datasketch import MinHash
+
+    return MinHash.bulk([[item.encode("utf-8") for item in shingle_set] for shingle_set in shingle_sets],
+                        num_perm=config.num_perm, seed=MINHASH_SEED)
+
+
+@dataclass
+class Sketches:
+    """Shingle sets and MinHashes of a list of texts, computed once per run."""
+
+    shingles: list[frozenset[str]]
+    minhashes: list[Any]
+
+    @classmethod
+    def of(cls, texts: Sequence[str], config: CleanConfig) -> Sketches:
+        sets = [shingles(text, config.shingles) for text in texts]
+        return cls(sets, minhashes(sets, config) if sets else [])
+
+
 def quarantine_record(row: Mapping[str, Any], check: str, field: str, value: Any, reason: str) -> dict[str, Any]:
     return {
         "id": row["id"], "source": row.get("source"), "step": STEP, "check": check, "field": field,
@@ -117,27 +249,33 @@ def quarantine_record(row: Mapping[str, Any], check: str, field: str, value: Any
 
 @dataclass(frozen=True)
 class History:
-    """What earlier accepted snapshots hold: the labels of each normalised text (by hash), and the ids."""
+    """What earlier accepted snapshots hold: the labels of each normalised text (by hash), the ids, and
+    per row (for near-duplicates and leakage) its id, normalised text, label and split."""
 
     labels_of_text: Mapping[str, set[str]]
     ids: set[str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 def load_history(store: ArtifactStore, snapshots: Iterable[Mapping[str, Any]], config: CleanConfig) -> History:
     labels_of_text: dict[str, set[str]] = {}
     ids: set[str] = set()
+    rows: list[dict[str, Any]] = []
     for snapshot in snapshots:
+        path = store.local_path(snapshot["uri"])
         try:
-            table = pq.read_table(store.local_path(snapshot["uri"]), columns=["id", "text", "label"])
+            columns = [name for name in ("id", "text", "label", "split") if name in pq.read_schema(path).names]
+            table = pq.read_table(path, columns=columns)
         except FileNotFoundError as error:
             raise StepError(f"{STEP}: snapshot of run {snapshot['run_id']!r} is listed in the history "
                             f"but missing at {snapshot['uri']}") from error
         for row in table.to_pylist():
             # Re-normalised with today's rules, so a changed clean config still compares like with like.
-            text_hash = content_hash(normalise(row["text"], config).text)
-            labels_of_text.setdefault(text_hash, set()).add(row["label"])
+            text = prepare(row["text"], config)[0].text
+            labels_of_text.setdefault(content_hash(text), set()).add(row["label"])
             ids.add(row["id"])
-    return History(labels_of_text, ids)
+            rows.append({"id": row["id"], "text": text, "label": row["label"], "split": row.get("split")})
+    return History(labels_of_text, ids, rows)
 
 
 @dataclass
@@ -154,7 +292,7 @@ class CleanResult:
 
 
 def clean_rows(rows: Sequence[Mapping[str, Any]], config: PipelineConfig, history: History) -> CleanResult:
-    counts = dict.fromkeys((*NORMALISATION_RULES, *REMOVAL_RULES, "history_label_disagreements",
+    counts = dict.fromkeys((*NORMALISATION_RULES, *REMOVAL_RULES, *PII_RULES, "history_label_disagreements",
                             "updates_of_history"), 0)
     result = CleanResult(dataset=[], quarantine=[], counts=counts, examples={})
     min_chars = config.validate_.min_text_chars
@@ -162,9 +300,13 @@ def clean_rows(rows: Sequence[Mapping[str, Any]], config: PipelineConfig, histor
     # Normalise, and group the original rows by their normalised text (insertion order = batch order).
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
-        normalised = normalise(row["text"], config.clean)
+        normalised, pii = prepare(row["text"], config.clean)
         for rule in sorted(normalised.changed_by):
             result.count(rule, row["id"])
+        for rule, found in pii.items():
+            if found:
+                result.count(rule, row["id"])
+                result.counts[rule] += found - 1  # PII counts occurrences, not rows
         if len(normalised.text) < min_chars:
             result.count("too_short", row["id"])
             result.quarantine.append(quarantine_record(
@@ -174,6 +316,7 @@ def clean_rows(rows: Sequence[Mapping[str, Any]], config: PipelineConfig, histor
             continue
         groups.setdefault(normalised.text, []).append(row)
 
+    survivors: list[tuple[Mapping[str, Any], str]] = []  # (first row, normalised text), batch order
     for text, group in groups.items():
         first, *duplicates = group
         labels = sorted({member["label"] for member in group})
@@ -193,12 +336,113 @@ def clean_rows(rows: Sequence[Mapping[str, Any]], config: PipelineConfig, histor
             if first["label"] not in history.labels_of_text[text_hash]:
                 result.count("history_label_disagreements", first["id"])
             continue
+        survivors.append((first, text))
+
+    threshold = config.clean.near_duplicate_threshold
+    leakage_threshold = config.clean.leakage_threshold
+    needs_sketches = threshold is not None or leakage_threshold is not None
+    sketches = Sketches.of([text for _, text in survivors], config.clean) if needs_sketches else None
+    history_sketches = (Sketches.of([row["text"] for row in history.rows], config.clean)
+                        if needs_sketches and history.rows else Sketches([], []))
+    kept = list(range(len(survivors)))
+    if threshold is not None and sketches is not None:
+        kept = remove_near_duplicates(survivors, sketches, history, history_sketches, threshold, config, result)
+
+    dataset: list[tuple[int, dict[str, Any]]] = []
+    for position in kept:
+        first, text = survivors[position]
         # A known id whose text is new (a known text was dropped above): an update, kept.
         if first["id"] in history.ids:
             result.count("updates_of_history", first["id"])
-        result.dataset.append({**first, "text": text, "normalized_hash": text_hash,
-                               "split": split_of(first["id"], config.split)})
+        dataset.append((position, {**first, "text": text, "normalized_hash": content_hash(text),
+                                   "split": split_of(first["id"], config.split)}))
+    if leakage_threshold is not None and sketches is not None:
+        dataset = remove_leakage(dataset, sketches, history, history_sketches, leakage_threshold, config, result)
+    result.dataset = [row for _, row in dataset]
     return result
+
+
+def remove_near_duplicates(survivors: Sequence[tuple[Mapping[str, Any], str]], sketches: Sketches,
+                           history: History, history_sketches: Sketches, threshold: float,
+                           config: PipelineConfig, result: CleanResult) -> list[int]:
+    """Positions in `survivors` that stay: one per near-duplicate cluster, none near a history row."""
+    index = SimilarityIndex(threshold, config.clean)
+    for position in range(len(survivors)):
+        index.add(position, sketches.shingles[position], sketches.minhashes[position])
+    # Union-find over near-duplicate pairs; the root is the earliest row in batch order.
+    parent = list(range(len(survivors)))
+
+    def root(position: int) -> int:
+        while parent[position] != position:
+            parent[position] = parent[parent[position]]
+            position = parent[position]
+        return position
+
+    for position in range(len(survivors)):
+        for other in index.matches(sketches.shingles[position], sketches.minhashes[position]):
+            low, high = sorted((root(position), root(other)))
+            parent[high] = low
+    clusters: dict[int, list[int]] = {}
+    for position in range(len(survivors)):
+        clusters.setdefault(root(position), []).append(position)
+
+    history_index = SimilarityIndex(threshold, config.clean)
+    for number, row in enumerate(history.rows):
+        history_index.add(number, history_sketches.shingles[number], history_sketches.minhashes[number])
+
+    kept: list[int] = []
+    for members in clusters.values():
+        labels = sorted({survivors[position][0]["label"] for position in members})
+        if len(labels) > 1:
+            ids = [survivors[position][0]["id"] for position in members]
+            for position in members:
+                member = survivors[position][0]
+                result.count("near_duplicate_label_conflicts", member["id"])
+                result.quarantine.append(quarantine_record(
+                    member, "clean.near_duplicate_label_conflict", "label", member["label"],
+                    f"near-duplicate texts (Jaccard >= {threshold}) of ids {ids} have labels {labels}"))
+            continue
+        first, *others = members
+        for position in others:
+            result.count("near_duplicates_in_batch", survivors[position][0]["id"])
+        row = survivors[first][0]
+        # The same id in history is an update of that row, not a near-duplicate of it.
+        similar = [history.rows[number] for number in history_index.matches(
+            sketches.shingles[first], sketches.minhashes[first]) if history.rows[number]["id"] != row["id"]]
+        if not similar:
+            kept.append(first)
+        elif row["label"] in {item["label"] for item in similar}:
+            result.count("near_duplicates_of_history", row["id"])
+        else:
+            result.count("near_duplicate_label_conflicts", row["id"])
+            result.quarantine.append(quarantine_record(
+                row, "clean.near_duplicate_label_conflict", "label", row["label"],
+                f"near-duplicate (Jaccard >= {threshold}) of accepted ids "
+                f"{[item['id'] for item in similar[:EXAMPLE_IDS]]} with labels "
+                f"{sorted({item['label'] for item in similar})}"))
+    return sorted(kept)
+
+
+def remove_leakage(dataset: list[tuple[int, dict[str, Any]]], sketches: Sketches, history: History,
+                   history_sketches: Sketches, threshold: float, config: PipelineConfig,
+                   result: CleanResult) -> list[tuple[int, dict[str, Any]]]:
+    """Drop train rows similar to any validation/test row of this batch or of the history."""
+    index = SimilarityIndex(threshold, config.clean)
+    for number, row in enumerate(history.rows):
+        if row["split"] in EVALUATION_SPLITS:
+            index.add(("history", number), history_sketches.shingles[number], history_sketches.minhashes[number])
+    for position, row in dataset:
+        if row["split"] in EVALUATION_SPLITS:
+            index.add(("batch", position), sketches.shingles[position], sketches.minhashes[position])
+    if not index.shingles:
+        return dataset
+    kept = []
+    for position, row in dataset:
+        if row["split"] == "train" and index.matches(sketches.shingles[position], sketches.minhashes[position]):
+            result.count("leakage_removed", row["id"])
+            continue
+        kept.append((position, row))
+    return kept
 
 
 def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, store: ArtifactStore,
@@ -212,7 +456,9 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         write_parquet(result.dataset, ctx.out_dir / "dataset.parquet", schema=DATASET_SCHEMA)
         write_parquet(result.quarantine, ctx.out_dir / "quarantine.parquet", schema=QUARANTINE_SCHEMA)
         report = {"rows_in": len(rows), "rows_out": len(result.dataset), "counts": result.counts,
-                  "examples": result.examples, "prior_snapshots": len(snapshots)}
+                  "examples": result.examples, "prior_snapshots": len(snapshots),
+                  "near_duplicate_threshold": config.clean.near_duplicate_threshold,
+                  "leakage_threshold": config.clean.leakage_threshold, "shingles": config.clean.shingles}
         (ctx.out_dir / "clean_report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
         rows_per_split = {split: sum(row["split"] == split for row in result.dataset) for split in SPLITS}
         ctx.add_output("dataset", "dataset.parquet", "dataset", rows=len(result.dataset), splits=rows_per_split)

@@ -1,11 +1,19 @@
 """Validate a crawled batch with Great Expectations.
 
-Row-level failures (null fields, duplicate ids, text length out of bounds, unknown labels) move the row
-to `quarantine.parquet`, one quarantine row per failed expectation, so a row failing two checks appears
-twice; the rest is `valid.parquet`. Duplicate ids keep their first occurrence in crawl order. A batch
-with missing columns, fewer than `validate.min_rows` rows or a quarantined fraction above
-`validate.max_quarantine_fraction` is rejected: the quarantine and the GX result are kept under
-`runs/<run_id>/validate.failed/` and the step raises a `StepError` naming every failed expectation.
+Row-level failures (null fields, duplicate ids, text length out of bounds, a printable-character ratio
+below `validate.min_printable_ratio`, unknown labels) move the row to `quarantine.parquet`, one
+quarantine row per failed expectation, so a row failing two checks appears twice; the rest is
+`valid.parquet`. Duplicate ids keep their first occurrence in crawl order.
+
+Batch-level checks reject the batch: missing columns, fewer than `validate.min_rows` rows, a
+quarantined fraction above `validate.max_quarantine_fraction`, a duplicate-text fraction above
+`validate.max_duplicate_fraction`, unknown labels when `validate.new_labels` is `reject`, and drift of
+the valid rows against a reference profile of the accepted history: the population stability index
+(PSI) of the label distribution and of the text-length distribution (bins at the reference's
+quantiles). Drift is skipped, and reported so, on the first run (no history) and for batches smaller
+than `validate.drift_min_rows`. A rejected batch keeps its quarantine and GX result (with the batch
+checks) under `runs/<run_id>/validate.failed/`, and the step raises a `StepError` naming every failed
+check with its observed value and bound.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import pyarrow.parquet as pq
 
 from tasks.config import PipelineConfig, digest_json
 from tasks.contract import ArtifactRef, Manifest, StepContext, StepError, cli, execute, read_manifest
-from tasks.data import QUARANTINE_SCHEMA, RECORD_COLUMNS, RECORD_SCHEMA, read_rows, write_parquet
+from tasks.data import QUARANTINE_SCHEMA, RECORD_COLUMNS, RECORD_SCHEMA, prior_snapshots, read_rows, write_parquet
 from tasks.store import ArtifactStore, digest_path
 from tasks.tracking import log_dataset, log_manifest, step_run
 
@@ -37,7 +45,14 @@ FAILED_STEP = "validate.failed"
 ROW_NUMBER = "row_number"
 RESULT_FORMAT = {"result_format": "COMPLETE", "unexpected_index_column_names": ["id", ROW_NUMBER]}
 COLUMNS_EXPECTATION = "expect_table_columns_to_match_set"
+UNIQUE_TEXTS_EXPECTATION = "expect_column_proportion_of_unique_values_to_be_between"
+# Derived in pandas before validation; GX checks it like any column, so failing ids come from GX.
+PRINTABLE_RATIO = "printable_ratio"
 EXAMPLE_IDS = 5
+# Stands in for an empty bin in PSI (ln(0) is undefined); small against any real bin share.
+PSI_EPSILON = 1e-4
+# Shuffles the capped reference sample reproducibly.
+REFERENCE_SEED = 0
 
 
 class BatchRejected(StepError):
@@ -82,8 +97,19 @@ def _import_great_expectations() -> Any:
     return great_expectations
 
 
+def printable_ratio(text: str | None) -> float | None:
+    """Share of printable characters; U+FFFD counts as unprintable (it is what undecodable bytes become)."""
+    if not isinstance(text, str):  # null (pandas may hand it over as NaN)
+        return None
+    if not text:
+        return 1.0
+    printable = sum(char.isprintable() and char != "\ufffd" or char in "\t\n\r" for char in text)
+    return printable / len(text)
+
+
 def build_expectations(config: PipelineConfig) -> list[Any]:
-    """The suite, derived from the config: schema, non-null keys, unique ids, text length, known labels."""
+    """The suite, derived from the config: schema, non-null keys, unique ids, text length, printable
+    ratio, known labels, and the batch's share of unique texts."""
     expectations = _import_great_expectations().expectations
     bounds = config.validate_
     return [
@@ -93,7 +119,12 @@ def build_expectations(config: PipelineConfig) -> list[Any]:
         expectations.ExpectColumnValuesToBeUnique(column="id"),
         expectations.ExpectColumnValueLengthsToBeBetween(
             column="text", min_value=bounds.min_text_chars, max_value=bounds.max_text_chars),
+        expectations.ExpectColumnValuesToBeBetween(
+            column=PRINTABLE_RATIO, min_value=bounds.min_printable_ratio, max_value=1.0),
         expectations.ExpectColumnValuesToBeInSet(column="label", value_set=list(config.labels)),
+        # Batch-level: duplicate fraction = 1 - unique proportion (of non-null texts).
+        expectations.ExpectColumnProportionOfUniqueValuesToBeBetween(
+            column="text", min_value=1.0 - bounds.max_duplicate_fraction, max_value=1.0),
     ]
 
 
@@ -177,6 +208,9 @@ def failure_reason(outcome: ExpectationOutcome, row: Mapping[str, Any], config: 
         return f"{column} has {len(str(value))} characters, outside [{bounds.min_text_chars}, {bounds.max_text_chars}]"
     if outcome.expectation == "expect_column_values_to_be_in_set":
         return f"{column} {value!r} is not one of the configured labels"
+    if outcome.column == PRINTABLE_RATIO:
+        return (f"text has a printable-character ratio of {printable_ratio(row.get('text')):.3f}, "
+                f"below validate.min_printable_ratio={config.validate_.min_printable_ratio}")
     return f"failed {outcome.name}"
 
 
@@ -189,6 +223,8 @@ def quarantined_rows_of(outcome: ExpectationOutcome, rows: Sequence[Mapping[str,
     if outcome.expectation == COLUMNS_EXPECTATION:
         # Without the record schema no row can be used.
         return [] if outcome.success else list(range(len(rows)))
+    if outcome.expectation == UNIQUE_TEXTS_EXPECTATION:
+        return []  # a batch-level check: it rejects the batch, it quarantines no row
     if outcome.expectation == "expect_column_values_to_be_unique":
         # GX flags every member of a duplicate group; the first one stays valid.
         return [number for number in outcome.failing_rows if first_row_of_id[rows[number].get("id")] != number]
@@ -212,6 +248,8 @@ def quarantine_rows(outcomes: Sequence[ExpectationOutcome], rows: Sequence[Mappi
         for number in numbers:
             row = rows[number]
             value = row.get(outcome.column) if outcome.column else None
+            if outcome.column == PRINTABLE_RATIO:
+                value = f"{printable_ratio(row.get('text')):.3f}"
             quarantined.append({
                 "id": row.get("id"),
                 "source": row.get("source"),
@@ -230,6 +268,122 @@ def upstream_quarantine(path: Path | None) -> list[dict[str, Any]]:
     if path is None:
         return []
     return [{column: row.get(column) for column in QUARANTINE_SCHEMA.names} for row in read_rows(path)]
+
+
+# ---------------------------------------------------------------------------- batch-level checks
+
+
+@dataclass(frozen=True)
+class BatchCheck:
+    """A batch-level check: `passed`, `failed` or `skipped` (with why), its observed value and bound."""
+
+    check: str
+    setting: str  # the config field holding the bound
+    status: str
+    observed: float | None = None
+    bound: float | None = None
+    detail: str = ""
+
+    def problem(self) -> str:
+        return f"{self.check} {self.observed:.3f} > validate.{self.setting}={self.bound}" + (
+            f" ({self.detail})" if self.detail else "")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The profile of accepted data that a batch's distributions are compared with."""
+
+    labels: list[str]
+    lengths: np.ndarray
+    snapshots: list[str]  # run ids read
+
+
+def load_reference(store: ArtifactStore, snapshots: Sequence[Mapping[str, Any]], max_rows: int) -> Reference | None:
+    """Labels and text lengths of the accepted history, most recent snapshots first, capped at `max_rows`."""
+    labels: list[str] = []
+    lengths: list[int] = []
+    used: list[str] = []
+    for snapshot in reversed(snapshots):
+        if len(labels) >= max_rows:
+            break
+        try:
+            table = pq.read_table(store.local_path(snapshot["uri"]), columns=["text", "label"])
+        except FileNotFoundError as error:
+            raise StepError(f"{STEP}: snapshot of run {snapshot['run_id']!r} is listed in the history "
+                            f"but missing at {snapshot['uri']}") from error
+        texts, snapshot_labels = table.column("text").to_pylist(), table.column("label").to_pylist()
+        room = max_rows - len(labels)
+        if len(texts) > room:  # sample the oldest snapshot read, rather than take its first rows
+            keep = np.sort(np.random.default_rng(REFERENCE_SEED).choice(len(texts), size=room, replace=False))
+            texts, snapshot_labels = [texts[i] for i in keep], [snapshot_labels[i] for i in keep]
+        labels.extend(snapshot_labels)
+        lengths.extend(len(text) for text in texts)
+        used.append(snapshot["run_id"])
+    if not labels:
+        return None
+    return Reference(labels=labels, lengths=np.asarray(lengths), snapshots=used)
+
+
+def psi(expected_counts: np.ndarray, actual_counts: np.ndarray) -> float:
+    """Population stability index of two histograms over the same bins (empty bins get PSI_EPSILON)."""
+    expected = np.maximum(expected_counts / max(expected_counts.sum(), 1), PSI_EPSILON)
+    actual = np.maximum(actual_counts / max(actual_counts.sum(), 1), PSI_EPSILON)
+    return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+def label_psi(reference: Sequence[str], batch: Sequence[str]) -> float:
+    categories = sorted(set(reference) | set(batch))
+    index = {label: position for position, label in enumerate(categories)}
+
+    def histogram(labels: Sequence[str]) -> np.ndarray:
+        return np.bincount([index[label] for label in labels], minlength=len(categories)).astype(float)
+
+    return psi(histogram(reference), histogram(batch))
+
+
+def length_psi(reference: np.ndarray, batch: np.ndarray, bins: int) -> float:
+    """PSI of text lengths; bin edges are the reference's quantiles (ties merged), fixed for the batch."""
+    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
+
+    def histogram(lengths: np.ndarray) -> np.ndarray:
+        return np.bincount(np.searchsorted(edges, lengths, side="right"), minlength=len(edges) + 1).astype(float)
+
+    return psi(histogram(reference), histogram(batch))
+
+
+def drift_checks(valid: Sequence[Mapping[str, Any]], reference: Reference | None,
+                 config: PipelineConfig, has_schema: bool = True) -> list[BatchCheck]:
+    bounds = config.validate_
+    checks = (("drift.label_psi", "max_label_psi", bounds.max_label_psi),
+              ("drift.length_psi", "max_length_psi", bounds.max_length_psi))
+    skipped_because = (
+        "the batch lacks record columns" if not has_schema
+        else "no accepted history yet (first run)" if reference is None
+        else f"{len(valid)} valid rows < validate.drift_min_rows={bounds.drift_min_rows}"
+        if len(valid) < bounds.drift_min_rows else None)
+    if skipped_because or reference is None:
+        return [BatchCheck(name, setting, "skipped", bound=bound, detail=skipped_because or "")
+                for name, setting, bound in checks]
+    observed = {
+        "drift.label_psi": label_psi(reference.labels, [row["label"] for row in valid]),
+        "drift.length_psi": length_psi(reference.lengths, np.asarray([len(row["text"]) for row in valid]),
+                                       bounds.drift_length_bins),
+    }
+    detail = f"{len(valid)} valid rows vs {len(reference.labels)} reference rows"
+    return [BatchCheck(name, setting, "passed" if observed[name] <= bound else "failed", observed[name], bound, detail)
+            for name, setting, bound in checks]
+
+
+def duplicate_check(outcomes: Sequence[ExpectationOutcome], config: PipelineConfig) -> BatchCheck:
+    bound = config.validate_.max_duplicate_fraction
+    outcome = next((item for item in outcomes if item.expectation == UNIQUE_TEXTS_EXPECTATION), None)
+    if outcome is None or outcome.observed is None:
+        return BatchCheck("duplicate_fraction", "max_duplicate_fraction", "skipped", bound=bound,
+                          detail="no text column or no texts")
+    observed = 1.0 - float(outcome.observed)
+    return BatchCheck("duplicate_fraction", "max_duplicate_fraction", "passed" if outcome.success else "failed",
+                      observed, bound,
+                      f"{UNIQUE_TEXTS_EXPECTATION}(text) observed unique proportion {float(outcome.observed):.3f}")
 
 
 # ---------------------------------------------------------------------------------------- step
@@ -272,10 +426,19 @@ def persist_rejected_batch(ctx: StepContext, quarantine_table: pa.Table, result:
     return store.step_uri(ctx.run_id, FAILED_STEP)
 
 
-def batch_problems(outcomes: Sequence[ExpectationOutcome], metrics: Mapping[str, Any],
-                   config: PipelineConfig) -> list[str]:
+def batch_problems(outcomes: Sequence[ExpectationOutcome], metrics: Mapping[str, Any], config: PipelineConfig,
+                   rows: Sequence[Mapping[str, Any]] = (), checks: Sequence[BatchCheck] = ()) -> list[str]:
     """Why the batch as a whole is rejected; empty when it passes."""
     problems = []
+    if config.validate_.new_labels == "reject":
+        unknown = [rows[number].get("label") for outcome in outcomes
+                   if outcome.expectation == "expect_column_values_to_be_in_set" for number in outcome.failing_rows]
+        if unknown:
+            problems.append(f"unknown labels {sorted(set(unknown))} in {len(unknown)} rows "
+                            f"(validate.new_labels=reject; add them to labels or set new_labels=quarantine)")
+    for check in checks:
+        if check.status == "failed":
+            problems.append(check.problem())
     for outcome in outcomes:
         if outcome.expectation == COLUMNS_EXPECTATION and not outcome.success:
             problems.append(f"{COLUMNS_EXPECTATION}: missing columns {missing_columns(outcome)}")
@@ -309,12 +472,18 @@ def failure_metrics(outcomes: Sequence[ExpectationOutcome], failures: Sequence[F
 
 def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, store: ArtifactStore,
         logical_date: str | None = None) -> Manifest:
+    # The drift reference is accepted history, so it is an input: a new snapshot recomputes the step.
+    snapshots = prior_snapshots(store, run_id, logical_date)
+
     def body(ctx: StepContext) -> None:
         crawl = ctx.input("crawl")
         table, extra_columns = read_batch(ctx.input_path("crawl", "records"))
         rows = table.to_pylist()
         frame = table.to_pandas()
         frame[ROW_NUMBER] = np.arange(len(frame), dtype=np.int64)
+        if "text" in frame.columns:
+            frame[PRINTABLE_RATIO] = pd.Series([printable_ratio(text) for text in frame["text"]],
+                                               index=frame.index, dtype="float64")
         result = run_expectations(frame, config)
         outcomes = outcomes_of(result)
 
@@ -325,6 +494,15 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
             ctx.input_path("crawl", "quarantine") if "quarantine" in crawl.outputs else None)
         quarantine_table = pa.Table.from_pylist(carried + quarantined, schema=QUARANTINE_SCHEMA)
 
+        has_schema = all(outcome.success for outcome in outcomes if outcome.expectation == COLUMNS_EXPECTATION)
+        reference = load_reference(store, snapshots, config.validate_.drift_reference_max_rows) if (
+            has_schema and snapshots) else None
+        checks = [duplicate_check(outcomes, config), *drift_checks(valid, reference, config, has_schema)]
+        result["freshet_batch_checks"] = json_safe([check.__dict__ for check in checks])
+        ctx.facts["batch_checks"] = result["freshet_batch_checks"]
+        ctx.facts["drift_reference"] = {"snapshots": reference.snapshots if reference else [],
+                                        "rows": len(reference.labels) if reference else 0}
+
         ctx.metrics.update({
             "rows_in": len(rows),
             "rows_valid": len(valid),
@@ -332,8 +510,10 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
             "rows_quarantined_by_crawl": len(carried),
             "quarantine_fraction": len(quarantined_numbers) / len(rows) if rows else 0.0,
             **failure_metrics(outcomes, failures),
+            # None (not logged to MLflow) when a check was skipped.
+            **{check.check: check.observed for check in checks},
         })
-        problems = batch_problems(outcomes, ctx.metrics, config)
+        problems = batch_problems(outcomes, ctx.metrics, config, rows, checks)
         if problems:
             message = (f"batch rejected: {'; '.join(problems)}. "
                        f"Failed expectations: {describe_failures(failures, rows)}.")
@@ -352,7 +532,8 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
 
     try:
         manifest = execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
-                           config_sections=(STEP,))
+                           config_sections=(STEP,),
+                           extra_fingerprint={"reference_snapshots": [item["digest"] for item in snapshots]})
     except BatchRejected as rejection:
         import mlflow
 

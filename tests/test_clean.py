@@ -1,4 +1,5 @@
-"""tasks.clean: normalisation rules, de-duplication within a batch and against history, stable splits."""
+"""tasks.clean: normalisation rules, exact and near de-duplication within a batch and against history,
+leakage control, PII scrubbing, stable splits."""
 
 from __future__ import annotations
 
@@ -85,11 +86,12 @@ BATCH = [
     record("a", "<b>Terminal</b> multiplexer", "utils"),
     record("b", "Terminal   multiplexer", "utils"),         # duplicate of a after normalisation
     record("c", "HTTP client library", "libs"),
-    record("d", "http client library", "libs"),             # not a duplicate unless lowercasing
+    record("d", "http client library", "libs"),             # not an exact duplicate, but a near-duplicate
     record("e", "packet capture", "net"),
     record("f", "packet  capture", "libs"),                 # same text as e, other label: both quarantined
     record("g", "<i>ab</i>", "libs"),                       # too short once the markup is gone
-    *(record(f"bulk-{number}", f"bulk text number {number}", "libs") for number in range(40)),
+    # Distinct texts ("bulk text number 1" and "... 2" would be near-duplicates of each other).
+    *(record(f"bulk-{number}", f"bulk text {content_hash(str(number))[:16]}", "libs") for number in range(40)),
 ]
 
 
@@ -108,7 +110,9 @@ def cleaned(tmp_path_factory: pytest.TempPathFactory, tracking: Path) -> dict[st
 def test_in_batch_duplicates_keep_the_first(cleaned: dict[str, Any]) -> None:
     by_id = {row["id"]: row for row in cleaned["dataset"]}
     assert "b" not in by_id and by_id["a"]["text"] == "Terminal multiplexer"
-    assert {"c", "d"} <= set(by_id)
+    # c and d differ only in case: not exact duplicates, but near-duplicates (shingles are casefolded).
+    assert "c" in by_id and "d" not in by_id
+    assert cleaned["report"]["counts"]["near_duplicates_in_batch"] == 1
     assert cleaned["report"]["counts"]["duplicates_in_batch"] == 1
     assert cleaned["report"]["examples"]["duplicates_in_batch"] == ["b"]
 
@@ -129,7 +133,8 @@ def test_every_input_row_is_kept_quarantined_or_counted(cleaned: dict[str, Any])
     counts = cleaned["report"]["counts"]
     removed = sum(counts[rule] for rule in clean.REMOVAL_RULES)
     assert len(cleaned["dataset"]) + removed == len(BATCH)
-    assert counts["label_conflicts"] + counts["too_short"] == len(cleaned["quarantine"])
+    assert sum(counts[rule] for rule in clean.QUARANTINE_RULES) == len(cleaned["quarantine"])
+    assert len(cleaned["dataset"]) == 1 + 1 + 40  # a, c and the bulk rows
 
 
 def test_dataset_has_stable_splits_and_normalised_hashes(cleaned: dict[str, Any]) -> None:
@@ -202,6 +207,120 @@ def test_a_missing_history_snapshot_is_a_named_error(tmp_path: Path, tracking: P
     upstream = validate_manifest(config, store, "clean-m", BATCH[:2], "2026-03-02")
     with pytest.raises(StepError, match=f"snapshot of run 'lost-run' is listed in the history but missing at {gone}"):
         clean.run(config, {"validate": upstream}, run_id="clean-m", store=store, logical_date="2026-03-02")
+
+
+# ------------------------------------------------------------------- near-duplicates and leakage
+
+BASE = "fast incremental parser for structured configuration files with schema checks"
+ABOVE = BASE.replace("parser", "parsor")             # one letter: Jaccard 0.87
+BELOW = BASE.replace("structured", "structural")     # two letters: Jaccard 0.848
+PARAPHRASE = BASE.replace("fast", "vast").replace("files", "tiles").replace("schema", "scheme")  # 0.738
+
+
+def similarity(left: str, right: str) -> float:
+    return clean.jaccard(clean.shingles(left, "char5"), clean.shingles(right, "char5"))
+
+
+def id_in(split: str, skip: int = 0) -> str:
+    """A record id that the default split config puts in `split`."""
+    config = PipelineConfig.model_fields["split"].default
+    return [f"r{number}" for number in range(500) if split_of(f"r{number}", config) == split][skip]
+
+
+def clean_batch(rows: Sequence[Mapping[str, Any]], history: clean.History | None = None,
+                **clean_options: Any) -> clean.CleanResult:
+    config = make_config(Path("/nonexistent"), Path("/nonexistent"), clean=clean_options)
+    return clean.clean_rows(rows, config, history or clean.History({}, set()))
+
+
+def test_near_duplicates_are_removed_at_the_threshold_and_not_below() -> None:
+    assert similarity(BASE, ABOVE) >= 0.85 > similarity(BASE, BELOW) > 0.84
+    result = clean_batch([record(id_in("train"), BASE, "libs"), record(id_in("train", 1), ABOVE, "libs"),
+                          record(id_in("train", 2), BELOW, "libs")], near_duplicate_threshold=0.85)
+    assert [row["id"] for row in result.dataset] == [id_in("train"), id_in("train", 2)]
+    assert result.counts["near_duplicates_in_batch"] == 1
+    assert result.examples["near_duplicates_in_batch"] == [id_in("train", 1)]
+    # Off: all three stay.
+    assert len(clean_batch([record("x", BASE, "libs"), record("y", ABOVE, "libs")],
+                           near_duplicate_threshold=None, leakage_threshold=None).dataset) == 2
+
+
+def test_near_duplicates_with_different_labels_are_quarantined() -> None:
+    result = clean_batch([record("n1", BASE, "libs"), record("n2", ABOVE, "net"), record("n3", "unrelated text", "net")])
+    conflicts = [row for row in result.quarantine if row["check"] == "clean.near_duplicate_label_conflict"]
+    assert [(row["id"], row["value"]) for row in conflicts] == [("n1", "libs"), ("n2", "net")]
+    assert "['libs', 'net']" in conflicts[0]["reason"]
+    assert [row["id"] for row in result.dataset] == ["n3"]
+    assert result.counts["near_duplicate_label_conflicts"] == 2
+
+
+def test_leakage_removes_the_train_row_never_the_test_row() -> None:
+    assert 0.7 <= similarity(BASE, PARAPHRASE) < 0.85  # not a near-duplicate, but too close to share splits
+    train, test = id_in("train"), id_in("test")
+    # The train row comes first in the batch: it still goes, the test row stays.
+    result = clean_batch([record(train, PARAPHRASE, "libs"), record(test, BASE, "libs")])
+    assert [(row["id"], row["split"]) for row in result.dataset] == [(test, "test")]
+    assert result.counts["leakage_removed"] == 1 and result.examples["leakage_removed"] == [train]
+    assert len(clean_batch([record(train, PARAPHRASE, "libs"), record(test, BASE, "libs")],
+                           leakage_threshold=None).dataset) == 2
+
+
+def test_leakage_and_near_duplicates_against_history(tmp_path: Path, tracking: Path) -> None:
+    config = make_config(tmp_path, tracking)
+    store = ArtifactStore(config.artifact_root)
+    day_one = [record(id_in("test"), BASE, "libs"), record(id_in("train"), "another accepted description", "net"),
+               record(id_in("train", 4), "third accepted row of the history", "utils")]
+    clean.run(config, {"validate": validate_manifest(config, store, "clean-l1", day_one, "2026-04-01")},
+              run_id="clean-l1", store=store, logical_date="2026-04-01")
+    day_two = [
+        record(id_in("train", 1), PARAPHRASE, "libs"),                       # leaks the history test row
+        record(id_in("validation"), "an unrelated evaluation text", "libs"),  # kept
+        record(id_in("train", 2), "another accepted descriptions", "net"),   # near-duplicate of history
+        record(id_in("train", 3), "third accepted row of the historx", "libs"),  # ... with another label
+    ]
+    second = clean.run(config, {"validate": validate_manifest(config, store, "clean-l2", day_two, "2026-04-02")},
+                       run_id="clean-l2", store=store, logical_date="2026-04-02")
+    dataset = read_rows(store.local_path(second.output("dataset").uri))
+    assert [row["id"] for row in dataset] == [id_in("validation")]
+    assert (second.metrics["leakage_removed"], second.metrics["near_duplicates_of_history"],
+            second.metrics["near_duplicate_label_conflicts"]) == (1, 1, 1)
+    [conflict] = read_rows(store.local_path(second.output("quarantine").uri))
+    assert conflict["id"] == id_in("train", 3) and id_in("train", 4) in conflict["reason"]
+
+
+def test_the_history_version_of_an_updated_id_is_not_its_near_duplicate() -> None:
+    history = clean.History({}, {"u1"}, [{"id": "u1", "text": BASE, "label": "libs", "split": "train"}])
+    result = clean_batch([record("u1", ABOVE, "libs")], history)
+    assert [row["id"] for row in result.dataset] == ["u1"] and result.counts["updates_of_history"] == 1
+
+
+# ------------------------------------------------------------------------------------ PII
+
+
+@pytest.mark.parametrize(("raw", "expected", "kind"), [
+    ("mail jane.doe+x@example.co.uk now", "mail <EMAIL> now", "pii_email"),
+    ("call +44 20 7946 0958 or (555) 123-4567", "call <PHONE> or <PHONE>", "pii_phone"),
+    ("server 192.168.10.254.", "server <IPV4>.", "pii_ipv4"),
+    ("hosts 2001:db8::8a2e:370:7334 and ::1 and fe80::", "hosts <IPV6> and <IPV6> and <IPV6>", "pii_ipv6"),
+])
+def test_pii_is_scrubbed_by_kind(raw: str, expected: str, kind: str) -> None:
+    text, counts = clean.scrub_pii(raw)
+    assert text == expected
+    assert counts[kind] == expected.count("<") and sum(counts.values()) == counts[kind]
+
+
+@pytest.mark.parametrize("text", ["version 1.2.3 released 2026-11-25 at 12:30:45", "uses std::vector and Foo::Bar",
+                                  "ISBN 978 3 16", "port 8080 on 300.1.2.3"])
+def test_pii_scrubbing_leaves_look_alikes(text: str) -> None:
+    assert clean.scrub_pii(text) == (text, dict.fromkeys(clean.PII_RULES, 0))
+
+
+def test_pii_scrubbing_is_off_by_default_and_counted_when_on() -> None:
+    rows = [record("p1", "contact admin@example.org or admin2@example.org", "libs")]
+    assert clean_batch(rows).dataset[0]["text"] == rows[0]["text"]
+    result = clean_batch(rows, scrub_pii=True)
+    assert result.dataset[0]["text"] == "contact <EMAIL> or <EMAIL>"
+    assert result.counts["pii_email"] == 2 and result.examples["pii_email"] == ["p1"]
 
 
 # ----------------------------------------------------------------------------------------- CLI

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import yaml
 from tasks import validate
 from tasks.config import PipelineConfig
 from tasks.contract import Manifest, StepContext, StepError, execute, read_manifest
-from tasks.data import QUARANTINE_SCHEMA, RECORD_SCHEMA, read_rows, write_parquet
+from tasks.data import QUARANTINE_SCHEMA, RECORD_SCHEMA, read_rows, record_snapshot, write_parquet
 from tasks.store import ArtifactStore
 
 LABELS = ["libs", "utils", "net"]
@@ -41,6 +42,7 @@ MIXED_BATCH = [
     record("long", "x" * 81, "libs"),                       # length(text)
     record("unknown", "label outside the set", "games"),    # in_set(label)
     record("twice", "z", "games"),                          # length(text) and in_set(label)
+    record("binary", "PK\x03\x04\x00\x00\x08\x00\ufffd\ufffdok", "libs"),  # between(printable_ratio)
 ]
 CRAWL_QUARANTINE = [{"id": "bad-json", "source": "t", "step": "crawl", "check": "crawl.parse", "field": None,
                      "value": "{oops", "reason": "not JSON", "record_json": "{oops"}]
@@ -104,6 +106,7 @@ def quarantined_ids(validated: Mapping[str, Any], check: str, field: str) -> lis
     ("expect_column_values_to_be_unique", "id", ["dup"]),
     ("expect_column_value_lengths_to_be_between", "text", ["short", "long", "twice"]),
     ("expect_column_values_to_be_in_set", "label", ["unknown", "twice"]),
+    ("expect_column_values_to_be_between", "printable_ratio", ["binary"]),
 ])
 def test_each_expectation_quarantines_its_rows(validated: dict[str, Any], check: str, field: str, ids: list) -> None:
     assert quarantined_ids(validated, check, field) == ids
@@ -130,8 +133,9 @@ def test_crawl_quarantine_is_carried_over(validated: dict[str, Any]) -> None:
 
 def test_metrics_count_rows_and_failures_per_expectation(validated: dict[str, Any]) -> None:
     metrics = validated["manifest"].metrics
-    assert (metrics["rows_in"], metrics["rows_valid"], metrics["rows_quarantined"]) == (13, 5, 8)
-    assert metrics["quarantine_fraction"] == pytest.approx(8 / 13)
+    assert (metrics["rows_in"], metrics["rows_valid"], metrics["rows_quarantined"]) == (14, 5, 9)
+    assert metrics["quarantine_fraction"] == pytest.approx(9 / 14)
+    assert metrics["failed.expect_column_values_to_be_between"] == 1
     assert metrics["failed.expect_column_values_to_be_in_set"] == 2
     assert metrics["failed.expect_column_values_to_not_be_null"] == 3
     assert metrics["failed.expect_column_values_to_be_unique"] == 1
@@ -171,12 +175,12 @@ def test_too_many_quarantined_rows_reject_the_batch_and_keep_the_evidence(tmp_pa
     with pytest.raises(StepError) as caught:
         validate.run(config, {"crawl": crawl}, run_id="run-bad", store=store)
     message = str(caught.value)
-    assert "quarantined fraction 0.615 (8 of 13 rows) > validate.max_quarantine_fraction=0.2" in message
+    assert "quarantined fraction 0.643 (9 of 14 rows) > validate.max_quarantine_fraction=0.2" in message
     assert "expect_column_value_lengths_to_be_between(text): 3 rows, e.g. ids ['short', 'long', 'twice']" in message
     assert "expect_column_values_to_be_in_set(label): 2 rows, e.g. ids ['unknown', 'twice']" in message
     failed_dir = store.local_path(store.step_uri("run-bad", validate.FAILED_STEP))
     assert str(failed_dir) in message
-    assert len(read_rows(failed_dir / "quarantine.parquet")) == 9
+    assert len(read_rows(failed_dir / "quarantine.parquet")) == 10
     assert json.loads((failed_dir / "gx_result.json").read_text())["success"] is False
     assert read_manifest(store, "run-bad", validate.FAILED_STEP).facts["error"] in message
     assert read_manifest(store, "run-bad", "validate") is None
@@ -184,7 +188,114 @@ def test_too_many_quarantined_rows_reject_the_batch_and_keep_the_evidence(tmp_pa
     [run] = mlflow.search_runs(search_all_experiments=True, output_format="list",
                                filter_string="tags.`freshet.step` = 'validate' and tags.`freshet.run_id` = 'run-bad'")
     assert (run.info.status, run.data.tags["freshet.status"]) == ("FAILED", "rejected")
-    assert run.data.metrics["quarantine_fraction"] == pytest.approx(8 / 13)
+    assert run.data.metrics["quarantine_fraction"] == pytest.approx(9 / 14)
+
+
+def test_printable_ratio_failure_names_the_ratio(validated: dict[str, Any]) -> None:
+    [binary] = [row for row in validated["quarantine"] if row["id"] == "binary"]
+    assert binary["value"] == "0.333" and "below validate.min_printable_ratio=0.9" in binary["reason"]
+    assert validate.printable_ratio("plain text, ünïcödé — fine\t") == 1.0
+
+
+def test_first_run_reports_drift_skipped_not_passed(validated: dict[str, Any]) -> None:
+    checks = {check["check"]: check for check in validated["manifest"].facts["batch_checks"]}
+    for name in ("drift.label_psi", "drift.length_psi"):
+        assert checks[name]["status"] == "skipped" and "first run" in checks[name]["detail"]
+        assert validated["manifest"].metrics[name] is None
+    assert checks["duplicate_fraction"]["status"] == "passed"
+    result = json.loads(validated["store"].local_path(validated["manifest"].output("gx_result").uri).read_text())
+    assert result["freshet_batch_checks"] == validated["manifest"].facts["batch_checks"]
+
+
+def test_too_many_duplicate_texts_reject_the_batch(tmp_path: Path, tracking: Path) -> None:
+    config = make_config(tmp_path, tracking)
+    store = ArtifactStore(config.artifact_root)
+    rows = [record(f"d{number}", f"text number {number % 7}", "libs") for number in range(10)]  # 3 repeats
+    crawl = crawl_manifest(config, store, "run-dups", rows)
+    with pytest.raises(StepError, match=r"duplicate_fraction 0\.300 > validate\.max_duplicate_fraction=0\.2"):
+        validate.run(config, {"crawl": crawl}, run_id="run-dups", store=store)
+
+
+def test_new_label_policy_reject_names_the_unknown_labels(tmp_path: Path, tracking: Path) -> None:
+    config = make_config(tmp_path, tracking, validate={"max_text_chars": 80, "new_labels": "reject"})
+    store = ArtifactStore(config.artifact_root)
+    crawl = crawl_manifest(config, store, "run-new", [*MIXED_BATCH[:4], record("g1", "a game", "games"),
+                                                      record("g2", "a puzzle", "games"), record("x1", "a font", "fonts")])
+    with pytest.raises(StepError, match=r"unknown labels \['fonts', 'games'\] in 3 rows \(validate.new_labels=reject"):
+        validate.run(config, {"crawl": crawl}, run_id="run-new", store=store)
+
+
+# ------------------------------------------------------------------------------------------ drift
+
+
+def sized_text(number: int, length: int) -> str:
+    return (f"item {number} " + "lorem ipsum dolor sit amet " * 4)[:length]
+
+
+REFERENCE = [record(f"ref-{number}", sized_text(number, 12 + number * 7 % 49), LABELS[number % 3])
+             for number in range(400)]
+
+
+@pytest.fixture(scope="module")
+def with_history(tmp_path_factory: pytest.TempPathFactory, tracking: Path) -> dict[str, Any]:
+    """A store whose history holds one accepted snapshot: balanced labels, lengths 12..60."""
+    config = make_config(tmp_path_factory.mktemp("drift"), tracking)
+    store = ArtifactStore(config.artifact_root)
+    uri = store.step_uri("history-1", "clean", "dataset.parquet")
+    write_parquet(REFERENCE, store.local_path(uri), schema=RECORD_SCHEMA)
+    record_snapshot(store, {"run_id": "history-1", "logical_date": "2026-01-01", "uri": uri,
+                            "digest": "sha256:reference", "rows": len(REFERENCE)})
+    return {"config": config, "store": store}
+
+
+def validate_against_history(with_history: dict[str, Any], run_id: str, rows: Sequence[Mapping[str, Any]]) -> Manifest:
+    config, store = with_history["config"], with_history["store"]
+    crawl = crawl_manifest(config, store, run_id, rows)
+    return validate.run(config, {"crawl": crawl}, run_id=run_id, store=store, logical_date="2026-01-02")
+
+
+def test_a_batch_like_the_reference_passes_with_drift_recorded(with_history: dict[str, Any]) -> None:
+    batch = [record(f"new-{number}", sized_text(number + 1000, 12 + number * 7 % 49), LABELS[number % 3])
+             for number in range(300)]
+    manifest = validate_against_history(with_history, "run-same", batch)
+    assert 0 <= manifest.metrics["drift.label_psi"] < 0.01 and 0 <= manifest.metrics["drift.length_psi"] < 0.05
+    assert manifest.facts["drift_reference"] == {"snapshots": ["history-1"], "rows": 400}
+
+
+@pytest.mark.parametrize(("check", "make_row"), [
+    # Every row one label: the label mix drifts, lengths do not.
+    ("drift.label_psi", lambda number: record(f"lab-{number}", sized_text(number + 1000, 12 + number * 7 % 49), "libs")),
+    # Every text longer than any reference text: lengths drift, labels do not.
+    ("drift.length_psi", lambda number: record(f"len-{number}", sized_text(number + 1000, 65 + number % 15),
+                                               LABELS[number % 3])),
+])
+def test_drift_rejects_the_batch_naming_the_psi_and_bound(with_history: dict[str, Any], check: str, make_row: Any) -> None:
+    with pytest.raises(StepError) as caught:
+        validate_against_history(with_history, f"run-{check}", [make_row(number) for number in range(300)])
+    setting = check.replace("drift.", "max_")
+    assert re.search(rf"{re.escape(check)} \d+\.\d{{3}} > validate\.{setting}=0\.25 \(300 valid rows vs 400", str(caught.value))
+    other = "drift.length_psi" if check == "drift.label_psi" else "drift.label_psi"
+    assert f"{other} " not in str(caught.value)  # only the drifted distribution is named
+    failed = read_manifest(with_history["store"], f"run-{check}", validate.FAILED_STEP)
+    assert failed.metrics[check] > 0.25 and failed.metrics[other] < 0.25
+
+
+def test_a_small_batch_skips_drift(with_history: dict[str, Any]) -> None:
+    batch = [record(f"small-{number}", sized_text(number + 1000, 70), "libs") for number in range(50)]
+    manifest = validate_against_history(with_history, "run-small", batch)  # would drift on both
+    checks = {check["check"]: check for check in manifest.facts["batch_checks"]}
+    assert checks["drift.label_psi"]["status"] == "skipped"
+    assert checks["drift.length_psi"]["detail"] == "50 valid rows < validate.drift_min_rows=200"
+    assert manifest.metrics["drift.label_psi"] is None
+
+
+def test_psi_is_zero_for_equal_and_grows_with_shift() -> None:
+    assert validate.label_psi(["a", "b"] * 50, ["b", "a"] * 10) == pytest.approx(0)
+    # Empty bins use an epsilon instead of dividing by zero.
+    assert 0 < validate.label_psi(["a", "b"] * 50, ["a"] * 20) < float("inf")
+    reference = validate.np.arange(100)
+    assert validate.length_psi(reference, validate.np.arange(0, 100, 5), 10) == pytest.approx(0)
+    assert validate.length_psi(reference, validate.np.arange(90, 100), 10) > 1
 
 
 def test_an_empty_batch_is_rejected(tmp_path: Path, tracking: Path) -> None:
