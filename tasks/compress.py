@@ -1,10 +1,13 @@
-"""Compress the candidate (int8 dynamic quantization) and re-gate the compressed model.
+"""Compress the candidate into several variants, re-evaluate each, and pick the serving variant.
 
-The int8 model is re-evaluated on the same slices as the fp32 candidate; the serving variant is
-int8 when it loses at most `gate.max_compressed_drop` on every slice, else fp32. Quantization is a
-deterministic recipe applied at load time to the fp32 safetensors weights, so nothing pickled is
-ever stored or registered. The manifest carries the final gate verdict (candidate checks plus
-compressed checks) that decides promotion.
+Variants: PyTorch int8 dynamic quantization (a recipe applied at load time to the fp32 safetensors,
+so nothing pickled is stored), ONNX fp32 (TorchScript exporter, dynamic batch/sequence axes) and
+onnxruntime dynamic int8 (both stored as `.onnx` outputs: a safe format), and global magnitude
+pruning of the Linear weights (measured only: dense storage gains nothing, so it is never served).
+Each is scored on the same slices as the fp32 candidate and timed in its own interleaved blocks.
+The serving variant is the smallest (then fastest) servable variant that loses at most
+`gate.max_compressed_drop` on every slice, else fp32. Distillation is not done here yet.
+The manifest carries the final gate verdict (candidate checks plus compressed checks).
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from tasks.config import PipelineConfig
 from tasks.contract import Manifest, StepContext, cli, execute
@@ -21,7 +26,11 @@ from tasks.gate import Verdict, judge_compressed
 from tasks.store import ArtifactStore
 
 STEP = "compress"
-INT8 = "int8-dynamic"
+FP32, INT8, ONNX_FP32, ONNX_INT8, PRUNED = "fp32", "int8-dynamic", "onnx-fp32", "onnx-int8", "pruned"
+SERVABLE = (FP32, INT8, ONNX_FP32, ONNX_INT8)
+# ONNX variants: the step output holding the file (register logs it as the `onnx_model` artifact).
+ONNX_OUTPUTS = {ONNX_FP32: ("onnx_fp32", "onnx/model.onnx"), ONNX_INT8: ("onnx_int8", "onnx/model.int8.onnx")}
+SIZE_TIE = 0.01  # size ratios this close count as equal; latency decides
 log = logging.getLogger("freshet.compress")
 
 
@@ -35,50 +44,104 @@ def _saved_size(model) -> int:
         return path.stat().st_size
 
 
+def _safetensors_size(model) -> int:
+    with tempfile.TemporaryDirectory() as directory:
+        model.save_pretrained(directory)
+        return sum(path.stat().st_size for path in Path(directory).glob("*.safetensors"))
+
+
+def select_serving_variant(variants: Mapping[str, Mapping[str, Any]], max_drop: float,
+                           servable: tuple[str, ...] = SERVABLE) -> str:
+    """The smallest (then fastest at batch 1) servable variant within `max_drop` on every slice; else fp32.
+
+    A variant row needs `size_ratio`, `latency_ratio_batch1` and `macro_f1_delta` (slice -> delta vs
+    fp32, negative = worse). fp32 itself competes at ratio 1, so a variant no smaller and no faster
+    than fp32 is never picked. Sizes within SIZE_TIE of each other tie and latency decides.
+    """
+    def within(row: Mapping[str, Any]) -> bool:
+        deltas = [delta for delta in row.get("macro_f1_delta", {}).values() if delta == delta]  # NaN: empty slice
+        return bool(deltas) and all(-delta <= max_drop + 1e-12 for delta in deltas)
+
+    candidates = [(1.0, 1.0, 0, FP32)] + [
+        (float(row["size_ratio"]), float(row["latency_ratio_batch1"]), 1, name)
+        for name, row in variants.items() if name in servable and name != FP32 and within(row)]
+    # Round sizes onto a SIZE_TIE grid so near-equal sizes compare by latency; fp32 wins exact ties.
+    return min(candidates, key=lambda item: (round(item[0] / SIZE_TIE), item[1], item[2]))[3]
+
+
 def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, store: ArtifactStore,
         logical_date: str | None = None) -> Manifest:
     def body(context: StepContext) -> None:
-        from tasks.modeling import load_classifier, measure_latency
+        from tasks.modeling import (OnnxClassifier, export_onnx, interleaved_latency, load_classifier,
+                                    prune_magnitude, quantize_int8, quantize_onnx_int8)
 
         labels = list(config.labels)
         model_dir = context.input_path("train", "model")
         evaluation = json.loads(context.input_path("evaluate", "evaluation").read_text())
+        reference = evaluation["candidate"]
         slices = evaluation_slices(context.input("clean"), store)
         fp32_model, tokenizer = load_classifier(model_dir)
         settings = dict(max_length=config.train.max_length, batch_size=config.evaluate.batch_size)
         sample = [row["text"] for row in (slices["fresh"] or slices["frozen"])[: config.compress.latency_sample_rows]]
+        fp32_size = sum(path.stat().st_size for path in Path(model_dir).glob("*.safetensors")) or _saved_size(fp32_model)
+        enabled = config.compress.enabled_variants
 
-        variants: dict[str, dict] = {}
+        models: dict[str, Any] = {FP32: fp32_model}
+        sizes: dict[str, int] = {}
+        extra: dict[str, dict[str, Any]] = {}
+        if INT8 in enabled:
+            models[INT8] = quantize_int8(load_classifier(model_dir)[0])
+            sizes[INT8] = _saved_size(models[INT8])  # packed int8 state dict (the recipe is applied at load)
+        if ONNX_FP32 in enabled or ONNX_INT8 in enabled:
+            _, fp32_relative = ONNX_OUTPUTS[ONNX_FP32]
+            fp32_path = export_onnx(fp32_model, tokenizer, context.out_dir / fp32_relative, opset=config.compress.onnx_opset)
+            for variant in (ONNX_FP32, ONNX_INT8):
+                if variant not in enabled:
+                    continue
+                output, relative = ONNX_OUTPUTS[variant]
+                path = fp32_path if variant == ONNX_FP32 else quantize_onnx_int8(fp32_path, context.out_dir / relative)
+                models[variant] = OnnxClassifier(path, fp32_model.config)
+                sizes[variant] = path.stat().st_size
+                context.add_output(output, relative, "file", variant=variant, opset=config.compress.onnx_opset)
+            if ONNX_FP32 not in enabled:
+                fp32_path.unlink()
+        if PRUNED in enabled:
+            models[PRUNED], sparsity = prune_magnitude(load_classifier(model_dir)[0], config.compress.prune_amount)
+            sizes[PRUNED] = _safetensors_size(models[PRUNED])  # dense: zeros cost as much as weights
+            extra[PRUNED] = {"sparsity": sparsity, "amount": config.compress.prune_amount}
+
+        latency = interleaved_latency(models, tokenizer, sample, max_length=config.train.max_length,
+                                      rounds=config.compress.latency_rounds)
+        variants: dict[str, dict[str, Any]] = {}
         checks = []
-        if config.compress.quantize_int8:
-            int8_model, _ = load_classifier(model_dir, quantization=INT8)
-            int8_metrics, _ = score(int8_model, tokenizer, slices, labels, **settings)
-            # Time each variant in its own block (alternating single calls skews both; see STACK.md).
-            fp32_latency = measure_latency(fp32_model, tokenizer, sample, max_length=config.train.max_length)
-            int8_latency = measure_latency(int8_model, tokenizer, sample, max_length=config.train.max_length)
-            fp32_size, int8_size = _saved_size(fp32_model), _saved_size(int8_model)
-            verdict = judge_compressed(config.evaluate.gate, int8_metrics, evaluation["candidate"], INT8)
-            checks = verdict.checks
-            variants[INT8] = {
+        for variant in models:
+            if variant == FP32:
+                continue
+            metrics, _ = score(models[variant], tokenizer, slices, labels, **settings)
+            verdict = judge_compressed(config.evaluate.gate, metrics, reference, variant)
+            checks.extend(verdict.checks)
+            variants[variant] = {
                 "passed": verdict.passed,
-                "size_ratio": int8_size / fp32_size,
-                "latency_ratio_batch1": int8_latency["latency_ms_batch1_p50"] / fp32_latency["latency_ms_batch1_p50"],
-                "latency_ratio_batch32": int8_latency["latency_ms_batch32_p50"] / fp32_latency["latency_ms_batch32_p50"],
-                "macro_f1": {name: metrics["macro_f1"] for name, metrics in int8_metrics.items()},
-                "macro_f1_delta": {name: int8_metrics[name]["macro_f1"] - evaluation["candidate"][name]["macro_f1"]
-                                   for name in int8_metrics},
-                "latency_ms": int8_latency, "fp32_latency_ms": fp32_latency,
-                "size_bytes": int8_size, "fp32_size_bytes": fp32_size,
+                "servable": variant in SERVABLE,
+                "size_ratio": sizes[variant] / fp32_size,
+                "latency_ratio_batch1": latency[variant]["latency_ms_batch1_p50"] / latency[FP32]["latency_ms_batch1_p50"],
+                "latency_ratio_batch32": latency[variant]["latency_ms_batch32_p50"] / latency[FP32]["latency_ms_batch32_p50"],
+                "macro_f1": {name: value["macro_f1"] for name, value in metrics.items()},
+                "macro_f1_delta": {name: metrics[name]["macro_f1"] - reference[name]["macro_f1"] for name in metrics},
+                "latency_ms": latency[variant], "fp32_latency_ms": latency[FP32],
+                "size_bytes": sizes[variant], "fp32_size_bytes": fp32_size,
+                **extra.get(variant, {}),
             }
-        serving_variant = INT8 if variants.get(INT8, {}).get("passed") else "fp32"
+        serving_variant = select_serving_variant(variants, config.evaluate.gate.max_compressed_drop)
+        serving_artifact = ONNX_OUTPUTS[serving_variant][0] if serving_variant in ONNX_OUTPUTS else None
         candidate_gate = context.input("evaluate").facts["gate"]
         final = Verdict.model_validate({"passed": candidate_gate["passed"], "checks": candidate_gate["checks"] + [
             check.model_dump() for check in checks]})
         # A compressed variant that fails its re-gate does not reject the candidate: fp32 is served.
         gate = final.summary() | {"passed": candidate_gate["passed"], "reasons": candidate_gate["reasons"],
                                   "serving_variant": serving_variant}
-        (context.out_dir / "compression.json").write_text(json.dumps({"variants": variants,
-                                                                      "serving_variant": serving_variant}, indent=2))
+        (context.out_dir / "compression.json").write_text(json.dumps(
+            {"variants": variants, "serving_variant": serving_variant, "serving_artifact": serving_artifact}, indent=2))
         (context.out_dir / "gate.json").write_text(json.dumps(gate, indent=2))
         context.add_output("compression", "compression.json", "report")
         context.add_output("gate", "gate.json", "report")
@@ -90,7 +153,8 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
                 context.metrics[f"{variant}.{name}.macro_f1_delta"] = delta
         context.metrics["serving_variant"] = serving_variant
         context.metrics["gate_passed"] = gate["passed"]
-        context.facts.update({"gate": gate, "serving_variant": serving_variant, "variants": variants,
+        context.facts.update({"gate": gate, "serving_variant": serving_variant, "serving_artifact": serving_artifact,
+                              "variants": variants,
                               "champion_version": context.input("evaluate").facts.get("champion_version")})
 
     manifest = execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,

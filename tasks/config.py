@@ -64,12 +64,36 @@ class ValidateConfig(_Section):
     # a mostly-bad batch downstream.
     max_quarantine_fraction: float = Field(0.2, ge=0, le=1)
     min_rows: int = Field(1, ge=0)
+    # Row-level: share of printable characters (letters, marks, numbers, punctuation, symbols, spaces)
+    # below which a text is binary garbage or mojibake.
+    min_printable_ratio: float = Field(0.9, ge=0, le=1)
+    # A label outside `labels`: quarantine its rows, or reject the batch (a new class needs a decision).
+    new_labels: Literal["quarantine", "reject"] = "quarantine"
+    # Batch-level: fraction of rows whose text repeats an earlier row's text (a re-crawl or a loop).
+    max_duplicate_fraction: float = Field(0.2, ge=0, le=1)
+    # Batch-level drift against accepted history (population stability index; 0.25 = major shift).
+    max_label_psi: float = Field(0.25, ge=0)
+    max_length_psi: float = Field(0.25, ge=0)
+    # Below this many valid rows PSI is mostly sampling noise: the drift checks are skipped (reported).
+    drift_min_rows: int = Field(200, ge=1)
+    # Cap on history rows read for the reference profile (most recent snapshots first).
+    drift_reference_max_rows: int = Field(20_000, ge=1)
+    drift_length_bins: int = Field(10, ge=2)
 
 
 class CleanConfig(_Section):
     strip_markup: bool = True
     unicode_form: Literal["NFC", "NFKC"] = "NFKC"
     lowercase: bool = False
+    # Near-duplicates (MinHash LSH candidates, confirmed by exact Jaccard of shingle sets); null = off.
+    near_duplicate_threshold: float | None = Field(0.85, gt=0, le=1)
+    # Train rows this similar to any validation/test row (batch or history) are removed (leakage);
+    # lower than the de-duplication threshold, since a paraphrase in train already inflates test scores.
+    leakage_threshold: float | None = Field(0.7, gt=0, le=1)
+    shingles: Literal["char5", "word3"] = "char5"
+    num_perm: int = Field(64, ge=16, le=512)
+    # Replace e-mail addresses, phone numbers and IP addresses with placeholders (<EMAIL>, ...).
+    scrub_pii: bool = False
 
 
 class SplitConfig(_Section):
@@ -137,23 +161,53 @@ class TrainConfig(_Section):
 
 
 class GatePolicy(_Section):
-    """Declarative gate: absolute floors, non-inferiority vs the champion, compressed-model drop."""
+    """Declarative gate: absolute floors, non-inferiority vs the champion, compressed-model drop.
+
+    Optional bounds (None) are reported but never fail the gate.
+    """
 
     floors: dict[str, float] = Field(default_factory=lambda: {"frozen.macro_f1": 0.3})
     primary_metric: str = "macro_f1"
-    # Candidate may be at most this much worse than the champion on every slice both were scored on.
+    # Candidate may be at most this much worse than the champion on every slice both were scored on;
+    # judged on the lower bound of a paired bootstrap interval of (candidate - champion).
     non_inferiority_margin: float = Field(0.02, ge=0)
+    bootstrap_resamples: int = Field(1000, ge=100)
+    confidence_level: float = Field(0.95, gt=0.5, lt=1)
+    bootstrap_seed: int = 0
+    # Largest allowed per-class F1 loss vs the champion; classes with fewer test rows than
+    # `min_class_support` in a slice are too noisy to judge and are left out.
+    max_class_f1_drop: float | None = Field(0.10, ge=0)
+    min_class_support: int = Field(20, ge=1)
+    # Forgetting: champion minus candidate primary metric on the `old` slice.
+    max_forgetting: float | None = Field(0.02, ge=0)
+    max_latency_ms_batch1_p95: float | None = Field(None, gt=0)
+    max_ece: float | None = Field(None, ge=0, le=1)
     max_compressed_drop: float = Field(0.03, ge=0)
 
 
 class EvaluateConfig(_Section):
     batch_size: int = Field(64, ge=1)
+    calibration_bins: int = Field(15, ge=2)
     gate: GatePolicy = GatePolicy()
 
 
+CompressionVariant = Literal["int8-dynamic", "onnx-fp32", "onnx-int8", "pruned"]
+
+
 class CompressConfig(_Section):
-    quantize_int8: bool = True
+    # Evaluated variants; the policy serves the smallest (then fastest) one within
+    # `gate.max_compressed_drop` on every slice. `pruned` is measured only (dense storage, not served).
+    variants: list[CompressionVariant] = Field(
+        default_factory=lambda: ["int8-dynamic", "onnx-fp32", "onnx-int8", "pruned"])
+    quantize_int8: bool = True  # kept for old configs: False drops int8-dynamic from `variants`
+    onnx_opset: int = Field(17, ge=13)
+    prune_amount: float = Field(0.3, gt=0, lt=1, description="fraction of Linear weights zeroed (global magnitude)")
     latency_sample_rows: int = Field(64, ge=1)
+    latency_rounds: int = Field(3, ge=1, description="interleaved timing blocks per variant; medians reported")
+
+    @property
+    def enabled_variants(self) -> list[str]:
+        return [variant for variant in self.variants if self.quantize_int8 or variant != "int8-dynamic"]
 
 
 class MlflowConfig(_Section):

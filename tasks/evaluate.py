@@ -16,8 +16,9 @@ from typing import Any
 from tasks.config import PipelineConfig
 from tasks.contract import Manifest, StepContext, cli, execute
 from tasks.data import read_rows, write_parquet
-from tasks.gate import Verdict, judge_candidate
-from tasks.metrics import classification_metrics
+from tasks.config import GatePolicy
+from tasks.gate import BOOTSTRAP_METRICS, PairedComparison, Verdict, compare_paired, judge_candidate
+from tasks.metrics import classification_metrics, expected_calibration_error
 from tasks.store import ArtifactStore
 
 STEP = "evaluate"
@@ -40,17 +41,33 @@ def evaluation_slices(clean: Manifest, store: ArtifactStore) -> dict[str, list[d
 
 
 def score(model, tokenizer, slices: Mapping[str, Sequence[dict[str, Any]]], labels: Sequence[str], *,
-          max_length: int, batch_size: int) -> tuple[dict[str, dict[str, Any]], dict[str, list[int]]]:
-    """Metrics per slice and the predicted label ids (kept for the serving check and reports)."""
+          max_length: int, batch_size: int, calibration_bins: int = 15,
+          ) -> tuple[dict[str, dict[str, Any]], dict[str, list[int]]]:
+    """Metrics per slice (with ECE) and the per-row predicted label ids (for paired gate statistics)."""
     from tasks.modeling import predict
 
     index = {label: position for position, label in enumerate(labels)}
     metrics, predicted = {}, {}
     for name, rows in slices.items():
         result = predict(model, tokenizer, [row["text"] for row in rows], max_length=max_length, batch_size=batch_size)
-        metrics[name] = classification_metrics([index[row["label"]] for row in rows], result.label_ids, labels)
+        truth = [index[row["label"]] for row in rows]
+        metrics[name] = classification_metrics(truth, result.label_ids, labels)
+        metrics[name]["ece"] = expected_calibration_error(truth, result.probabilities, calibration_bins)
         predicted[name] = [int(value) for value in result.label_ids]
     return metrics, predicted
+
+
+def paired_comparisons(policy: GatePolicy, slices: Mapping[str, Sequence[dict[str, Any]]], labels: Sequence[str],
+                       candidate: Mapping[str, Sequence[int]], champion: Mapping[str, Sequence[int]],
+                       ) -> dict[str, PairedComparison]:
+    """Bootstrap CI and McNemar per non-empty slice, both models' predictions on the same rows."""
+    if policy.primary_metric not in BOOTSTRAP_METRICS:
+        return {}
+    index = {label: position for position, label in enumerate(labels)}
+    return {name: compare_paired([index[row["label"]] for row in rows], candidate[name], champion[name], len(labels),
+                                 metric=policy.primary_metric, resamples=policy.bootstrap_resamples,
+                                 confidence=policy.confidence_level, seed=policy.bootstrap_seed)
+            for name, rows in slices.items() if rows}
 
 
 def confusion_png(matrix: Sequence[Sequence[int]], labels: Sequence[str], title: str, path: Path) -> None:
@@ -75,16 +92,28 @@ def confusion_png(matrix: Sequence[Sequence[int]], labels: Sequence[str], title:
 
 
 def gate_report(verdict: Verdict, candidate: Mapping[str, Any], champion: Mapping[str, Any] | None,
-                champion_version: str | None, title: str) -> str:
+                champion_version: str | None, title: str,
+                paired: Mapping[str, PairedComparison] | None = None) -> str:
     lines = [f"# {title}", "", f"**Verdict: {'PASS' if verdict.passed else 'REJECT'}**", ""]
     if verdict.reasons:
         lines += ["Reasons:", *[f"- {reason}" for reason in verdict.reasons], ""]
     lines += [f"Champion compared: {('version ' + champion_version) if champion_version else 'none (first run: floors only)'}", "",
-              "| slice | rows | candidate macro-F1 | champion macro-F1 | candidate accuracy |", "|---|---|---|---|---|"]
+              "| slice | rows | candidate macro-F1 | champion macro-F1 | candidate accuracy | candidate ECE |",
+              "|---|---|---|---|---|---|"]
     for name, metrics in candidate.items():
         champion_f1 = champion.get(name, {}).get("macro_f1") if champion else None
+        ece = metrics.get("ece")
         lines.append(f"| {name} | {metrics['rows']} | {metrics['macro_f1']:.4f} | "
-                     f"{'-' if champion_f1 is None else f'{champion_f1:.4f}'} | {metrics['accuracy']:.4f} |")
+                     f"{'-' if champion_f1 is None else f'{champion_f1:.4f}'} | {metrics['accuracy']:.4f} | "
+                     f"{'-' if ece is None else f'{ece:.4f}'} |")
+    if paired:
+        lines += ["", "Paired comparison on the same rows (candidate - champion; percentile bootstrap, exact McNemar):", "",
+                  "| slice | metric | difference | CI low | CI high | only candidate right | only champion right | McNemar p |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, comparison in paired.items():
+            lines.append(f"| {name} | {comparison.metric} | {comparison.difference:+.4f} | {comparison.ci_low:+.4f} | "
+                         f"{comparison.ci_high:+.4f} | {comparison.candidate_only_correct} | "
+                         f"{comparison.champion_only_correct} | {comparison.mcnemar_p_value:.3g} |")
     lines += ["", "| check | value | threshold | verdict |", "|---|---|---|---|"]
     for check in verdict.checks:
         value = "-" if check.value is None else f"{check.value:.4f}"
@@ -105,27 +134,35 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         labels = list(config.labels)
         slices = evaluation_slices(context.input("clean"), store)
         candidate_model, tokenizer = load_classifier(context.input_path("train", "model"))
-        settings = dict(max_length=config.train.max_length, batch_size=config.evaluate.batch_size)
+        policy = config.evaluate.gate
+        settings = dict(max_length=config.train.max_length, batch_size=config.evaluate.batch_size,
+                        calibration_bins=config.evaluate.calibration_bins)
         candidate, candidate_predicted = score(candidate_model, tokenizer, slices, labels, **settings)
-        champion_metrics = None
+        champion_metrics, champion_predicted, paired = None, None, {}
         if champion_version is not None:
             champion_model, champion_tokenizer = load_classifier(registry.download_model_dir(config, champion_version))
-            champion_metrics, _ = score(champion_model, champion_tokenizer, slices, labels, **settings)
-        verdict = judge_candidate(config.evaluate.gate, candidate, champion_metrics)
+            champion_metrics, champion_predicted = score(champion_model, champion_tokenizer, slices, labels, **settings)
+            del champion_model
+            paired = paired_comparisons(policy, slices, labels, candidate_predicted, champion_predicted)
 
         sample = [row["text"] for row in slices["fresh"][:16]] or [row["text"] for row in slices["frozen"][:16]]
         latency = measure_latency(candidate_model, tokenizer, sample, max_length=config.train.max_length)
+        verdict = judge_candidate(policy, candidate, champion_metrics, paired=paired, latency=latency)
         evaluation = {"candidate": candidate, "champion": champion_metrics, "champion_version": champion_version,
+                      "paired": {name: comparison.model_dump() for name, comparison in paired.items()},
                       "latency": latency, "size_bytes": model_size_bytes(candidate_model)}
         (context.out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
         (context.out_dir / "gate.json").write_text(json.dumps(verdict.summary(), indent=2))
         (context.out_dir / "report.md").write_text(
-            gate_report(verdict, candidate, champion_metrics, champion_version, f"Candidate evaluation, run {run_id}"))
+            gate_report(verdict, candidate, champion_metrics, champion_version, f"Candidate evaluation, run {run_id}",
+                        paired))
         confusion_png(candidate["frozen"]["confusion_matrix"], labels, "candidate, frozen test",
                       context.out_dir / "confusion_frozen.png")
         write_parquet([{"slice": name, "id": row["id"], "text": row["text"], "label": row["label"],
-                        "predicted": labels[predicted]}
-                       for name in slices for row, predicted in zip(slices[name], candidate_predicted[name])],
+                        "predicted": labels[predicted],
+                        "champion_predicted": labels[champion_predicted[name][position]] if champion_predicted else None}
+                       for name in slices
+                       for position, (row, predicted) in enumerate(zip(slices[name], candidate_predicted[name]))],
                       context.out_dir / "predictions.parquet")
         context.add_output("evaluation", "evaluation.json", "report")
         context.add_output("gate", "gate.json", "report")
@@ -137,8 +174,13 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
             context.metrics[f"candidate.{name}.macro_f1"] = metrics["macro_f1"]
             context.metrics[f"candidate.{name}.accuracy"] = metrics["accuracy"]
             context.metrics[f"{name}.rows"] = metrics["rows"]
+            context.metrics[f"candidate.{name}.ece"] = metrics["ece"]
             if champion_metrics:
                 context.metrics[f"champion.{name}.macro_f1"] = champion_metrics[name]["macro_f1"]
+            if name in paired:
+                context.metrics[f"paired.{name}.ci_low"] = paired[name].ci_low
+                context.metrics[f"paired.{name}.ci_high"] = paired[name].ci_high
+                context.metrics[f"paired.{name}.mcnemar_p"] = paired[name].mcnemar_p_value
         context.metrics.update(latency)
         context.metrics["size_bytes"] = evaluation["size_bytes"]
         context.metrics["gate_passed"] = verdict.passed

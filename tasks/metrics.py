@@ -32,3 +32,18 @@ def classification_metrics(truth: Sequence[int], predicted: Sequence[int], label
         },
         "confusion_matrix": confusion_matrix(truth_array, predicted_array, labels=indices).tolist(),
     }
+
+
+def expected_calibration_error(truth: Sequence[int], probabilities: np.ndarray, bins: int = 15) -> float:
+    """ECE: row-weighted mean |accuracy - confidence| over equal-width bins of the top probability."""
+    truth_array = np.asarray(truth)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if truth_array.size == 0:
+        return float("nan")
+    confidence = probabilities.max(axis=1)
+    correct = (probabilities.argmax(axis=1) == truth_array).astype(np.float64)
+    # Bin i holds confidences in (i/bins, (i+1)/bins]; confidence is >= 1/classes > 0.
+    index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    gap = np.abs(np.bincount(index, weights=correct, minlength=bins) - np.bincount(index, weights=confidence, minlength=bins))
+    return float(gap.sum() / counts.sum())

@@ -156,3 +156,127 @@ def measure_latency(model: torch.nn.Module, tokenizer, texts: Sequence[str], *, 
     return {"latency_ms_batch1_p50": float(np.percentile(single, 50)),
             "latency_ms_batch1_p95": float(np.percentile(single, 95)),
             "latency_ms_batch32_p50": float(np.percentile(batch32, 50))}
+
+
+# ------------------------------------------------------------------------------ compressed variants
+
+ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class _LogitsOnly(torch.nn.Module):
+    """Positional inputs in ONNX_INPUTS order and a plain logits output, for the TorchScript exporter."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+
+def export_onnx(model: torch.nn.Module, tokenizer, path: Path, *, opset: int = 17) -> Path:
+    """fp32 ONNX with dynamic batch and sequence axes (TorchScript exporter: onnxscript is not installed)."""
+    import warnings
+
+    model.eval()
+    features = tokenizer(["an example text to trace", "short"], padding=True, return_tensors="pt")
+    if "token_type_ids" not in features:
+        features["token_type_ids"] = torch.zeros_like(features["input_ids"])
+    axes = {name: {0: "batch", 1: "sequence"} for name in ONNX_INPUTS}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # dynamo=False is deprecated; tracer warnings about shapes are expected
+        torch.onnx.export(_LogitsOnly(model).eval(), tuple(features[name] for name in ONNX_INPUTS), str(path),
+                          input_names=list(ONNX_INPUTS), output_names=["logits"],
+                          dynamic_axes={**axes, "logits": {0: "batch"}}, opset_version=opset, dynamo=False)
+    model.eval()
+    return path
+
+
+def quantize_onnx_int8(source: Path, target: Path) -> Path:
+    """onnxruntime dynamic quantization: int8 weights (MatMul, Gather), activations quantized per call."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # it warns through the root logger to run its pre-processing (optional)
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+    return target
+
+
+class OnnxClassifier:
+    """An onnxruntime session that quacks like a HF classifier for `predict` and `measure_latency`."""
+
+    def __init__(self, onnx_path: Path, config, threads: int | None = None) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or threads_per_rank()
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        self.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [item.name for item in self.session.get_inputs()]
+        self.config = config
+
+    def eval(self) -> OnnxClassifier:
+        return self
+
+    def __call__(self, **features):
+        from types import SimpleNamespace
+
+        if "token_type_ids" not in features:
+            features["token_type_ids"] = torch.zeros_like(torch.as_tensor(features["input_ids"]))
+        feed = {name: np.asarray(features[name], dtype=np.int64) for name in self.input_names}
+        return SimpleNamespace(logits=torch.from_numpy(self.session.run(["logits"], feed)[0]))
+
+
+def prune_magnitude(model: torch.nn.Module, amount: float) -> tuple[torch.nn.Module, float]:
+    """Global magnitude pruning of every Linear weight, made permanent; returns (model, sparsity)."""
+    from torch.nn.utils import prune
+
+    linears = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    prune.global_unstructured([(module, "weight") for module in linears], pruning_method=prune.L1Unstructured,
+                              amount=amount)
+    for module in linears:
+        prune.remove(module, "weight")
+    zeros = sum(int((module.weight == 0).sum()) for module in linears)
+    return model.eval(), zeros / sum(module.weight.numel() for module in linears)
+
+
+SERVING_VARIANTS = ("fp32", "int8-dynamic", "onnx-fp32", "onnx-int8")
+
+
+def load_serving_model(model_dir: Path, variant: str | None = None, onnx_path: Path | None = None):
+    """The model a serving variant runs, and its tokenizer: torch (fp32 / int8 recipe) or an ONNX file."""
+    variant = variant or "fp32"
+    if variant in ("fp32", "none", "int8-dynamic"):
+        return load_classifier(model_dir, None if variant in ("fp32", "none") else variant)
+    if variant not in SERVING_VARIANTS:
+        raise ValueError(f"unknown serving variant {variant!r}; known: {SERVING_VARIANTS}")
+    if onnx_path is None:
+        raise ValueError(f"serving variant {variant!r} needs an ONNX file")
+    from transformers import AutoConfig
+
+    return OnnxClassifier(Path(onnx_path), AutoConfig.from_pretrained(str(model_dir))), AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def interleaved_latency(models: dict[str, object], tokenizer, texts: Sequence[str], *, max_length: int,
+                        rounds: int = 3, repeats: int = 3) -> dict[str, dict[str, float]]:
+    """Per model, the median over `rounds` of `measure_latency` blocks, blocks interleaved across models.
+
+    Each model is timed in its own block (torch and onnxruntime both spin worker threads, so alternating
+    single calls skews both); the block order rotates each round so drift is shared.
+    """
+    names = list(models)
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    for round_index in range(rounds):
+        for offset in range(len(names)):
+            name = names[(round_index + offset) % len(names)]
+            samples[name].append(measure_latency(models[name], tokenizer, texts, max_length=max_length, repeats=repeats))
+    return {name: {key: float(np.median([block[key] for block in blocks])) for key in blocks[0]}
+            for name, blocks in samples.items()}

@@ -76,17 +76,21 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         tags = evidence_tags(config, inputs, run_id, fingerprint)
         version = find_version(client, name, run_id, fingerprint)
         if version is None:
-            gate = inputs["compress"].facts["gate"]
+            compress_facts = inputs["compress"].facts
+            gate = compress_facts["gate"]
+            variant = gate.get("serving_variant", "fp32")
+            artifacts = {registry.HF_ARTIFACT: str(context.input_path("train", "model"))}
+            if compress_facts.get("serving_artifact"):  # the ONNX file the chosen variant serves
+                artifacts["onnx_model"] = str(context.input_path("compress", compress_facts["serving_artifact"]))
             example = pd.DataFrame({"text": ["a sample text to classify", "another one"]})
             signature = infer_signature(example, pd.DataFrame({"label": [config.labels[0]] * 2, "probability": [0.5, 0.5]}))
             with step_run(config, run_id, STEP, logical_date):
                 info = mlflow.pyfunc.log_model(
                     name="model",
                     python_model=str(Path(__file__).with_name("serving.py")),
-                    artifacts={registry.HF_ARTIFACT: str(context.input_path("train", "model"))},
+                    artifacts=artifacts,
                     code_paths=[str(Path(__file__).resolve().parent)],
-                    model_config={"quantization": gate.get("serving_variant") if gate.get("serving_variant") != "fp32" else None,
-                                  "max_length": config.train.max_length},
+                    model_config={"variant": variant, "max_length": config.train.max_length},
                     signature=signature,
                     input_example=example,
                 )

@@ -1,12 +1,16 @@
 """The registered model: an MLflow pyfunc (models-from-code) that maps texts to labels.
 
-It wraps a Hugging Face directory (safetensors) logged as the `hf_model` artifact; `model_config`
-says whether to apply the int8 dynamic quantization recipe at load time. No pickled modules.
+It wraps a Hugging Face directory (safetensors) logged as the `hf_model` artifact (weights, config,
+tokenizer). `model_config["variant"]` picks what runs: `fp32`, `int8-dynamic` (a quantization recipe
+applied at load time), or `onnx-fp32` / `onnx-int8` (the ONNX file logged as the `onnx_model`
+artifact, run by onnxruntime). Older versions carry only `quantization` (None or `int8-dynamic`).
+No pickled modules.
 Input: a DataFrame with a `text` column (or a list of strings). Output: `label`, `probability`.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import mlflow
@@ -16,10 +20,18 @@ from mlflow.pyfunc import PythonModel
 
 class TextClassifier(PythonModel):
     def load_context(self, context) -> None:
-        from tasks.modeling import load_classifier
+        from tasks.modeling import load_serving_model
 
         settings = context.model_config or {}
-        self.model, self.tokenizer = load_classifier(Path(context.artifacts["hf_model"]), settings.get("quantization"))
+        variant = settings.get("variant") or settings.get("quantization") or "fp32"
+        onnx_path = context.artifacts.get("onnx_model")
+        if variant.startswith("onnx-") and not onnx_path:
+            # A version logged without its ONNX file: serve the fp32 weights the variant was gated against.
+            logging.getLogger("freshet.serving").warning("variant %s has no onnx_model artifact; serving fp32", variant)
+            variant = "fp32"
+        self.model, self.tokenizer = load_serving_model(Path(context.artifacts["hf_model"]), variant,
+                                                        Path(onnx_path) if onnx_path else None)
+        self.variant = variant
         self.max_length = int(settings.get("max_length", 128))
         self.labels = [self.model.config.id2label[index] for index in range(self.model.config.num_labels)]
 

@@ -1,0 +1,126 @@
+"""Compression variants on a tiny random BERT, and the serving-variant selection policy."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from tasks.compress import FP32, INT8, ONNX_FP32, ONNX_INT8, PRUNED, select_serving_variant
+from tasks.config import TrainConfig
+from tests.pipeline_fixtures import LABELS
+
+TEXTS = ["alpha0 alpha1 alpha2", "gamma3", "a somewhat longer text with more tokens in it", "beta"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from tasks.modeling import build_model, load_tokenizer
+
+    directory = tmp_path_factory.mktemp("tiny_model")
+    build_model(TrainConfig(model="tiny", max_length=16), LABELS).save_pretrained(directory)
+    load_tokenizer().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def onnx_files(tiny_model_dir, tmp_path_factory):
+    from tasks.modeling import export_onnx, load_classifier, quantize_onnx_int8
+
+    model, tokenizer = load_classifier(tiny_model_dir)
+    directory = tmp_path_factory.mktemp("onnx")
+    fp32 = export_onnx(model, tokenizer, directory / "model.onnx")
+    return {ONNX_FP32: fp32, ONNX_INT8: quantize_onnx_int8(fp32, directory / "model.int8.onnx")}
+
+
+def reference(tiny_model_dir):
+    from tasks.modeling import load_classifier, predict
+
+    model, tokenizer = load_classifier(tiny_model_dir)
+    return predict(model, tokenizer, TEXTS, max_length=16)
+
+
+def test_onnx_fp32_matches_torch_on_every_batch_shape(tiny_model_dir, onnx_files):
+    from tasks.modeling import load_serving_model, predict
+
+    expected = reference(tiny_model_dir)
+    model, tokenizer = load_serving_model(tiny_model_dir, ONNX_FP32, onnx_files[ONNX_FP32])
+    for batch_size in (1, 3, 32):  # dynamic batch and sequence axes
+        result = predict(model, tokenizer, TEXTS, max_length=16, batch_size=batch_size)
+        np.testing.assert_allclose(result.probabilities, expected.probabilities, atol=1e-5)
+
+
+def test_onnx_int8_is_smaller_and_predicts(tiny_model_dir, onnx_files):
+    from tasks.modeling import load_serving_model, predict
+
+    assert onnx_files[ONNX_INT8].stat().st_size < 0.5 * onnx_files[ONNX_FP32].stat().st_size
+    model, tokenizer = load_serving_model(tiny_model_dir, ONNX_INT8, onnx_files[ONNX_INT8])
+    result = predict(model, tokenizer, TEXTS, max_length=16)
+    assert result.probabilities.shape == (len(TEXTS), len(LABELS))
+    np.testing.assert_allclose(result.probabilities.sum(axis=1), 1, atol=1e-5)
+    assert np.abs(result.probabilities - reference(tiny_model_dir).probabilities).max() < 0.1
+
+
+def test_int8_dynamic_and_pruned_variants_predict(tiny_model_dir):
+    import torch
+
+    from tasks.modeling import load_classifier, load_serving_model, predict, prune_magnitude
+
+    int8, tokenizer = load_serving_model(tiny_model_dir, INT8)
+    assert predict(int8, tokenizer, TEXTS, max_length=16).probabilities.shape == (len(TEXTS), len(LABELS))
+    pruned, sparsity = prune_magnitude(load_classifier(tiny_model_dir)[0], 0.3)
+    linears = [module for module in pruned.modules() if isinstance(module, torch.nn.Linear)]
+    assert sparsity == pytest.approx(0.3, abs=0.01)
+    assert not any(hasattr(module, "weight_orig") for module in linears)  # made permanent
+    assert predict(pruned, tokenizer, TEXTS, max_length=16).probabilities.shape == (len(TEXTS), len(LABELS))
+
+
+def test_onnx_variant_needs_its_file(tiny_model_dir):
+    from tasks.modeling import load_serving_model
+
+    with pytest.raises(ValueError, match="needs an ONNX file"):
+        load_serving_model(tiny_model_dir, ONNX_INT8)
+    with pytest.raises(ValueError, match="unknown serving variant"):
+        load_serving_model(tiny_model_dir, "fp8")
+
+
+@pytest.mark.parametrize(("model_config", "with_onnx", "expected_type"), [
+    ({"variant": ONNX_INT8}, True, "OnnxClassifier"),
+    ({"variant": ONNX_INT8}, False, "BertForSequenceClassification"),  # no file logged: fp32 weights
+    ({"quantization": INT8}, False, "BertForSequenceClassification"),  # versions registered before `variant`
+    ({"quantization": None}, False, "BertForSequenceClassification"),
+])
+def test_pyfunc_serves_the_configured_variant(tiny_model_dir, onnx_files, model_config, with_onnx, expected_type):
+    import pandas as pd
+
+    from tasks.serving import TextClassifier
+
+    artifacts = {"hf_model": str(tiny_model_dir)} | ({"onnx_model": str(onnx_files[ONNX_INT8])} if with_onnx else {})
+    served = TextClassifier()
+    served.load_context(SimpleNamespace(artifacts=artifacts, model_config=model_config | {"max_length": 16}))
+    assert type(served.model).__name__ == expected_type
+    result = served.predict(None, pd.DataFrame({"text": TEXTS}))
+    assert list(result.columns) == ["label", "probability"] and set(result["label"]) <= set(LABELS)
+    if model_config.get("quantization") == INT8:
+        assert any("quantized" in type(module).__module__ for module in served.model.modules())
+
+
+def row(size, latency, **deltas):
+    return {"size_ratio": size, "latency_ratio_batch1": latency, "macro_f1_delta": deltas or {"frozen": 0.0}}
+
+
+@pytest.mark.parametrize(("table", "expected"), [
+    ({}, FP32),
+    ({INT8: row(0.3, 0.8), ONNX_FP32: row(1.0, 0.5), ONNX_INT8: row(0.25, 0.4)}, ONNX_INT8),  # smallest
+    ({INT8: row(0.3, 0.8), ONNX_INT8: row(0.25, 0.4, frozen=-0.01, fresh=-0.05)}, INT8),  # drop too big on one slice
+    ({INT8: row(0.3, 0.8, frozen=-0.04), ONNX_INT8: row(0.25, 0.4, fresh=-0.031)}, FP32),  # nothing within the drop
+    ({INT8: row(0.300, 0.9), ONNX_INT8: row(0.304, 0.5)}, ONNX_INT8),  # sizes tie within 1%: faster wins
+    ({ONNX_FP32: row(1.002, 0.6)}, ONNX_FP32),  # same size as fp32, faster
+    ({ONNX_FP32: row(1.002, 1.3)}, FP32),  # same size, slower: fp32
+    ({PRUNED: row(0.1, 0.5)}, FP32),  # not servable
+    ({INT8: row(0.3, 0.8, frozen=float("nan"), fresh=-0.01)}, INT8),  # empty slice is not judged
+    ({INT8: row(0.3, 0.8, frozen=-0.03)}, INT8),  # the bound is inclusive
+])
+def test_selection_policy(table, expected):
+    assert select_serving_variant(table, max_drop=0.03) == expected
