@@ -57,7 +57,13 @@ class DistributedEnv:
         if world_size > 1 and not dist.is_initialized():
             if device.type == "cuda":
                 torch.cuda.set_device(device)
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            # torchrun's agent keeps one store across restarts; without a per-attempt prefix a
+            # restarted rank reads its dead predecessor's gloo address and cannot connect.
+            store, _, _ = next(dist.rendezvous("env://"))
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                    store=dist.PrefixStore(f"/freshet/attempt_{attempt}", store),
+                                    rank=rank, world_size=world_size)
         return cls(rank, local_rank, world_size, device)
 
 

@@ -103,7 +103,8 @@ def test_poisoned_day_is_rejected_and_champion_stays(pipeline):
     challenger = registry.version_by_alias(config, registry.CHALLENGER)
     assert str(challenger.version) == "2"
     assert challenger.tags["freshet.gate"] == "rejected"
-    assert "non_inferiority" in challenger.tags["freshet.gate_reasons"] or "vs champion" in challenger.tags["freshet.gate_reasons"]
+    reasons = challenger.tags["freshet.gate_reasons"]
+    assert "candidate - champion" in reasons and "violates" in reasons, reasons
 
 
 def test_second_crawl_fetched_only_the_new_page(pipeline):
