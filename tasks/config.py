@@ -171,6 +171,8 @@ class GatePolicy(_Section):
     # Candidate may be at most this much worse than the champion on every slice both were scored on;
     # judged on the lower bound of a paired bootstrap interval of (candidate - champion).
     non_inferiority_margin: float = Field(0.02, ge=0)
+    # Slices with fewer rows are reported but not compared (a 35-row slice has a ±0.15 interval).
+    min_comparison_rows: int = Field(100, ge=1)
     bootstrap_resamples: int = Field(1000, ge=100)
     confidence_level: float = Field(0.95, gt=0.5, lt=1)
     bootstrap_seed: int = 0

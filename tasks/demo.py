@@ -120,7 +120,8 @@ def summarize_run(store: ArtifactStore, run_id: str) -> list[str]:
         for variant, facts in compress.facts.get("variants", {}).items():
             lines.append(f"  {variant}: size x{facts['size_ratio']:.2f}, latency x{facts['latency_ratio_batch1']:.2f} (batch 1)"
                          f" x{facts['latency_ratio_batch32']:.2f} (batch 32), macro-F1 delta"
-                         f" {facts['macro_f1_delta'].get('frozen', float('nan')):+.4f} (frozen); serving {compress.facts['serving_variant']}")
+                         f" {facts['macro_f1_delta'].get('frozen', float('nan')):+.4f} (frozen)")
+        lines.append(f"  serving variant: {compress.facts['serving_variant']}")
     if "register" in manifests:
         lines.append(f"  registered version {manifests['register'].facts['version']}")
     if "promote" in manifests:

@@ -177,6 +177,14 @@ def judge_candidate(policy: GatePolicy, candidate: SliceMetrics, champion: Slice
             champion_value = champion[slice_name].get(metric)
             if not _measurable(champion_value):
                 continue
+            rows = candidate[slice_name].get("rows", 0)
+            if rows < policy.min_comparison_rows:
+                # A handful of rows says nothing about non-inferiority: report, don't judge.
+                checks.append(Check(name=f"non_inferiority:{slice_name}.{metric}", value=None,
+                                    threshold=-policy.non_inferiority_margin, comparison=">=", verdict="skipped",
+                                    detail=f"{slice_name}: {rows} rows < gate.min_comparison_rows="
+                                           f"{policy.min_comparison_rows}, too few to compare with the champion"))
+                continue
             comparison = paired.get(slice_name)
             if comparison is not None and comparison.metric == metric:
                 checks.append(_check(

@@ -62,10 +62,16 @@ def test_non_inferiority_uses_the_ci_not_the_point_estimate():
     candidate_predicted = np.roll(champion_predicted, 3)  # different rows right, similar score
     paired = {"frozen": compare_paired(truth, candidate_predicted, champion_predicted, 3)}
     assert paired["frozen"].ci_low < -0.02 < paired["frozen"].ci_high
-    result = judge_candidate(policy(max_class_f1_drop=None), {"frozen": slice_metrics(truth, candidate_predicted)},
+    result = judge_candidate(policy(max_class_f1_drop=None, min_comparison_rows=20),
+                             {"frozen": slice_metrics(truth, candidate_predicted)},
                              {"frozen": slice_metrics(truth, champion_predicted)}, paired=paired)
     assert check(result, "non_inferiority:").verdict == "fail"
-    without_rows = judge_candidate(policy(non_inferiority_margin=0.5, max_class_f1_drop=None),
+    too_few = judge_candidate(policy(max_class_f1_drop=None, min_comparison_rows=41),
+                              {"frozen": slice_metrics(truth, candidate_predicted)},
+                              {"frozen": slice_metrics(truth, champion_predicted)}, paired=paired)
+    assert check(too_few, "non_inferiority:").verdict == "skipped" and too_few.passed
+    assert "40 rows < gate.min_comparison_rows=41" in check(too_few, "non_inferiority:").detail
+    without_rows = judge_candidate(policy(non_inferiority_margin=0.5, max_class_f1_drop=None, min_comparison_rows=20),
                                    {"frozen": slice_metrics(truth, candidate_predicted)},
                                    {"frozen": slice_metrics(truth, champion_predicted)})
     assert check(without_rows, "non_inferiority:").verdict == "pass"  # point-estimate fallback

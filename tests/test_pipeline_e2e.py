@@ -40,7 +40,8 @@ def pipeline_config(home, site_url: str) -> dict:
         "train": {"model": "tiny", "batch_size": 16, "epochs": 30, "learning_rate": 1e-2, "max_length": 16,
                   "warmup_fraction": 0.0, "replay_fraction": 0.25, "early_stopping_patience": 30,
                   "checkpoint_every_steps": 20, "nproc_per_node": 2},
-        "evaluate": {"gate": {"floors": {"frozen.macro_f1": 0.4}, "non_inferiority_margin": 0.05}},
+        "evaluate": {"gate": {"floors": {"frozen.macro_f1": 0.4}, "non_inferiority_margin": 0.05,
+                                 "min_comparison_rows": 20}},
     }
 
 
