@@ -40,8 +40,10 @@ def download_model_dir(config: PipelineConfig, version: str) -> Path:
     """The Hugging Face directory inside a registered version's pyfunc, cached locally."""
     import mlflow
 
-    client(config)
-    key = hashlib.sha256(f"{config.mlflow.tracking_uri}|{config.mlflow.model_name}|{version}".encode()).hexdigest()[:16]
+    model_version = client(config).get_model_version(config.mlflow.model_name, version)
+    # Key on what the version points at, not its number: a re-created registry reuses "1", "2", ...
+    identity = f"{config.mlflow.tracking_uri}|{model_version.source}|{model_version.creation_timestamp}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
     cache = Path(os.environ.get("FRESHET_CACHE", Path(tempfile.gettempdir()) / "freshet-cache")) / f"model-{key}"
     if not (cache / "MLmodel").exists():
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=cache.parent if cache.parent.exists() else None))
