@@ -71,9 +71,8 @@ def run_dag(env: dict[str, str], logical_date: dt.date, log_path: Path) -> int:
 
 def find_run(store: ArtifactStore, logical_date: dt.date) -> str | None:
     """The run id whose crawl ran for this logical date (Airflow names manual runs itself)."""
-    runs = Path(store.step_prefix("x", "y")).parents[1]
-    for directory in sorted(runs.iterdir()) if runs.exists() else []:
-        manifest = store.read_json("runs", directory.name, "crawl", "manifest.json")
+    for directory in store.run_directories():
+        manifest = store.read_json("runs", directory, "crawl", "manifest.json")
         if manifest and (manifest.get("logical_date") or "")[:10] == logical_date.isoformat():
             return manifest["run_id"]
     return None

@@ -122,6 +122,14 @@ class ArtifactStore:
             self.fs.put_file(str(file), f"{final}/{file.relative_to(staged).as_posix()}")
         self.fs.put_file(str(manifest), f"{final}/manifest.json")
 
+    def run_directories(self) -> list[str]:
+        """Names of the run folders under `runs/` (file-system-safe run ids), sorted."""
+        prefix = self._join("runs")
+        if not self.fs.exists(prefix):
+            return []
+        return sorted(path.rstrip("/").rsplit("/", 1)[-1] for path in self.fs.ls(prefix, detail=False)
+                      if not path.rstrip("/").rsplit("/", 1)[-1].startswith("."))
+
     def work_dir(self, run_id: str, step: str) -> Path:
         """Scratch space that survives a process restart (checkpoints); outside the step prefix."""
         if self.is_local:

@@ -9,6 +9,7 @@ Rank 0 alone writes the model and logs to MLflow.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -274,7 +275,7 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
                 features = {key: value.to(environment.device) for key, value in features.items()}
                 batch_targets = torch.tensor([targets[i] for i in indices], device=environment.device)
                 sync = micro == accumulation - 1 or environment.world_size == 1
-                context = ddp_model.no_sync() if not sync else _nullcontext()
+                context = ddp_model.no_sync() if not sync else contextlib.nullcontext()
                 with context, torch.autocast(environment.device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     logits = ddp_model(**features).logits
                     loss = torch.nn.functional.cross_entropy(logits.float(), batch_targets) / accumulation
@@ -345,14 +346,6 @@ def _inject_fault(step: int, environment: DistributedEnv) -> None:
     if environment.rank == int(os.environ.get("FRESHET_FAULT_RANK", "1" if environment.world_size > 1 else "0")):
         log.error("fault drill: rank %d exits hard at step %d", environment.rank, step)
         os._exit(17)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def peak_memory_mb(device: torch.device) -> float:
