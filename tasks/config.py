@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -25,25 +26,244 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class SourceConfig(_Section):
-    """One crawl source. `jsonl_feed`: an index of dated JSON-lines pages (the demo site's shape)."""
+SOURCE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
-    kind: Literal["jsonl_feed"] = "jsonl_feed"
-    url: str
+
+def _http_url(url: str, what: str = "source url") -> str:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"{what} must be http(s)://, got {url!r}")
+    return url
+
+
+def _valid_regex(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as error:
+        raise ValueError(f"invalid regular expression {pattern!r}: {error}") from error
+    return pattern
+
+
+def _valid_selector(selector: str) -> str:
+    from cssselect import GenericTranslator, SelectorError
+
+    try:
+        GenericTranslator().css_to_xpath(selector)
+    except SelectorError as error:
+        raise ValueError(f"invalid CSS selector {selector!r}: {error}") from error
+    return selector
+
+
+class _SourceBase(_Section):
+    name: str = Field(pattern=SOURCE_NAME_PATTERN)
     # Loopback/private addresses are refused unless a source opts in (the demo site runs on loopback).
     allow_private_network: bool = False
-    # Field names in the source's records.
+
+
+class _RecordFields(_Section):
+    """Where id, text and label sit in a structured record (dotted paths reach into nested objects)."""
+
     id_field: str = "id"
     text_field: str = "text"
     label_field: str = "label"
 
+
+class JsonlFeedSource(_SourceBase, _RecordFields):
+    """An index of dated JSON-lines pages (`feed/index.json`; the demo site's default shape)."""
+
+    kind: Literal["jsonl_feed"] = "jsonl_feed"
+    url: str
+
     @field_validator("url")
     @classmethod
-    def _http_url(cls, url: str) -> str:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"source url must be http(s)://, got {url!r}")
-        return url.rstrip("/") + "/"
+    def _base_url(cls, url: str) -> str:
+        return _http_url(url).rstrip("/") + "/"
+
+
+class LabelRule(_Section):
+    """Where a record's label comes from: a CSS selector (element text or `attribute`), or a regex on
+    the URL; `regex` (first group, else the whole match) then narrows the value, `mapping` renames it."""
+
+    selector: str | None = None
+    attribute: str | None = None
+    url_regex: str | None = None
+    regex: str | None = None
+    mapping: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("url_regex", "regex")
+    @classmethod
+    def _regex(cls, pattern: str | None) -> str | None:
+        return None if pattern is None else _valid_regex(pattern)
+
+    @field_validator("selector")
+    @classmethod
+    def _selector(cls, selector: str | None) -> str | None:
+        return None if selector is None else _valid_selector(selector)
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> LabelRule:
+        if (self.selector is None) == (self.url_regex is None):
+            raise ValueError("a label rule needs exactly one of selector or url_regex")
+        return self
+
+
+class HtmlTextRule(_Section):
+    """Main text: trafilatura's extraction, falling back to `selector`; or the selector alone."""
+
+    method: Literal["trafilatura", "selector"] = "trafilatura"
+    selector: str | None = "body"
+
+    @model_validator(mode="after")
+    def _selector_needed(self) -> HtmlTextRule:
+        if self.method == "selector" and not self.selector:
+            raise ValueError("text.method 'selector' needs text.selector")
+        if self.selector is not None:
+            _valid_selector(self.selector)
+        return self
+
+
+class HtmlSiteSource(_SourceBase):
+    """HTML pages found through sitemaps (and sitemap indexes) and by following links."""
+
+    kind: Literal["html_site"]
+    url: str
+    # Relative to `url`; robots.txt `Sitemap:` lines are added. Empty (and no robots lines) = none.
+    sitemaps: list[str] = Field(default_factory=lambda: ["sitemap.xml"])
+    # Pages to start link-following from, relative to `url` (sitemap pages are seeds too).
+    start_urls: list[str] = Field(default_factory=list)
+    follow_links: bool = True
+    max_depth: int = Field(2, ge=0, description="link hops from a seed page")
+    max_pages: int = Field(1000, ge=1, description="pages requested per crawl")
+    # Hosts pages may be on; empty = the host of `url`.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # Regexes searched in the URL path: a page must match one of `allow_paths` (if any) and none of `deny_paths`.
+    allow_paths: list[str] = Field(default_factory=list)
+    deny_paths: list[str] = Field(default_factory=list)
+    # Pages whose path matches one of these are records; others are only followed. Empty = every page.
+    record_paths: list[str] = Field(default_factory=list)
+    text: HtmlTextRule = HtmlTextRule()
+    label: LabelRule
+
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, url: str) -> str:
+        return _http_url(url)
+
+    @field_validator("allow_paths", "deny_paths", "record_paths")
+    @classmethod
+    def _regexes(cls, patterns: list[str]) -> list[str]:
+        return [_valid_regex(pattern) for pattern in patterns]
+
+
+class FeedSource(_SourceBase):
+    """An RSS or Atom feed (feedparser); `{date}` in the URL becomes the logical date (YYYY-MM-DD)."""
+
+    kind: Literal["feed"]
+    url: str
+    text: Literal["title", "summary", "title_summary"] = "title_summary"
+    # The label: the entry's first category (narrowed by `label_regex`), or a regex on the entry link.
+    label_from: Literal["category", "link"] = "category"
+    label_regex: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _feed_url(cls, url: str) -> str:
+        return _http_url(url)
+
+    @field_validator("label_regex")
+    @classmethod
+    def _regex(cls, pattern: str | None) -> str | None:
+        return None if pattern is None else _valid_regex(pattern)
+
+    @model_validator(mode="after")
+    def _link_needs_regex(self) -> FeedSource:
+        if self.label_from == "link" and self.label_regex is None:
+            raise ValueError("label_from 'link' needs label_regex")
+        return self
+
+
+class JsonApiSource(_SourceBase, _RecordFields):
+    """A paginated JSON API (records at `records_path`) or JSON-lines pages; `{date}` as for feeds."""
+
+    kind: Literal["json_api"]
+    url: str
+    format: Literal["json", "jsonl"] = "json"
+    records_path: str = Field("", description="dotted path to the record list; empty = the document itself")
+    # next_link: follow `next_path` in the body (or an HTTP Link rel=next); page/offset: a query parameter.
+    pagination: Literal["none", "next_link", "page", "offset"] = "none"
+    next_path: str = "next"
+    page_param: str = "page"
+    first_page: int = Field(1, ge=0)
+    offset_param: str = "offset"
+    limit_param: str | None = "limit"
+    page_size: int = Field(100, ge=1)
+    max_pages: int = Field(100, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _api_url(cls, url: str) -> str:
+        return _http_url(url)
+
+
+class LocalSource(_SourceBase, _RecordFields):
+    """Local files: a file or a folder searched with `glob`; CSV, JSON lines, Parquet or plain text.
+
+    Text files become one record each: id = path relative to `path`, label = the parent folder's name.
+    """
+
+    kind: Literal["local"]
+    path: str
+    glob: str = "**/*"
+    format: Literal["auto", "csv", "jsonl", "parquet", "text"] = "auto"
+
+    @property
+    def url(self) -> str:
+        return Path(self.path).expanduser().resolve().as_uri()
+
+
+class DebianIndexSource(_SourceBase):
+    """A Debian `Packages` index (plain, .gz or .xz) over HTTP (`url`, `{date}` as for feeds) or from `path`.
+
+    id = Package=Version, text = the Description synopsis (`short`) or the long description, label = Section.
+    """
+
+    kind: Literal["debian_index"]
+    url: str | None = None
+    path: str | None = None
+    text: Literal["short", "long"] = "short"
+
+    @field_validator("url")
+    @classmethod
+    def _index_url(cls, url: str | None) -> str | None:
+        return None if url is None else _http_url(url)
+
+    @model_validator(mode="after")
+    def _one_location(self) -> DebianIndexSource:
+        if (self.url is None) == (self.path is None):
+            raise ValueError("a debian_index source needs exactly one of url or path")
+        return self
+
+    @property
+    def location(self) -> str:
+        return self.url if self.url is not None else Path(str(self.path)).expanduser().resolve().as_uri()
+
+
+def _source_kind(value: Any) -> str:
+    # Configs written before source kinds existed have no `kind`: they are jsonl_feed sources.
+    if isinstance(value, dict):
+        return value.get("kind", "jsonl_feed")
+    return getattr(value, "kind", "jsonl_feed")
+
+
+SourceConfig = Annotated[
+    Annotated[JsonlFeedSource, Tag("jsonl_feed")]
+    | Annotated[HtmlSiteSource, Tag("html_site")]
+    | Annotated[FeedSource, Tag("feed")]
+    | Annotated[JsonApiSource, Tag("json_api")]
+    | Annotated[LocalSource, Tag("local")]
+    | Annotated[DebianIndexSource, Tag("debian_index")],
+    Discriminator(_source_kind),
+]
+SOURCE_KINDS = ("jsonl_feed", "html_site", "feed", "json_api", "local", "debian_index")
 
 
 class CrawlConfig(_Section):
@@ -54,7 +274,19 @@ class CrawlConfig(_Section):
     backoff_base_s: float = Field(0.5, ge=0)
     min_interval_s: float = Field(0.0, ge=0, description="per-host delay between requests")
     max_response_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    # Compressed indexes (.gz/.xz) are refused once they inflate past this (compression bombs).
+    max_decompressed_bytes: int = Field(512 * 1024 * 1024, gt=0)
     max_redirects: int = Field(5, ge=0)
+    progress_every_s: float = Field(10.0, gt=0, description="progress log line interval")
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[Any]) -> list[Any]:
+        names = [source.name for source in sources]
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise ValueError(f"source names must be unique (they key the crawl state), repeated: {duplicated}")
+        return sources
 
 
 class ValidateConfig(_Section):

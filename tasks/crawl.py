@@ -1,16 +1,22 @@
 """Crawl step: fetch the new and changed records of every configured source, politely and safely.
 
-For each `jsonl_feed` source: read robots.txt (honoured with protego), the page index
-`feed/index.json`, then every page dated on or before the logical date, with conditional GETs
-(If-None-Match / If-Modified-Since) so unchanged pages cost a 304. Only records whose id is new or
-whose text changed are emitted. Requests are paced per host, retried with exponential backoff and
-jitter (honouring Retry-After), capped in size, limited to JSON/NDJSON/text content, and refused when
-the host resolves to a private, loopback, link-local, unspecified or cloud-metadata address (unless
-the source opts in with `allow_private_network`); redirects are followed by hand, each hop re-checked.
+Source kinds (`kind` in the pipeline YAML): `jsonl_feed` (here: robots.txt, the page index
+`feed/index.json`, then every JSON-lines page dated on or before the logical date), and `html_site`,
+`feed`, `json_api`, `local`, `debian_index` (in `tasks.crawl_sources`). Every kind fetches through
+`SourceSession`: conditional GETs (If-None-Match / If-Modified-Since) so unchanged documents cost a
+304, robots.txt honoured with protego, requests paced per host, retried with exponential backoff and
+jitter (honouring Retry-After), capped in size, limited to the content types the kind reads, and
+refused when the host resolves to a private, loopback, link-local, unspecified or cloud-metadata
+address (unless the source opts in with `allow_private_network`); redirects are followed by hand,
+each hop re-checked. Local files get the same byte cap and "not modified" by size and mtime. Only
+records whose id is new or whose text changed since earlier crawls are emitted.
 
 The crawl state (page validators, the content hash of every emitted record) is written into the step
 output and copied to `state/crawl/<source>.json` only after the manifest is committed, so a crash
-mid-crawl loses nothing and a rerun of the same run id reuses the manifest without crawling.
+mid-crawl loses nothing and duplicates nothing, and a rerun of the same run id reuses the manifest
+without crawling. Progress goes to the log (stderr) every `crawl.progress_every_s`; the per-source
+report (fetched, not modified, skipped by robots, refused by the guard, errors by kind) goes to
+crawl_report.json, the manifest metrics and MLflow.
 
     python -m tasks.crawl --config configs/demo.yaml --run-id manual-1 --logical-date 2025-01-03
 """
@@ -26,7 +32,9 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,6 +57,23 @@ ALLOWED_MEDIA_TYPES = frozenset({
     "application/x-jsonlines", "text/plain",
 })
 ACCEPT_HEADER = "application/x-ndjson, application/json;q=0.9, text/plain;q=0.5"
+XML_MEDIA_TYPES = frozenset({"application/xml", "text/xml"})
+HTML_MEDIA_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+FEED_MEDIA_TYPES = frozenset({"application/rss+xml", "application/atom+xml", "application/rdf+xml"})
+COMPRESSED_MEDIA_TYPES = frozenset({"application/gzip", "application/x-gzip", "application/x-xz",
+                                    "application/octet-stream"})
+# Per source kind: (media types its documents may have, Accept header). robots.txt is text/plain.
+MEDIA_BY_KIND: dict[str, tuple[frozenset[str], str]] = {
+    "jsonl_feed": (ALLOWED_MEDIA_TYPES, ACCEPT_HEADER),
+    "json_api": (ALLOWED_MEDIA_TYPES, "application/json, application/x-ndjson;q=0.9, text/plain;q=0.5"),
+    "html_site": (HTML_MEDIA_TYPES | XML_MEDIA_TYPES | {"text/plain", "application/gzip", "application/x-gzip"},
+                  "text/html, application/xhtml+xml;q=0.9, application/xml;q=0.8, text/plain;q=0.5"),
+    "feed": (FEED_MEDIA_TYPES | XML_MEDIA_TYPES | {"text/plain"},
+             "application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.8"),
+    "debian_index": (COMPRESSED_MEDIA_TYPES | {"text/plain"},
+                     "application/gzip, application/x-xz, text/plain;q=0.5, application/octet-stream;q=0.3"),
+    "local": (frozenset(), ""),
+}
 # A server may ask for a long pause; past this the crawl is better off failing and being retried.
 MAX_RETRY_AFTER_S = 300.0
 MAX_INCIDENTS_PER_SOURCE = 100  # keeps the report small when a source misbehaves wholesale
@@ -262,6 +287,7 @@ class SourceFetcher:
         self.report = report
         self.pacer = pacer
         self.robots_by_origin: dict[str, Protego] = {}
+        self.media_types, self.accept = MEDIA_BY_KIND[source.kind]
 
     def fetch(self, url: str, validators: Mapping[str, str] | None = None, check_robots: bool = True) -> Fetched:
         """GET `url`, following redirects by hand so every hop passes the guard and robots.txt."""
@@ -349,7 +375,9 @@ class SourceFetcher:
 
     def send_once(self, url: httpx.URL, validators: Mapping[str, str]) -> Fetched:
         self.check_guard(url)
-        headers = {"User-Agent": self.crawl.user_agent, "Accept": ACCEPT_HEADER, **validators}
+        # Only encodings read_body decodes under the byte cap.
+        headers = {"User-Agent": self.crawl.user_agent, "Accept": self.accept, "Accept-Encoding": "gzip, deflate",
+                   **validators}
         request = self.client.build_request("GET", url, headers=headers, timeout=self.crawl.timeout_s)
         response = self.client.send(request, stream=True, follow_redirects=False)
         try:
@@ -368,21 +396,60 @@ class SourceFetcher:
 
     def read_body(self, url: httpx.URL, response: httpx.Response) -> bytes:
         media_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if media_type not in ALLOWED_MEDIA_TYPES and not media_type.endswith("+json"):
-            raise ContentTypeRefusedError(self.source.name, str(url),
-                                          f"content type {media_type or '(none)'!r} is not JSON, NDJSON or text")
+        is_robots = url.path == "/robots.txt" and media_type == "text/plain"
+        if media_type not in self.media_types and not is_robots and not (
+                media_type.endswith("+json") and "application/json" in self.media_types):
+            raise ContentTypeRefusedError(
+                self.source.name, str(url),
+                f"content type {media_type or '(none)'!r} is not one a {self.source.kind} source reads "
+                f"({', '.join(sorted(self.media_types))})")
         limit = self.crawl.max_response_bytes
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise ResponseTooLargeError(self.source.name, str(url), f"Content-Length {declared} exceeds {limit} bytes")
-        chunks = []
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):
+            raise ContentTypeRefusedError(self.source.name, str(url), f"content encoding {encoding!r} is not gzip "
+                                          "or deflate")
+        # Transfer compression is undone here, not by httpx, so the cap holds on the decoded size while
+        # decoding: httpx would inflate a whole network chunk (up to ~1000x for gzip) before we saw it.
+        decoder = None if encoding in ("", "identity") else zlib.decompressobj(wbits=31 if "gzip" in encoding else 15)
+        if response.is_stream_consumed:
+            # Already in memory (an injected transport built it from bytes, already decoded): nothing to stream.
+            raw_chunks: Iterable[bytes] = [response.content]
+            decoder = None
+        else:
+            raw_chunks = response.iter_raw()
+        chunks: list[bytes] = []
         received = 0
-        for chunk in response.iter_bytes():
+        raw_received = 0
+
+        def keep(chunk: bytes) -> None:
+            nonlocal received
             received += len(chunk)
-            self.report.bytes += len(chunk)
             if received > limit:
-                raise ResponseTooLargeError(self.source.name, str(url), f"body exceeds {limit} bytes")
+                decoded = f" once {encoding}-decoded" if decoder is not None else ""
+                raise ResponseTooLargeError(self.source.name, str(url), f"body exceeds {limit} bytes{decoded}")
             chunks.append(chunk)
+
+        for raw in raw_chunks:
+            raw_received += len(raw)
+            self.report.bytes += len(raw)
+            if decoder is None:
+                keep(raw)
+                continue
+            if raw_received > limit:
+                raise ResponseTooLargeError(self.source.name, str(url), f"body exceeds {limit} bytes")
+            pending = raw
+            while pending:
+                try:
+                    keep(decoder.decompress(pending, limit - received + 1))
+                except zlib.error as error:
+                    if encoding == "deflate" and received == 0 and raw_received == len(raw):
+                        decoder = zlib.decompressobj(wbits=-15)  # raw deflate, sent by some servers
+                        continue
+                    raise FeedFormatError(self.source.name, str(url), f"corrupt {encoding} body: {error}") from error
+                pending = decoder.unconsumed_tail
         return b"".join(chunks)
 
 
@@ -528,29 +595,168 @@ class SourceCrawl:
     report: SourceReport
 
 
-def crawl_source(fetcher: SourceFetcher, previous_state: Mapping[str, Any], until: dt.date | None,
-                 run_id: str, logical_date: str | None) -> SourceCrawl:
-    source, report = fetcher.source, fetcher.report
-    page_states: dict[str, dict[str, Any]] = dict(previous_state.get("pages", {}))
-    known_hashes: dict[str, str] = dict(previous_state.get("records", {}))
-    rows: dict[str, dict[str, str]] = {}
-    quarantined: list[dict[str, str | None]] = []
+def source_location(source: SourceConfig) -> str:
+    """The URL (or file:// URI) that names a source in reports and state."""
+    return getattr(source, "location", None) or source.url
 
-    def finished() -> SourceCrawl:
+
+class Progress:
+    """Periodic progress lines on the task log ("fetched 120/450 pages"); stdout is the manifest's."""
+
+    def __init__(self, source: str, every_s: float) -> None:
+        self.source = source
+        self.every_s = every_s
+        self.last_logged = time.monotonic()
+
+    def update(self, done: int, total: int | None, what: str = "pages", force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last_logged >= self.every_s:
+            self.last_logged = now
+            log.info("crawl %s: fetched %d%s %s", self.source, done, "" if total is None else f"/{total}", what)
+
+
+class SourceSession:
+    """One source's crawl: the shared fetch path (conditional GET against the page state, errors
+    noted in the report), record de-duplication against earlier crawls, quarantine, and the new state.
+
+    Every kind crawls through this, so politeness, robots, the guard, byte caps and state behave the same.
+    """
+
+    def __init__(self, fetcher: SourceFetcher, previous_state: Mapping[str, Any], until: dt.date | None,
+                 run_id: str, logical_date: str | None) -> None:
+        self.fetcher = fetcher
+        self.source = fetcher.source
+        self.report = fetcher.report
+        self.crawl = fetcher.crawl
+        self.previous_state = previous_state
+        self.until = until
+        self.run_id = run_id
+        self.logical_date = logical_date
+        self.page_states: dict[str, dict[str, Any]] = dict(previous_state.get("pages", {}))
+        self.known_hashes: dict[str, str] = dict(previous_state.get("records", {}))
+        self.rows: dict[str, dict[str, str]] = {}
+        self.quarantined: list[dict[str, str | None]] = []
+        self.progress = Progress(self.source.name, self.crawl.progress_every_s)
+        self.fetched_at = _utc_now()
+
+    # ----------------------------------------------------------------------------- fetching
+
+    def fetch_page(self, url: str, what: str = "page", *, required: bool = False) -> Fetched | None:
+        """GET `url` conditionally; None when it was skipped (robots, guard, bad response: noted).
+
+        A page that is skipped keeps its old state, so the next crawl tries it again. `required`
+        pages (an index the rest depends on) raise instead. An unreachable host always raises.
+        """
+        page_state = self.page_states.get(url, {})
+        validators = {header: page_state[key] for header, key in
+                      (("If-None-Match", "etag"), ("If-Modified-Since", "last_modified")) if page_state.get(key)}
+        try:
+            fetched = self.fetcher.fetch(url, validators)
+            if fetched.status != 304 and not fetched.is_success:
+                raise HttpStatusError(self.source.name, url, f"{what} answered HTTP {fetched.status}")
+        except SourceUnreachableError:
+            raise
+        except CrawlError as error:
+            if required and not isinstance(error, RobotsDisallowedError):
+                raise
+            log.warning("crawl %s: %s skipped: %s", self.source.name, what, error)
+            self.report.note(error)
+            return None
+        if fetched.status == 304:
+            self.report.pages_not_modified += 1
+        else:
+            self.report.pages_fetched += 1
+        return fetched
+
+    def read_file(self, path: Path) -> Fetched | None:
+        """A local file through the same rules: a byte cap, and "not modified" when size and mtime match."""
+        url = path.resolve().as_uri()
+        try:
+            stat = path.stat()
+        except OSError as error:
+            self.report.note(CrawlError(self.source.name, url, f"cannot read: {error}"))
+            return None
+        version = f"{stat.st_size}:{stat.st_mtime_ns}"
+        if self.page_states.get(url, {}).get("version") == version:
+            self.report.pages_not_modified += 1
+            return Fetched(url, 304, httpx.Headers({"x-file-version": version}))
+        limit = self.crawl.max_response_bytes
+        if stat.st_size > limit:
+            self.report.note(ResponseTooLargeError(self.source.name, url,
+                                                   f"file size {stat.st_size} exceeds {limit} bytes"))
+            return None
+        body = path.read_bytes()
+        self.report.pages_fetched += 1
+        self.report.bytes += len(body)
+        return Fetched(url, 200, httpx.Headers({"x-file-version": version}), body)
+
+    def is_unchanged(self, url: str, fetched: Fetched) -> bool:
+        """A 304, or a 200 whose body is byte-identical to the last crawl's."""
+        if fetched.status == 304:
+            return True
+        if hashlib.sha256(fetched.body).hexdigest() == self.page_states.get(url, {}).get("sha256"):
+            self.report.pages_unchanged += 1
+            return True
+        return False
+
+    def remember(self, url: str, fetched: Fetched, **extra: Any) -> None:
+        """Advance a page's state (validators, body digest, kind-specific extras) after it was processed."""
+        if fetched.status == 304:
+            state = dict(self.page_states.get(url, {}))
+        else:
+            state = {"etag": fetched.headers.get("etag"), "last_modified": fetched.headers.get("last-modified"),
+                     "sha256": hashlib.sha256(fetched.body).hexdigest()}
+            if fetched.headers.get("x-file-version"):
+                state["version"] = fetched.headers["x-file-version"]
+        state.update(extra)
+        self.page_states[url] = state
+
+    # ------------------------------------------------------------------------------ records
+
+    def emit(self, record_id: str, text: str, label: str) -> None:
+        """A record, unless an earlier crawl (or this one) already emitted the same id with the same text."""
+        record = {"id": record_id, "text": text, "label": label, "source": self.source.name,
+                  "fetched_at": self.fetched_at, "content_hash": content_hash(text)}
+        previous_hash = self.known_hashes.get(record_id)
+        if previous_hash == record["content_hash"]:
+            self.report.records_unchanged += 1
+            return
+        if previous_hash is None:
+            self.report.records_new += 1
+        else:
+            self.report.records_changed += 1
+        self.known_hashes[record_id] = record["content_hash"]
+        self.rows[record_id] = record
+
+    def quarantine(self, where: str, check: str, detail: str, raw: str, *, record_id: str | None = None,
+                   field_name: str | None = None, value: str | None = None) -> None:
+        """A malformed record kept with the check it failed; `where` names the URL and line/entry."""
+        self.quarantined.append({
+            "id": record_id, "source": self.source.name, "step": STEP, "check": check, "field": field_name,
+            "value": value, "reason": f"{where}: {detail}", "record_json": raw,
+        })
+        self.report.records_quarantined += 1
+
+    def finished(self) -> SourceCrawl:
         state = {
-            "source": source.name, "url": source.url, "generation": previous_state.get("generation", 0) + 1,
-            "run_id": run_id, "logical_date": logical_date, "updated_at": _utc_now(),
-            "pages": page_states, "records": known_hashes,
+            "source": self.source.name, "kind": self.source.kind, "url": source_location(self.source),
+            "generation": self.previous_state.get("generation", 0) + 1, "run_id": self.run_id,
+            "logical_date": self.logical_date, "updated_at": _utc_now(),
+            "pages": self.page_states, "records": self.known_hashes,
         }
-        return SourceCrawl(rows, quarantined, state, report)
+        return SourceCrawl(self.rows, self.quarantined, state, self.report)
 
+
+def crawl_jsonl_feed(session: SourceSession) -> None:
+    """`feed/index.json`, then every JSON-lines page dated up to the logical date."""
+    source, report, until = session.source, session.report, session.until
     index_url = str(httpx.URL(source.url).join("feed/index.json"))
     try:
-        index = fetcher.fetch(index_url)
+        index = session.fetcher.fetch(index_url)
     except RobotsDisallowedError as error:
         log.warning("crawl %s: %s", source.name, error)
         report.note(error)
-        return finished()
+        return
     if not index.is_success:
         raise HttpStatusError(source.name, index_url, f"feed index answered HTTP {index.status}")
     pages = parse_index(index.body, index.url, source.name)
@@ -559,51 +765,36 @@ def crawl_source(fetcher: SourceFetcher, previous_state: Mapping[str, Any], unti
     log.info("crawl %s: %d of %d pages dated up to %s", source.name, len(selected), len(pages), until or "any day")
 
     for number, page in enumerate(selected, start=1):
-        page_state = page_states.get(page.url, {})
-        validators = {header: page_state[key] for header, key in
-                      (("If-None-Match", "etag"), ("If-Modified-Since", "last_modified")) if page_state.get(key)}
-        try:
-            fetched = fetcher.fetch(page.url, validators)
-            if fetched.status != 304 and not fetched.is_success:
-                raise HttpStatusError(source.name, page.url, f"page answered HTTP {fetched.status}")
-        except SourceUnreachableError:
-            raise
-        except CrawlError as error:
-            # The page is skipped and its state not advanced, so the next crawl tries it again.
-            log.warning("crawl %s: page %d/%d skipped: %s", source.name, number, len(selected), error)
-            report.note(error)
+        fetched = session.fetch_page(page.url, f"page {number}/{len(selected)}")
+        if fetched is None:
             continue
         if fetched.status == 304:
-            report.pages_not_modified += 1
             outcome = "not modified"
+        elif session.is_unchanged(page.url, fetched):
+            outcome = "unchanged"
         else:
-            report.pages_fetched += 1
-            body_sha256 = hashlib.sha256(fetched.body).hexdigest()
-            if body_sha256 == page_state.get("sha256"):
-                report.pages_unchanged += 1
-                outcome = "unchanged"
-            else:
-                parsed = parse_page(fetched.body, page.url, source, _utc_now())
-                quarantined.extend(parsed.quarantined)
-                report.records_quarantined += len(parsed.quarantined)
-                for record in parsed.records:
-                    previous_hash = known_hashes.get(record["id"])
-                    if previous_hash == record["content_hash"]:
-                        report.records_unchanged += 1
-                        continue
-                    if previous_hash is None:
-                        report.records_new += 1
-                    else:
-                        report.records_changed += 1
-                    known_hashes[record["id"]] = record["content_hash"]
-                    rows[record["id"]] = record
-                outcome = f"{len(parsed.records)} records, {len(parsed.quarantined)} quarantined"
-            page_states[page.url] = {
-                "date": page.date.isoformat(), "etag": fetched.headers.get("etag"),
-                "last_modified": fetched.headers.get("last-modified"), "sha256": body_sha256,
-            }
+            parsed = parse_page(fetched.body, page.url, source, session.fetched_at)
+            session.quarantined.extend(parsed.quarantined)
+            report.records_quarantined += len(parsed.quarantined)
+            for record in parsed.records:
+                session.emit(record["id"], record["text"], record["label"])
+            outcome = f"{len(parsed.records)} records, {len(parsed.quarantined)} quarantined"
+        session.remember(page.url, fetched, date=page.date.isoformat())
         log.info("crawl %s: page %d/%d %s: %s", source.name, number, len(selected), page.date, outcome)
-    return finished()
+        session.progress.update(number, len(selected))
+
+
+def crawl_source(fetcher: SourceFetcher, previous_state: Mapping[str, Any], until: dt.date | None,
+                 run_id: str, logical_date: str | None) -> SourceCrawl:
+    session = SourceSession(fetcher, previous_state, until, run_id, logical_date)
+    if fetcher.source.kind == "jsonl_feed":
+        crawl_jsonl_feed(session)
+    else:
+        # The other kinds build on this module's fetch path, so they are imported here, not at the top.
+        from tasks.crawl_sources import CRAWLERS
+
+        CRAWLERS[fetcher.source.kind](session)
+    return session.finished()
 
 
 def _open_client(crawl: CrawlConfig) -> httpx.Client:
@@ -625,7 +816,8 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         crawls: list[SourceCrawl] = []
         try:
             for source in config.crawl.sources:
-                fetcher = SourceFetcher(http, config.crawl, source, SourceReport(source.name, source.url), pacer)
+                fetcher = SourceFetcher(http, config.crawl, source, SourceReport(source.name, source_location(source)),
+                                        pacer)
                 crawls.append(crawl_source(fetcher, read_crawl_state(store, source.name), until, run_id, logical_date))
         finally:
             if client is None:
@@ -657,7 +849,19 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
             bytes=sum(item.bytes for item in reports),
             errors=sum(item.errors for item in reports),
             skipped_robots=sum(item.skipped_robots for item in reports),
+            refused_by_guard=sum(item.refused_by_guard for item in reports),
+            retries=sum(item.retries for item in reports),
+            records_changed=sum(item.records_changed for item in reports),
         )
+        # Errors by kind as their own metrics (errors.too_large, ...), so MLflow can chart and compare them.
+        for item in reports:
+            for kind, count in item.errors_by_kind.items():
+                ctx.metrics[f"errors.{kind}"] = int(ctx.metrics.get(f"errors.{kind}") or 0) + count
+        for item in reports:
+            log.info("crawl %s: fetched %d, not modified %d, skipped by robots %d, refused by guard %d, "
+                     "errors %s, records new %d changed %d quarantined %d", item.source, item.pages_fetched,
+                     item.pages_not_modified, item.skipped_robots, item.refused_by_guard,
+                     item.errors_by_kind or 0, item.records_new, item.records_changed, item.records_quarantined)
 
     manifest = execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
                        config_sections=("crawl",))

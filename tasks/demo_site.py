@@ -8,6 +8,15 @@ behaves like a polite-crawling target should be able to expect of a crawler:
     /feed/index.json         {"pages": [{"date", "url", "records"}, ...]} for every day
     /feed/<YYYY-MM-DD>.jsonl that day's records, {"id", "text", "label"} per line
 
+The same day's records in the other shapes the crawler reads (source kinds other than jsonl_feed):
+
+    /sitemap.xml                   sitemap index: one sitemap per day, <lastmod> = the day
+    /sitemaps/<YYYY-MM-DD>.xml     that day's record pages
+    /pages/<id>.html               a record: text in <p class="text">, label in <meta name="freshet:label">
+    /days/index.html, /days/<YYYY-MM-DD>.html   navigation pages linking the record pages (link following)
+    /rss/<YYYY-MM-DD>.xml          RSS 2.0: title = id, description = text, category = label
+    /debian/<YYYY-MM-DD>/Packages[.gz|.xz]   a Debian Packages index: Package = id, Section = label
+
 Every document carries an ETag (content hash) and Last-Modified and answers conditional requests
 with 304. `corrupt_labels_from` poisons pages dated on/after it (each label becomes the next one in
 sorted order), for tests of the validation gate. `stats` counts requests per (path, status).
@@ -20,25 +29,32 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import email.utils
+import gzip
 import hashlib
 import json
 import logging
+import lzma
 import signal
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 log = logging.getLogger("freshet.demo_site")
 
 ROBOTS_TXT = "User-agent: *\nDisallow: /private/\n"
 PRIVATE_PATH = "/private/records.jsonl"
+PRIVATE_HTML_PATH = "/private/secret.html"
 NDJSON = "application/x-ndjson"
+HTML = "text/html; charset=utf-8"
+XML = "application/xml"
+RSS = "application/rss+xml"
 # How often the serving loop checks for `stop()`: short, so tests do not wait on shutdown.
 SHUTDOWN_POLL_S = 0.05
 
@@ -116,30 +132,97 @@ def build_documents(
     for day_number, day_records in enumerate(by_day):
         date = start_date + dt.timedelta(days=day_number)
         poisoned = corrupt_labels_from is not None and date >= corrupt_labels_from
-        lines = [
-            json.dumps({"id": record["id"], "text": record["text"],
-                        "label": next_label[record["label"]] if poisoned else record["label"]},
-                       ensure_ascii=False)
-            for record in day_records
-        ]
+        served = [{"id": record["id"], "text": record["text"],
+                   "label": next_label[record["label"]] if poisoned else record["label"]} for record in day_records]
+        lines = [json.dumps(record, ensure_ascii=False) for record in served]
         url = f"/feed/{date.isoformat()}.jsonl"
         documents[url] = Document("".join(line + "\n" for line in lines).encode(), NDJSON, _midnight_utc(date))
         index_entries.append({"date": date.isoformat(), "url": url, "records": len(day_records)})
+        documents.update(_day_views(served, date))
 
     published = _midnight_utc(start_date)
     documents["/feed/index.json"] = Document(
         json.dumps({"pages": index_entries}, indent=1).encode(), "application/json", published
     )
+    dates = [start_date + dt.timedelta(days=number) for number in range(days + 1)]
+    documents["/sitemap.xml"] = Document(_xml(
+        '<sitemapindex xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">\n'
+        + "".join(f"<sitemap><loc>/sitemaps/{date}.xml</loc><lastmod>{date}</lastmod></sitemap>\n" for date in dates)
+        + "</sitemapindex>\n"), XML, published)
+    documents["/days/index.html"] = Document(_html(
+        "freshet demo: days", "".join(f'<li><a href="/days/{date}.html">{date}</a></li>' for date in dates)
+        + '<li><a href="/private/secret.html">private</a></li>'), HTML, published)
     documents["/robots.txt"] = Document(ROBOTS_TXT.encode(), "text/plain; charset=utf-8", published)
     documents[PRIVATE_PATH] = Document(
         b'{"id": "private-0", "text": "robots.txt disallows this page", "label": "private"}\n', NDJSON, published
     )
+    documents[PRIVATE_HTML_PATH] = Document(_html("private", '<p class="text">robots.txt disallows this page</p>',
+                                                  label="private"), HTML, published)
     return documents
+
+
+def page_path(record_id: str) -> str:
+    """The HTML page of a record (ids may hold '+', '.', ':' and the like)."""
+    return f"/pages/{quote(record_id, safe='')}.html"
+
+
+def _xml(body: str) -> bytes:
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n' + body).encode()
+
+
+def _html(title: str, body: str, label: str | None = None) -> bytes:
+    meta = f'<meta name="freshet:label" content="{escape(label)}">' if label is not None else ""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>{meta}'
+            f'</head>\n<body><nav><a href="/days/index.html">all days</a></nav>\n<main>{body}</main></body></html>\n'
+            ).encode()
+
+
+def debian_stanza(record: dict[str, str]) -> str:
+    """A Packages stanza; a multi-line text becomes the long description (empty lines as ' .')."""
+    synopsis, *rest = record["text"].split("\n")
+    continuation = "".join("\n " + (line if line.strip() else ".") for line in rest)
+    return (f"Package: {record['id']}\nVersion: 1.0\nArchitecture: all\nSection: {record['label']}\n"
+            f"Description: {synopsis}{continuation}\n")
+
+
+def _day_views(records: Sequence[dict[str, str]], date: dt.date) -> dict[str, Document]:
+    """The same day's records as HTML pages with a sitemap, an RSS feed and a Debian Packages index."""
+    modified = _midnight_utc(date)
+    views: dict[str, Document] = {}
+    for record in records:
+        views[page_path(record["id"])] = Document(_html(
+            record["id"], f'<article><h1>{escape(record["id"])}</h1><p class="text">{escape(record["text"])}</p>'
+            f'<p>Section: <a class="label" href="/days/{date}.html">{escape(record["label"])}</a></p></article>',
+            label=record["label"]), HTML, modified)
+    views[f"/sitemaps/{date}.xml"] = Document(_xml(
+        '<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">\n'
+        + "".join(f"<url><loc>{escape(page_path(record['id']))}</loc><lastmod>{date}</lastmod></url>\n"
+                  for record in records) + "</urlset>\n"), XML, modified)
+    views[f"/days/{date}.html"] = Document(_html(f"published {date}", "<ul>" + "".join(
+        f'<li><a href="{escape(page_path(record["id"]))}">{escape(record["id"])}</a></li>' for record in records)
+        + "</ul>"), HTML, modified)
+    pub_date = email.utils.format_datetime(modified, usegmt=True)
+    items = "".join(
+        f"<item><title>{escape(record['id'])}</title><link>{escape(page_path(record['id']))}</link>"
+        f'<guid isPermaLink="false">{escape(record["id"])}</guid><category>{escape(record["label"])}</category>'
+        f"<description>{escape(record['text'])}</description><pubDate>{pub_date}</pubDate></item>\n"
+        for record in records)
+    views[f"/rss/{date}.xml"] = Document(_xml(
+        f'<rss version="2.0"><channel><title>freshet demo {date}</title><link>/</link>'
+        f"<description>records published on {date}</description>\n{items}</channel></rss>\n"), RSS, modified)
+    packages = "\n".join(debian_stanza(record) for record in records).encode()
+    views[f"/debian/{date}/Packages"] = Document(packages, "text/plain; charset=utf-8", modified)
+    # mtime=0 keeps the compressed bytes (and so the ETag) the same across restarts.
+    views[f"/debian/{date}/Packages.gz"] = Document(gzip.compress(packages, mtime=0), "application/gzip", modified)
+    views[f"/debian/{date}/Packages.xz"] = Document(lzma.compress(packages), "application/x-xz", modified)
+    return views
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 30  # idle keep-alive connections must not pin handler threads forever
+    # Headers and body go out in two writes; with Nagle on, delayed ACKs add ~40 ms to every response.
+    disable_nagle_algorithm = True
     server: _DemoHTTPServer
 
     def do_GET(self) -> None:

@@ -39,7 +39,7 @@ def test_env_vars_expand_and_overrides_are_typed(config_file, tmp_path):
     ("train.epochs=many", "train.epochs"),
     ("train.unknown_knob=1", "train.unknown_knob"),
     ("labels=[a, a]", "labels"),
-    ("crawl.sources=[{name: s, url: ftp://x}]", "crawl.sources.0.url"),
+    ("crawl.sources=[{name: s, url: ftp://x}]", "crawl.sources.0.jsonl_feed.url"),  # the kind it was read as
 ])
 def test_bad_config_names_the_field(config_file, override, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):

@@ -181,7 +181,7 @@ def test_first_crawl_fetches_pages_up_to_the_logical_date(tmp_path: Path, mlflow
     assert manifest.output("records").rows == len(rows) == manifest.metrics["rows_new"]
     counts = {name: value for name, value in manifest.metrics.items() if name != "bytes"}
     assert counts == {"rows_new": len(rows), "rows_quarantined": 0, "pages_fetched": 2, "pages_not_modified": 0,
-                      "errors": 0, "skipped_robots": 0}
+                      "errors": 0, "skipped_robots": 0, "refused_by_guard": 0, "retries": 0, "records_changed": 0}
     assert manifest.metrics["bytes"] > 0
     report = crawl_report(manifest, store)["sources"]["demo"]
     assert report["records_new"] == len(rows) and report["pages_selected"] == 2 and report["pages_listed"] == 4

@@ -130,3 +130,46 @@ def test_cli_serves_until_sigterm(corpus_path: Path) -> None:
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+def test_other_views_carry_the_same_day_records(site: DemoSite, http: httpx.Client) -> None:
+    import gzip
+    import lzma
+    import xml.etree.ElementTree as ElementTree
+
+    from tasks.demo_corpus import iter_control_stanzas
+    from tasks.demo_site import page_path
+
+    date = START + dt.timedelta(days=1)
+    records = {record["id"]: record for record in _page_records(http, site, date)}
+    assert records
+    namespace = {"sm": "http://www.sitemaps.org/schemas/sitemap/0.9"}
+
+    index = http.get(site.url + "sitemap.xml")
+    assert index.headers["content-type"] == "application/xml"
+    lastmods = [element.text for element in ElementTree.fromstring(index.content).iterfind("sm:sitemap/sm:lastmod",
+                                                                                           namespace)]
+    assert lastmods == [(START + dt.timedelta(days=day)).isoformat() for day in range(DAYS + 1)]
+    sitemap = ElementTree.fromstring(http.get(site.url + f"sitemaps/{date}.xml").content)
+    locations = [element.text for element in sitemap.iterfind("sm:url/sm:loc", namespace)]
+    assert locations == [page_path(record_id) for record_id in records]
+    page = http.get(site.url.rstrip("/") + locations[0]).text
+    first = records[next(iter(records))]
+    assert f'<meta name="freshet:label" content="{first["label"]}">' in page and first["text"] in page
+    assert "/private/secret.html" in http.get(site.url + "days/index.html").text  # linked, robots-disallowed
+
+    rss = http.get(site.url + f"rss/{date}.xml")
+    assert rss.headers["content-type"] == "application/rss+xml"
+    items = ElementTree.fromstring(rss.content).findall("channel/item")
+    assert {(item.findtext("guid"), item.findtext("description"), item.findtext("category")) for item in items} == {
+        (record["id"], record["text"], record["label"]) for record in records.values()}
+
+    plain = http.get(site.url + f"debian/{date}/Packages").content
+    assert gzip.decompress(http.get(site.url + f"debian/{date}/Packages.gz").content) == plain
+    assert lzma.decompress(http.get(site.url + f"debian/{date}/Packages.xz").content) == plain
+    stanzas = list(iter_control_stanzas(plain.decode()))
+    assert {(stanza["Package"], stanza["Description"], stanza["Section"]) for stanza in stanzas} == {
+        (record["id"], record["text"], record["label"]) for record in records.values()}
+    # Deterministic bytes: a restarted site serves the same ETag, so conditional requests keep working.
+    etag = http.get(site.url + f"debian/{date}/Packages.gz").headers["etag"]
+    assert http.get(site.url + f"debian/{date}/Packages.gz", headers={"If-None-Match": etag}).status_code == 304
