@@ -1,4 +1,4 @@
-"""Augment the train split: EDA random swap / random deletion of words, for minority classes only.
+"""Augment the train split with EDA word operations (and optionally a model), for minority classes only.
 
 Only clean's `train` rows are used (validation and test are never augmented). Each class is topped up
 toward `augment.balance_to_fraction_of_largest` x the largest class, with at most
@@ -8,8 +8,17 @@ deficit). Every augmented row is `<id>#aug<k>` with `augmented_from` = the origi
 on (seed, id, k), so reruns are identical. Results equal to their original or to any text already in
 the train set, or shorter than `validate.min_text_chars`, are skipped and counted.
 
-Augmenters are pluggable (`Augmenter`): only random swap and random deletion exist today; WordNet
-synonyms or model paraphrase would be further implementations passed to `augment_rows`.
+Augmenters (`Augmenter`), one picked per augmented row by the row's seeded generator:
+- random swap and random deletion of words (no lexicon);
+- synonym replacement and random insertion of a synonym, from the lexicon `augment.lexicon` chooses
+  (`wordnet`: the WordNet 3.0 files at `augment.wordnet_path`; a missing path fails the step, it never
+  falls back to fewer operations silently);
+- one model-based augmenter (`augment.model_based: {name: ..., options}`), looked up by name in
+  `MODEL_AUGMENTERS` (`register_model_augmenter`). `back_translation` is registered: it needs two local
+  Hugging Face seq2seq model directories (there is no hub offline). A name that is not registered, or
+  whose model is not there, fails the step naming what is missing.
+The report and manifest say which lexicon and which model-based augmenter were used ("not configured").
+MLflow gets clean's dataset (context `input`) and the train set (context `output`) as dataset inputs.
 """
 
 from __future__ import annotations
@@ -18,17 +27,19 @@ import json
 import math
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
 import pyarrow as pa
 
 from tasks.clean import DATASET_SCHEMA
-from tasks.config import AugmentConfig, PipelineConfig
-from tasks.contract import Manifest, StepContext, cli, execute
+from tasks.config import AugmentConfig, ModelAugmenterConfig, PipelineConfig
+from tasks.contract import Manifest, StepContext, StepError, cli, execute
 from tasks.data import content_hash, read_rows, write_parquet
+from tasks.lexicon import Lexicon, WordNet
 from tasks.store import ArtifactStore
 from tasks.tracking import log_dataset, log_manifest, step_run
 
@@ -36,6 +47,9 @@ STEP = "augment"
 TRAIN_SCHEMA = DATASET_SCHEMA.append(pa.field("augmented_from", pa.string()))
 # Float products like 0.29 * 100 = 28.999... must not lose a row to floor().
 _EPSILON = 1e-9
+NOT_CONFIGURED = "model-based augmentation: not configured"
+# A word with surrounding punctuation: "(library)," -> "(", "library", "),".
+WORD = re.compile(r"^([^A-Za-z]*)([A-Za-z]+)([^A-Za-z]*)$")
 
 
 class Augmenter(Protocol):
@@ -79,12 +93,148 @@ class RandomDeletion:
         return " ".join(kept) if kept else rng.choice(words)
 
 
-def default_augmenters(config: AugmentConfig) -> list[Augmenter]:
+def _replaceable(words: Sequence[str], lexicon: Lexicon) -> list[tuple[int, tuple[str, ...]]]:
+    """(position, synonyms) of the words the lexicon has synonyms for (punctuation around them is kept)."""
+    found = []
+    for position, word in enumerate(words):
+        match = WORD.match(word)
+        if match and (synonyms := lexicon.synonyms(match.group(2))):
+            found.append((position, synonyms))
+    return found
+
+
+@dataclass(frozen=True)
+class SynonymReplacement:
+    """EDA synonym replacement: round(probability x words) (at least one) replaceable words get a synonym."""
+
+    lexicon: Lexicon
+    probability: float
+    name: str = field(default="synonym_replacement", init=False)
+
+    def augment(self, text: str, rng: random.Random) -> str | None:
+        words = text.split()
+        candidates = _replaceable(words, self.lexicon)
+        if not candidates:
+            return None
+        count = min(len(candidates), max(1, round(self.probability * len(words))))
+        for position, synonyms in rng.sample(candidates, count):
+            prefix, _, suffix = WORD.match(words[position]).groups()  # type: ignore[union-attr]
+            words[position] = prefix + rng.choice(synonyms) + suffix
+        return " ".join(words)
+
+
+@dataclass(frozen=True)
+class RandomInsertion:
+    """EDA random insertion: round(probability x words) times (at least once), insert a synonym of a
+    random replaceable word at a random position."""
+
+    lexicon: Lexicon
+    probability: float
+    name: str = field(default="random_insertion", init=False)
+
+    def augment(self, text: str, rng: random.Random) -> str | None:
+        words = text.split()
+        candidates = _replaceable(words, self.lexicon)
+        if not candidates:
+            return None
+        for _ in range(max(1, round(self.probability * len(words)))):
+            _, synonyms = rng.choice(candidates)
+            words.insert(rng.randint(0, len(words)), rng.choice(synonyms))
+        return " ".join(words)
+
+
+def load_lexicon(config: AugmentConfig) -> Lexicon | None:
+    """The configured lexicon; raises (naming the path) when it is configured but not there."""
+    if config.lexicon == "wordnet":
+        return WordNet(config.wordnet_path, max_senses=config.wordnet_max_senses)
+    return None
+
+
+# ------------------------------------------------------------------------- model-based augmenters
+
+ModelAugmenterFactory = Callable[[ModelAugmenterConfig], Augmenter]
+MODEL_AUGMENTERS: dict[str, ModelAugmenterFactory] = {}
+
+
+def register_model_augmenter(name: str) -> Callable[[ModelAugmenterFactory], ModelAugmenterFactory]:
+    """Make a model-based augmenter available as `augment.model_based.name`."""
+    def register(factory: ModelAugmenterFactory) -> ModelAugmenterFactory:
+        MODEL_AUGMENTERS[name] = factory
+        return factory
+
+    return register
+
+
+def model_augmenter(config: ModelAugmenterConfig | None) -> Augmenter | None:
+    if config is None:
+        return None
+    factory = MODEL_AUGMENTERS.get(config.name)
+    if factory is None:
+        raise StepError(f"augment.model_based.name={config.name!r} is not an available model-based augmenter; "
+                        f"registered: {sorted(MODEL_AUGMENTERS)}")
+    return factory(config)
+
+
+def _option(config: ModelAugmenterConfig, key: str, default: Any = None) -> Any:
+    value = (config.model_extra or {}).get(key, default)
+    if value is None:
+        raise StepError(f"augment.model_based ({config.name}) needs option {key!r}")
+    return value
+
+
+class BackTranslation:
+    """Translate into a pivot language and back with two local seq2seq models (e.g. opus-mt en->de, de->en),
+    sampling so that the k-th variant of a row differs from the others; the row's generator seeds torch."""
+
+    name = "back_translation"
+
+    def __init__(self, forward_model: str, backward_model: str, max_length: int = 128, top_p: float = 0.9) -> None:
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        for setting, directory in (("forward_model", forward_model), ("backward_model", backward_model)):
+            if not (Path(directory) / "config.json").is_file():
+                raise StepError(f"augment.model_based (back_translation): {setting} {directory} is not a local "
+                                "Hugging Face model directory (no config.json); models cannot be downloaded offline")
+        self.models = [(AutoTokenizer.from_pretrained(directory, local_files_only=True),
+                        AutoModelForSeq2SeqLM.from_pretrained(directory, local_files_only=True).eval())
+                       for directory in (forward_model, backward_model)]
+        self.max_length = max_length
+        self.top_p = top_p
+
+    def augment(self, text: str, rng: random.Random) -> str | None:
+        import torch
+
+        torch.manual_seed(rng.randrange(2**31))
+        for tokenizer, model in self.models:
+            encoded = tokenizer(text, return_tensors="pt", truncation=True, max_length=self.max_length)
+            with torch.inference_mode():
+                generated = model.generate(**encoded, do_sample=True, top_p=self.top_p, max_length=self.max_length)
+            text = tokenizer.decode(generated[0], skip_special_tokens=True).strip()
+            if not text:
+                return None
+        return text
+
+
+@register_model_augmenter("back_translation")
+def _back_translation(config: ModelAugmenterConfig) -> Augmenter:
+    return BackTranslation(_option(config, "forward_model"), _option(config, "backward_model"),
+                           max_length=int(_option(config, "max_length", 128)),
+                           top_p=float(_option(config, "top_p", 0.9)))
+
+
+def default_augmenters(config: AugmentConfig, lexicon: Lexicon | None = None,
+                       model: Augmenter | None = None) -> list[Augmenter]:
     augmenters: list[Augmenter] = []
     if config.swap_probability > 0:
         augmenters.append(RandomSwap(config.swap_probability))
     if config.delete_probability > 0:
         augmenters.append(RandomDeletion(config.delete_probability))
+    if lexicon is not None and config.synonym_probability > 0:
+        augmenters.append(SynonymReplacement(lexicon, config.synonym_probability))
+    if lexicon is not None and config.insert_probability > 0:
+        augmenters.append(RandomInsertion(lexicon, config.insert_probability))
+    if model is not None:
+        augmenters.append(model)
     return augmenters
 
 
@@ -120,6 +270,15 @@ class AugmentResult:
     skipped: int = 0  # candidates that were None, too short, unchanged, or already in the train set
 
 
+def variant(text: str, record_id: str, k: int, seed: int,
+            augmenters: Sequence[Augmenter]) -> tuple[Augmenter, str | None]:
+    """The k-th variant of a row: the augmenter and its text are seeded by (seed, id, k) alone, so a row's
+    variants do not depend on the rest of the batch."""
+    rng = random.Random(f"{seed}:{record_id}:{k}")
+    augmenter = augmenters[rng.randrange(len(augmenters))]
+    return augmenter, augmenter.augment(text, rng)
+
+
 def augment_rows(train_rows: Sequence[Mapping[str, Any]], labels: Sequence[str], config: AugmentConfig,
                  augmenters: Sequence[Augmenter], min_text_chars: int = 1) -> AugmentResult:
     real_counts = {label: sum(row["label"] == label for row in train_rows) for label in labels}
@@ -137,10 +296,7 @@ def augment_rows(train_rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
             for row in members:
                 if augmented >= quotas[label]:
                     break
-                # Seeded by (seed, id, k) alone, so a row's variants do not depend on the rest of the batch.
-                rng = random.Random(f"{config.seed}:{row['id']}:{k}")
-                augmenter = augmenters[rng.randrange(len(augmenters))]
-                text = augmenter.augment(row["text"], rng)
+                augmenter, text = variant(row["text"], row["id"], k, config.seed, augmenters)
                 if text is None or len(text) < min_text_chars or text in known_texts:
                     result.skipped += 1
                     continue
@@ -161,15 +317,24 @@ def metric_key(label: str) -> str:
 
 def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, store: ArtifactStore,
         logical_date: str | None = None) -> Manifest:
+    # Loaded before `execute`, so a configured but missing lexicon or model fails even on a rerun.
+    lexicon = load_lexicon(config.augment)
+    lexicon_used = lexicon.describe() if lexicon is not None else "none"
+    model_used = config.augment.model_based.model_dump() if config.augment.model_based else NOT_CONFIGURED
+
     def body(ctx: StepContext) -> None:
         train_rows = [row for row in read_rows(ctx.input_path("clean", "dataset")) if row["split"] == "train"]
-        result = augment_rows(train_rows, config.labels, config.augment, default_augmenters(config.augment),
+        augmenters = default_augmenters(config.augment, lexicon, model_augmenter(config.augment.model_based))
+        result = augment_rows(train_rows, config.labels, config.augment, augmenters,
                               min_text_chars=config.validate_.min_text_chars)
 
         write_parquet(result.rows, ctx.out_dir / "train.parquet", schema=TRAIN_SCHEMA)
         rows_augmented = len(result.rows) - len(train_rows)
         report = {"classes": result.classes, "by_augmenter": result.by_augmenter, "skipped": result.skipped,
-                  "rows_real": len(train_rows), "rows_augmented": rows_augmented}
+                  "rows_real": len(train_rows), "rows_augmented": rows_augmented,
+                  "augmenters": [augmenter.name for augmenter in augmenters],
+                  "lexicon": lexicon_used, "model_based": model_used}
+        ctx.facts.update({"augmenters": report["augmenters"], "lexicon": lexicon_used, "model_based": model_used})
         (ctx.out_dir / "augment_report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
         ctx.add_output("train", "train.parquet", "dataset", rows=len(result.rows), rows_augmented=rows_augmented)
         ctx.add_output("augment_report", "augment_report.json", "report")
@@ -185,15 +350,22 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
                 ctx.metrics[f"rows_{name}.{metric_key(label)}"] = counts[name]
 
     manifest = execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
-                       config_sections=(STEP, "validate"))
+                       config_sections=(STEP, "validate"),
+                       extra_fingerprint={"lexicon": lexicon.digest if isinstance(lexicon, WordNet) else None})
     if not manifest.reused:
         import mlflow
 
         with step_run(config, run_id, STEP, logical_date):
             log_manifest(manifest)
             mlflow.log_artifact(str(store.local_path(manifest.output("augment_report").uri)))
-            train = manifest.output("train")
-            log_dataset(pd.read_parquet(store.local_path(train.uri)), train, name=f"{config.name}.train", context=STEP)
+            mlflow.set_tags({"freshet.augment.lexicon": lexicon.name if lexicon is not None else "none",
+                             "freshet.augment.model_based": config.augment.model_based.name
+                             if config.augment.model_based else "not configured"})
+            dataset, train = inputs["clean"].output("dataset"), manifest.output("train")
+            log_dataset(pd.read_parquet(store.local_path(dataset.uri)), dataset, name=f"{config.name}.dataset",
+                        context="input")
+            log_dataset(pd.read_parquet(store.local_path(train.uri)), train, name=f"{config.name}.train",
+                        context="output")
     return manifest
 
 

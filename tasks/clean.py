@@ -17,7 +17,8 @@ accepted history row (of another id) is dropped, or quarantined if the labels di
 
 Leakage (`clean.leakage_threshold`): a train row similar to any validation or test row, of this batch
 or of the history, is removed (`leakage_removed`); evaluation rows are never removed for leakage.
-Every count is in `clean_report.json`. The snapshot is then recorded in the history.
+Every count is in `clean_report.json`. The snapshot is then recorded in the history. MLflow gets the
+valid rows (context `input`) and the cleaned dataset (context `output`) as dataset inputs with digests.
 """
 
 from __future__ import annotations
@@ -484,8 +485,12 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
             log_manifest(manifest)
             mlflow.log_artifact(str(store.local_path(manifest.output("clean_report").uri)))
             mlflow.log_artifact(str(store.local_path(manifest.output("quarantine").uri)))
+            # Same names as validate's output and augment's input, so MLflow links the snapshots.
+            valid = inputs["validate"].output("valid")
+            log_dataset(pd.read_parquet(store.local_path(valid.uri)), valid, name=f"{config.name}.valid",
+                        context="input")
             log_dataset(pd.read_parquet(store.local_path(dataset.uri)), dataset,
-                        name=f"{config.name}.dataset", context=STEP)
+                        name=f"{config.name}.dataset", context="output")
     return manifest
 
 

@@ -342,16 +342,40 @@ class SplitConfig(_Section):
         return self
 
 
+class ModelAugmenterConfig(BaseModel):
+    """A model-based augmenter (back-translation, paraphrase) by registered name; its other keys are its own
+    options (e.g. local model directories), checked by the augmenter."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(min_length=1)
+
+
 class AugmentConfig(_Section):
     seed: int = 0
     # EDA operations that need no lexicon: random swap and random deletion of words.
     swap_probability: float = Field(0.1, ge=0, le=1)
     delete_probability: float = Field(0.1, ge=0, le=1)
+    # EDA operations that need a lexicon: replace words by synonyms / insert a synonym of a word.
+    synonym_probability: float = Field(0.0, ge=0, le=1)
+    insert_probability: float = Field(0.0, ge=0, le=1)
+    # "wordnet": WordNet 3.0 database files (Debian `wordnet-base`); a missing path fails the step.
+    lexicon: Literal["none", "wordnet"] = "none"
+    wordnet_path: str = "/usr/share/wordnet"
+    wordnet_max_senses: int | None = Field(2, ge=1, description="most frequent senses per part of speech")
+    # A registered model-based augmenter ({name: ..., its options}); null = none.
+    model_based: ModelAugmenterConfig | None = None
     augmentations_per_row: int = Field(1, ge=0)
     # Class balancing: minority classes are topped up with augmented rows toward this share of
     # the largest class (1.0 = fully balanced, 0 = off).
     balance_to_fraction_of_largest: float = Field(0.5, ge=0, le=1)
     max_augmented_fraction: float = Field(0.5, ge=0, le=1, description="cap vs. real rows")
+
+    @model_validator(mode="after")
+    def _lexicon_for_synonyms(self) -> AugmentConfig:
+        if self.lexicon == "none" and (self.synonym_probability > 0 or self.insert_probability > 0):
+            raise ValueError("synonym_probability / insert_probability > 0 need a lexicon: set augment.lexicon=wordnet")
+        return self
 
 
 class TinyModelConfig(_Section):

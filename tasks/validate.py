@@ -14,11 +14,17 @@ quantiles). Drift is skipped, and reported so, on the first run (no history) and
 than `validate.drift_min_rows`. A rejected batch keeps its quarantine and GX result (with the batch
 checks) under `runs/<run_id>/validate.failed/`, and the step raises a `StepError` naming every failed
 check with its observed value and bound.
+
+Both outcomes write `validation_report.html` beside the GX result JSON (and log both to MLflow): a
+self-contained page with the verdict, every expectation with its bounds, observed value, success and
+quarantined row ids, and the batch checks. The crawled batch (context `input`) and the valid rows
+(context `output`) are logged as MLflow dataset inputs with their digests.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 import logging
 import math
@@ -386,6 +392,93 @@ def duplicate_check(outcomes: Sequence[ExpectationOutcome], config: PipelineConf
                       f"{UNIQUE_TEXTS_EXPECTATION}(text) observed unique proportion {float(outcome.observed):.3f}")
 
 
+# ---------------------------------------------------------------------------------------- report
+
+REPORT_FILE = "validation_report.html"
+# Expectation kwargs that are bounds (everything else, like result_format, is plumbing).
+BOUND_KWARGS = ("min_value", "max_value", "value_set", "column_set", "exact_match", "mostly")
+REPORT_STYLE = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:80em}"
+                "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;"
+                "text-align:left;vertical-align:top}th{background:#f3f3f3}.passed{color:#1a7f37}"
+                ".failed{color:#cf222e;font-weight:bold}.skipped{color:#777}code{font-size:90%}")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "&mdash;"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return html.escape(text)
+
+
+def _status(status: str) -> str:
+    return f'<span class="{status}">{status}</span>'
+
+
+def _row_name(rows: Sequence[Mapping[str, Any]], number: int) -> str:
+    record_id = rows[number].get("id") if number < len(rows) else None
+    return f"row {number} (null id)" if record_id is None else str(record_id)
+
+
+def render_report(result: Mapping[str, Any], failures: Sequence[Failure], rows: Sequence[Mapping[str, Any]],
+                  checks: Sequence[BatchCheck], metrics: Mapping[str, Any], problems: Sequence[str], *,
+                  run_id: str, config: PipelineConfig) -> str:
+    """A self-contained HTML page (no scripts, no remote styles, so it opens offline and in MLflow's viewer):
+    the verdict, every expectation with its bounds, observed value and quarantined row ids, the batch checks.
+
+    GX's own Data Docs pages load bootstrap/jQuery/vega from CDNs and cannot show our batch checks, hence our own.
+    """
+    quarantined = {(outcome.expectation, outcome.column): numbers for outcome, numbers in failures}
+    verdict = "rejected" if problems else "accepted"
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(config.name)} validate {html.escape(run_id)}: {verdict}</title>",
+        f"<style>{REPORT_STYLE}</style></head><body>",
+        f"<h1>Validation of run <code>{html.escape(run_id)}</code>: "
+        f'<span class="{"failed" if problems else "passed"}">{verdict}</span></h1>',
+        "<p>" + ", ".join(f"{name.replace('_', ' ')}: <b>{_cell(metrics.get(name))}</b>" for name in (
+            "rows_in", "rows_valid", "rows_quarantined", "rows_quarantined_by_crawl", "quarantine_fraction")) + "</p>",
+    ]
+    if problems:
+        parts.append("<h2>Why the batch was rejected</h2><ul>"
+                     + "".join(f"<li>{html.escape(problem)}</li>" for problem in problems) + "</ul>")
+    parts.append(f"<h2>Expectations (Great Expectations suite <code>{html.escape(config.name)}.records</code>)</h2>"
+                 "<table><tr><th>expectation</th><th>column</th><th>bounds</th><th>observed</th><th>success</th>"
+                 "<th>quarantined rows</th></tr>")
+    for item in result.get("results", []):
+        configuration = item["expectation_config"]
+        kwargs = configuration.get("kwargs", {})
+        details = item.get("result") or {}
+        bounds = {key: kwargs[key] for key in BOUND_KWARGS if kwargs.get(key) is not None}
+        if "observed_value" in details:
+            observed = _cell(details["observed_value"])
+        elif "unexpected_count" in details:
+            observed = (f"{details['unexpected_count']} of {details.get('element_count')} unexpected "
+                        f"({_cell(details.get('unexpected_percent'))}%)")
+        else:
+            observed = _cell(None)
+        exception = item.get("exception_info") or {}
+        if exception.get("raised_exception"):
+            observed += f"<br>error: {html.escape(str(exception.get('exception_message')))}"
+        numbers = quarantined.get((configuration["type"], kwargs.get("column")), [])
+        ids = ", ".join(html.escape(_row_name(rows, number)) for number in numbers)
+        listed = (f"<details><summary>{len(numbers)} rows</summary><code>{ids}</code></details>" if numbers
+                  else "0")
+        parts.append(f"<tr><td>{html.escape(configuration['type'])}</td><td>{_cell(kwargs.get('column'))}</td>"
+                     f"<td>{'<br>'.join(f'{key}={_cell(value)}' for key, value in bounds.items()) or _cell(None)}</td>"
+                     f"<td>{observed}</td><td>{_status('passed' if item['success'] else 'failed')}</td>"
+                     f"<td>{listed}</td></tr>")
+    parts.append("</table><h2>Batch checks</h2><table><tr><th>check</th><th>bound</th><th>observed</th>"
+                 "<th>status</th><th>detail</th></tr>")
+    for check in checks:
+        parts.append(f"<tr><td>{html.escape(check.check)}</td><td>validate.{check.setting} = {_cell(check.bound)}</td>"
+                     f"<td>{_cell(check.observed)}</td><td>{_status(check.status)}</td>"
+                     f"<td>{html.escape(check.detail)}</td></tr>")
+    parts.append("</table></body></html>")
+    return "\n".join(parts)
+
+
 # ---------------------------------------------------------------------------------------- step
 
 
@@ -402,17 +495,19 @@ def read_batch(path: Path) -> tuple[pa.Table, list[str]]:
 
 
 def persist_rejected_batch(ctx: StepContext, quarantine_table: pa.Table, result: Mapping[str, Any],
-                           metrics: Mapping[str, Any], message: str) -> str:
+                           metrics: Mapping[str, Any], message: str, report: str) -> str:
     """Keep what a rejected batch produced under `runs/<run_id>/validate.failed/` (its own manifest last)."""
     store = ctx.store
     with store.staging(ctx.run_id, FAILED_STEP) as staged:
         write_parquet(quarantine_table, staged / "quarantine.parquet")
         (staged / "gx_result.json").write_text(json.dumps(result, indent=2, allow_nan=False))
+        (staged / REPORT_FILE).write_text(report)
         outputs = {
             name: ArtifactRef(uri=store.step_uri(ctx.run_id, FAILED_STEP, file), kind=kind,
                               digest=digest_path(staged / file), rows=rows)
             for name, file, kind, rows in (("quarantine", "quarantine.parquet", "dataset", quarantine_table.num_rows),
-                                           ("gx_result", "gx_result.json", "report", None))
+                                           ("gx_result", "gx_result.json", "report", None),
+                                           ("validation_report", REPORT_FILE, "report", None))
         }
         inputs = {name: manifest.fingerprint for name, manifest in ctx.inputs.items()}
         manifest = Manifest(
@@ -514,18 +609,21 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
             **{check.check: check.observed for check in checks},
         })
         problems = batch_problems(outcomes, ctx.metrics, config, rows, checks)
+        report = render_report(result, failures, rows, checks, ctx.metrics, problems, run_id=run_id, config=config)
         if problems:
             message = (f"batch rejected: {'; '.join(problems)}. "
                        f"Failed expectations: {describe_failures(failures, rows)}.")
-            failed_uri = persist_rejected_batch(ctx, quarantine_table, result, ctx.metrics, message)
+            failed_uri = persist_rejected_batch(ctx, quarantine_table, result, ctx.metrics, message, report)
             raise BatchRejected(f"{message} Quarantine and GX result kept in {failed_uri}", failed_uri)
 
         write_parquet(valid, ctx.out_dir / "valid.parquet", schema=RECORD_SCHEMA)
         write_parquet(quarantine_table, ctx.out_dir / "quarantine.parquet")
         (ctx.out_dir / "gx_result.json").write_text(json.dumps(result, indent=2, allow_nan=False))
+        (ctx.out_dir / REPORT_FILE).write_text(report)
         ctx.add_output("valid", "valid.parquet", "dataset", rows=len(valid))
         ctx.add_output("quarantine", "quarantine.parquet", "dataset", rows=quarantine_table.num_rows)
         ctx.add_output("gx_result", "gx_result.json", "report", success=bool(result["success"]))
+        ctx.add_output("validation_report", REPORT_FILE, "report")
         ctx.facts["failed_expectations"] = {outcome.name: len(numbers) for outcome, numbers in failures}
         if extra_columns:
             ctx.facts["ignored_columns"] = extra_columns
@@ -542,6 +640,7 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
             log_manifest(read_manifest(store, run_id, FAILED_STEP))
             mlflow.set_tag("freshet.status", "rejected")
             mlflow.log_artifacts(str(store.local_path(rejection.failed_uri)), artifact_path=FAILED_STEP)
+            log_snapshots(config, store, inputs["crawl"].output("records"))
             raise
     if not manifest.reused:
         import mlflow
@@ -549,11 +648,21 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         with step_run(config, run_id, STEP, logical_date):
             log_manifest(manifest)
             mlflow.set_tag("freshet.status", "valid")
-            for name in ("gx_result", "quarantine"):
+            for name in ("gx_result", "validation_report", "quarantine"):
                 mlflow.log_artifact(str(store.local_path(manifest.output(name).uri)))
-            valid = manifest.output("valid")
-            log_dataset(pd.read_parquet(store.local_path(valid.uri)), valid, name=f"{config.name}.valid", context=STEP)
+            log_snapshots(config, store, inputs["crawl"].output("records"), manifest.output("valid"))
     return manifest
+
+
+def log_snapshots(config: PipelineConfig, store: ArtifactStore, records: ArtifactRef,
+                  valid: ArtifactRef | None = None) -> None:
+    """The crawled batch (and the valid rows, when accepted) as MLflow dataset inputs with their digests;
+    names match crawl's and clean's, so MLflow links the same snapshot across steps."""
+    log_dataset(pd.read_parquet(store.local_path(records.uri)), records, name=f"{config.name}.records",
+                context="input")
+    if valid is not None:
+        log_dataset(pd.read_parquet(store.local_path(valid.uri)), valid, name=f"{config.name}.valid",
+                    context="output")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

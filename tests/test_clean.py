@@ -147,6 +147,21 @@ def test_dataset_has_stable_splits_and_normalised_hashes(cleaned: dict[str, Any]
     assert metrics["rows_train"] > 0 and metrics["markup_stripped"] == 2
 
 
+def test_mlflow_run_has_the_valid_and_cleaned_snapshots_as_dataset_inputs(cleaned: dict[str, Any]) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(cleaned["config"].mlflow.tracking_uri)
+    [run] = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                               filter_string="tags.`freshet.step` = 'clean' and tags.`freshet.run_id` = 'clean-1'")
+    inputs = {}
+    for item in run.inputs.dataset_inputs:
+        tags = {tag.key: tag.value for tag in item.tags}
+        inputs[tags["mlflow.data.context"]] = (item.dataset.name, item.dataset.source, tags["freshet.digest"])
+    valid, dataset = cleaned["upstream"].output("valid"), cleaned["manifest"].output("dataset")
+    assert inputs == {"input": ("freshet.valid", json.dumps({"uri": valid.uri}), valid.digest),
+                      "output": ("freshet.dataset", json.dumps({"uri": dataset.uri}), dataset.digest)}
+
+
 def test_rerun_is_reused_and_the_snapshot_recorded_once(cleaned: dict[str, Any]) -> None:
     again = clean.run(cleaned["config"], {"validate": cleaned["upstream"]}, run_id="clean-1", store=cleaned["store"])
     assert again.reused and again.fingerprint == cleaned["manifest"].fingerprint

@@ -151,16 +151,52 @@ def test_gx_result_is_plain_json_with_failing_ids(validated: dict[str, Any]) -> 
     assert [index["id"] for index in in_set["result"]["unexpected_index_list"]] == ["unknown", "twice"]
 
 
-def test_mlflow_run_has_the_valid_dataset_as_input(validated: dict[str, Any]) -> None:
+def dataset_inputs(run: Any) -> dict[str, tuple[str, str, str, str]]:
+    """context -> (dataset name, source, MLflow digest, our full digest) of a run's dataset inputs."""
+    inputs = {}
+    for item in run.inputs.dataset_inputs:
+        tags = {tag.key: tag.value for tag in item.tags}
+        inputs[tags["mlflow.data.context"]] = (item.dataset.name, item.dataset.source, item.dataset.digest,
+                                               tags["freshet.digest"])
+    return inputs
+
+
+def test_mlflow_run_has_the_batch_and_valid_snapshots_as_dataset_inputs(validated: dict[str, Any]) -> None:
     config = validated["config"]
     mlflow.set_tracking_uri(config.mlflow.tracking_uri)
     [run] = mlflow.search_runs(search_all_experiments=True, output_format="list",
                                filter_string="tags.`freshet.step` = 'validate' and tags.`freshet.run_id` = 'run-1'")
-    [dataset_input] = run.inputs.dataset_inputs
-    assert dataset_input.dataset.source == json.dumps({"uri": validated["manifest"].output("valid").uri})
-    assert {tag.key: tag.value for tag in dataset_input.tags}["mlflow.data.context"] == "validate"
+    inputs = dataset_inputs(run)
+    assert set(inputs) == {"input", "output"}
+    for context, ref, name in (("input", validated["crawl"].output("records"), "freshet.records"),
+                               ("output", validated["manifest"].output("valid"), "freshet.valid")):
+        assert inputs[context][:2] == (name, json.dumps({"uri": ref.uri}))
+        assert ref.digest.removeprefix("sha256:").startswith(inputs[context][2]) and inputs[context][3] == ref.digest
     artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
-    assert {"gx_result.json", "quarantine.parquet", "manifest.json"} <= artifacts
+    assert {"gx_result.json", "validation_report.html", "quarantine.parquet", "manifest.json"} <= artifacts
+
+
+def test_html_report_lists_every_expectation_with_bounds_observed_success_and_ids(validated: dict[str, Any]) -> None:
+    report = validated["store"].local_path(validated["manifest"].output("validation_report").uri).read_text()
+    assert "run-1</code>: <span class=\"passed\">accepted</span>" in report
+    assert "http" not in report  # self-contained: opens offline
+    rows = {cells[0]: cells for cells in re.findall(
+        r"<tr><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td></tr>", report)}
+    result = json.loads(validated["store"].local_path(validated["manifest"].output("gx_result").uri).read_text())
+    assert len(re.findall(r"<tr><td>expect_", report)) == len(result["results"]) == 9
+    lengths = rows["expect_column_value_lengths_to_be_between"]
+    assert lengths[1:3] == ("text", "min_value=3<br>max_value=80")
+    assert lengths[3].startswith("3 of 14 unexpected") and "failed" in lengths[4]
+    assert re.search(r"<summary>3 rows</summary><code>short, long, twice</code>", lengths[5])
+    unique_ids = rows["expect_column_values_to_be_unique"]
+    assert "<code>dup</code>" in unique_ids[5]  # only the second occurrence is quarantined
+    assert "row 6 (null id)" in report  # a row with no id is named by its position
+    columns = rows["expect_table_columns_to_match_set"]
+    assert "passed" in columns[4] and columns[5] == "0"
+    unique_texts = rows["expect_column_proportion_of_unique_values_to_be_between"]
+    assert unique_texts[2] == "min_value=0.8<br>max_value=1" and unique_texts[3] == "1"
+    assert re.search(r"<tr><td>drift.label_psi</td><td>validate.max_label_psi = 0.25</td><td>&mdash;</td>"
+                     r"<td><span class=\"skipped\">skipped</span></td><td>no accepted history yet", report)
 
 
 def test_rerun_with_same_inputs_is_reused(validated: dict[str, Any]) -> None:
@@ -182,6 +218,9 @@ def test_too_many_quarantined_rows_reject_the_batch_and_keep_the_evidence(tmp_pa
     assert str(failed_dir) in message
     assert len(read_rows(failed_dir / "quarantine.parquet")) == 10
     assert json.loads((failed_dir / "gx_result.json").read_text())["success"] is False
+    report = (failed_dir / "validation_report.html").read_text()
+    assert '<span class="failed">rejected</span>' in report and "Why the batch was rejected" in report
+    assert "quarantined fraction 0.643 (9 of 14 rows) &gt; validate.max_quarantine_fraction=0.2" in report
     assert read_manifest(store, "run-bad", validate.FAILED_STEP).facts["error"] in message
     assert read_manifest(store, "run-bad", "validate") is None
     mlflow.set_tracking_uri(config.mlflow.tracking_uri)
@@ -189,6 +228,9 @@ def test_too_many_quarantined_rows_reject_the_batch_and_keep_the_evidence(tmp_pa
                                filter_string="tags.`freshet.step` = 'validate' and tags.`freshet.run_id` = 'run-bad'")
     assert (run.info.status, run.data.tags["freshet.status"]) == ("FAILED", "rejected")
     assert run.data.metrics["quarantine_fraction"] == pytest.approx(9 / 14)
+    assert set(dataset_inputs(run)) == {"input"}  # the rejected batch; there are no valid rows
+    artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(run.info.run_id, validate.FAILED_STEP)}
+    assert f"{validate.FAILED_STEP}/validation_report.html" in artifacts
 
 
 def test_printable_ratio_failure_names_the_ratio(validated: dict[str, Any]) -> None:
