@@ -1,4 +1,4 @@
-"""The `freshet` command: run the demo, a single step, the demo source, or a rollback."""
+"""The `freshet` command: run the demo, a single step, the demo source, a rollback, or the champion history."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ USAGE = """freshet <command> [args]
   demo-corpus --out F --labels ..  build the Debian demo corpus
   demo-site --corpus F ...         serve a corpus day by day over HTTP
   rollback --config F --why TEXT   move the champion alias back to the previous version
+  history --config F [--at T]      the champion timeline from MLflow (or which version was champion at T)
 """
 
 
@@ -39,6 +40,44 @@ def rollback_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def history_main(argv: Sequence[str]) -> int:
+    from tasks import registry
+    from tasks.config import load_config
+
+    parser = argparse.ArgumentParser(prog="freshet history",
+                                     description="Which version held `champion` when, read from MLflow version tags.")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--at", default=None, help="ISO 8601 instant (naive = UTC): print only the champion then")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    client = registry.client(config)
+    name = config.mlflow.model_name
+    if args.at is not None:
+        try:
+            version = registry.champion_at(client, name, args.at)
+        except ValueError as error:
+            print(f"freshet history: --at {args.at!r} is not an ISO 8601 time: {error}", file=sys.stderr)
+            return 2
+        print(json.dumps({"model": name, "at": args.at, "champion": version}) if args.json else
+              f"{name}@champion at {args.at}: " + (f"version {version}" if version else "none"))
+        return 0
+    timeline = registry.history(client, name)
+    if args.json:
+        print(json.dumps({"model": name, "timeline": timeline}, indent=2))
+        return 0
+    if not timeline:
+        print(f"{name}: no version has been champion yet")
+        return 0
+    print(f"{name}: champion timeline (UTC)")
+    print(f"{'version':>7}  {'since':<32} {'until':<32} {'how':<9} {'by':<20} why / ended by")
+    for row in timeline:
+        ended = f" | ended: {row['ended_by']}" if row.get("ended_by") else ""
+        print(f"{row['version']:>7}  {row['since'] or '?':<32} {row['until'] or '(current)':<32} {row['kind']:<9} "
+              f"{(row['by'] or '?')[:20]:<20} {row['why'] or ''}{ended}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -55,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return importlib.import_module(modules[command]).main(rest)
     if command == "rollback":
         return rollback_main(rest)
+    if command == "history":
+        return history_main(rest)
     print(f"freshet: unknown command {command!r}\n\n" + USAGE.format(steps=", ".join(STEPS)), file=sys.stderr)
     return 2
 

@@ -2,12 +2,17 @@
 
 Variants: PyTorch int8 dynamic quantization (a recipe applied at load time to the fp32 safetensors,
 so nothing pickled is stored), ONNX fp32 (TorchScript exporter, dynamic batch/sequence axes) and
-onnxruntime dynamic int8 (both stored as `.onnx` outputs: a safe format), and global magnitude
-pruning of the Linear weights (measured only: dense storage gains nothing, so it is never served).
-Each is scored on the same slices as the fp32 candidate and timed in its own interleaved blocks.
-The serving variant is the smallest (then fastest) servable variant that loses at most
-`gate.max_compressed_drop` on every slice, else fp32. Distillation is not done here yet.
-The manifest carries the final gate verdict (candidate checks plus compressed checks).
+onnxruntime dynamic int8 (both stored as `.onnx` outputs: a safe format), global magnitude
+pruning of the Linear weights (measured only: dense storage gains nothing, so it is never served),
+and distillation: a student with `compress.distill_layers` of the teacher's encoder layers (copied as
+its initialisation) trained on the teacher's logits plus the labels over the train split of this and
+earlier snapshots, served as is (`distilled`, a safetensors directory) or through ONNX int8
+(`distilled-onnx-int8`). Each is scored on the same slices as the fp32 candidate and timed in its own
+interleaved blocks. The serving variant is the smallest (then fastest) servable variant that loses at
+most `gate.max_compressed_drop` on every slice, else fp32. The serving variant's predictions on a
+fixed sample of test rows are written as `serving_sample`: register checks the registered model
+reproduces them in a fresh process. The manifest carries the final gate verdict (candidate checks
+plus compressed checks).
 """
 
 from __future__ import annotations
@@ -20,16 +25,20 @@ from pathlib import Path
 from typing import Any
 
 from tasks.config import PipelineConfig
-from tasks.contract import Manifest, StepContext, cli, execute
+from tasks.contract import Manifest, StepContext, StepError, cli, execute
 from tasks.evaluate import evaluation_slices, score
 from tasks.gate import Verdict, judge_compressed
 from tasks.store import ArtifactStore
 
 STEP = "compress"
 FP32, INT8, ONNX_FP32, ONNX_INT8, PRUNED = "fp32", "int8-dynamic", "onnx-fp32", "onnx-int8", "pruned"
-SERVABLE = (FP32, INT8, ONNX_FP32, ONNX_INT8)
+DISTILLED, DISTILLED_ONNX_INT8 = "distilled", "distilled-onnx-int8"
+SERVABLE = (FP32, INT8, ONNX_FP32, ONNX_INT8, DISTILLED, DISTILLED_ONNX_INT8)
 # ONNX variants: the step output holding the file (register logs it as the `onnx_model` artifact).
-ONNX_OUTPUTS = {ONNX_FP32: ("onnx_fp32", "onnx/model.onnx"), ONNX_INT8: ("onnx_int8", "onnx/model.int8.onnx")}
+ONNX_OUTPUTS = {ONNX_FP32: ("onnx_fp32", "onnx/model.onnx"), ONNX_INT8: ("onnx_int8", "onnx/model.int8.onnx"),
+                DISTILLED_ONNX_INT8: ("distilled_onnx_int8", "onnx/student.int8.onnx")}
+# The student's HF directory (register logs it as the `student_model` artifact when `distilled` serves).
+STUDENT_OUTPUT = ("distilled_model", "student")
 SIZE_TIE = 0.01  # size ratios this close count as equal; latency decides
 log = logging.getLogger("freshet.compress")
 
@@ -69,10 +78,58 @@ def select_serving_variant(variants: Mapping[str, Mapping[str, Any]], max_drop: 
     return min(candidates, key=lambda item: (round(item[0] / SIZE_TIE), item[1], item[2]))[3]
 
 
+def distillation_rows(config: PipelineConfig, clean: Manifest, store: ArtifactStore) -> list[dict[str, Any]]:
+    """Train-split rows of this snapshot and every earlier one (by id, latest wins), a seeded sample.
+
+    Only the train split: the student must never see the validation or test rows it is judged on.
+    """
+    import random
+
+    from tasks.data import read_rows
+
+    uris = [entry["uri"] for entry in clean.facts.get("prior_snapshots", [])] + [clean.output("dataset").uri]
+    rows: dict[str, dict[str, Any]] = {}
+    for uri in uris:
+        for row in read_rows(store.local_path(uri)):
+            if row["split"] == "train" and row["label"] in config.labels:
+                rows[row["id"]] = row
+    ordered = [rows[key] for key in sorted(rows)]
+    if len(ordered) > config.compress.distill_max_rows:
+        ordered = random.Random(config.train.seed).sample(ordered, config.compress.distill_max_rows)
+    return ordered
+
+
+def distill_student(config: PipelineConfig, teacher, tokenizer, rows: list[dict[str, Any]]):
+    """The student model and the facts of its training (layers, rows, loss, seconds)."""
+    import time
+
+    from tasks.modeling import build_student, distill, teacher_logits
+
+    if not rows:
+        raise StepError("compress: distillation needs train-split rows, and the clean dataset (with its prior "
+                        "snapshots) has none with a configured label")
+    settings = config.compress
+    started = time.perf_counter()
+    texts = [row["text"] for row in rows]
+    index = {label: position for position, label in enumerate(config.labels)}
+    layers = settings.distill_layers or max(1, teacher.config.num_hidden_layers // 2)
+    student = build_student(teacher, layers, settings.distill_hidden_size)
+    soft = teacher_logits(teacher, tokenizer, texts, max_length=config.train.max_length)
+    stats = distill(student, tokenizer, texts, [index[row["label"]] for row in rows], soft,
+                    max_length=config.train.max_length, epochs=settings.distill_epochs,
+                    batch_size=settings.distill_batch_size, learning_rate=settings.distill_learning_rate,
+                    temperature=settings.distill_temperature, alpha=settings.distill_alpha, seed=config.train.seed)
+    facts = {"layers": student.config.num_hidden_layers, "teacher_layers": teacher.config.num_hidden_layers,
+             "hidden_size": student.config.hidden_size, "distill_rows": len(rows), "distill_loss": stats["loss"],
+             "distill_steps": int(stats["steps"]), "distill_seconds": time.perf_counter() - started,
+             "temperature": settings.distill_temperature, "alpha": settings.distill_alpha}
+    return student, facts
+
+
 def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, store: ArtifactStore,
         logical_date: str | None = None) -> Manifest:
     def body(context: StepContext) -> None:
-        from tasks.modeling import (OnnxClassifier, export_onnx, interleaved_latency, load_classifier,
+        from tasks.modeling import (OnnxClassifier, export_onnx, interleaved_latency, load_classifier, predict,
                                     prune_magnitude, quantize_int8, quantize_onnx_int8)
 
         labels = list(config.labels)
@@ -109,6 +166,29 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
             models[PRUNED], sparsity = prune_magnitude(load_classifier(model_dir)[0], config.compress.prune_amount)
             sizes[PRUNED] = _safetensors_size(models[PRUNED])  # dense: zeros cost as much as weights
             extra[PRUNED] = {"sparsity": sparsity, "amount": config.compress.prune_amount}
+        if DISTILLED in enabled or DISTILLED_ONNX_INT8 in enabled:
+            student, student_facts = distill_student(config, fp32_model, tokenizer,
+                                                     distillation_rows(config, context.input("clean"), store))
+            output, relative = STUDENT_OUTPUT
+            student.save_pretrained(context.out_dir / relative)  # safetensors
+            tokenizer.save_pretrained(context.out_dir / relative)
+            context.add_output(output, relative, "model", layers=student_facts["layers"])
+            if DISTILLED in enabled:
+                models[DISTILLED] = student
+                sizes[DISTILLED] = sum(path.stat().st_size
+                                       for path in (context.out_dir / relative).glob("*.safetensors"))
+                extra[DISTILLED] = student_facts
+            if DISTILLED_ONNX_INT8 in enabled:
+                output, relative = ONNX_OUTPUTS[DISTILLED_ONNX_INT8]
+                student_fp32 = export_onnx(student, tokenizer, context.out_dir / "onnx/student.onnx",
+                                           opset=config.compress.onnx_opset)
+                path = quantize_onnx_int8(student_fp32, context.out_dir / relative)
+                student_fp32.unlink()  # only the int8 file is a variant
+                models[DISTILLED_ONNX_INT8] = OnnxClassifier(path, fp32_model.config)
+                sizes[DISTILLED_ONNX_INT8] = path.stat().st_size
+                extra[DISTILLED_ONNX_INT8] = student_facts
+                context.add_output(output, relative, "file", variant=DISTILLED_ONNX_INT8,
+                                   opset=config.compress.onnx_opset)
 
         latency = interleaved_latency(models, tokenizer, sample, max_length=config.train.max_length,
                                       rounds=config.compress.latency_rounds)
@@ -134,6 +214,18 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
             }
         serving_variant = select_serving_variant(variants, config.evaluate.gate.max_compressed_drop)
         serving_artifact = ONNX_OUTPUTS[serving_variant][0] if serving_variant in ONNX_OUTPUTS else None
+        serving_model = STUDENT_OUTPUT[0] if serving_variant == DISTILLED else None
+        if config.compress.serving_check_rows:
+            # What the served model must reproduce: same texts, same `predict` call (batching included).
+            rows = (slices["frozen"] or slices["fresh"])[: config.compress.serving_check_rows]
+            texts = [row["text"] for row in rows]
+            expected = predict(models[serving_variant], tokenizer, texts, max_length=config.train.max_length)
+            (context.out_dir / "serving_sample.json").write_text(json.dumps({
+                "variant": serving_variant, "tolerance": config.compress.serving_check_tolerance,
+                "ids": [row["id"] for row in rows], "texts": texts,
+                "labels": [labels[int(index)] for index in expected.label_ids],
+                "probabilities": expected.probabilities.astype(float).tolist()}))
+            context.add_output("serving_sample", "serving_sample.json", "report", rows=len(rows))
         candidate_gate = context.input("evaluate").facts["gate"]
         final = Verdict.model_validate({"passed": candidate_gate["passed"], "checks": candidate_gate["checks"] + [
             check.model_dump() for check in checks]})
@@ -141,7 +233,8 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         gate = final.summary() | {"passed": candidate_gate["passed"], "reasons": candidate_gate["reasons"],
                                   "serving_variant": serving_variant}
         (context.out_dir / "compression.json").write_text(json.dumps(
-            {"variants": variants, "serving_variant": serving_variant, "serving_artifact": serving_artifact}, indent=2))
+            {"variants": variants, "serving_variant": serving_variant, "serving_artifact": serving_artifact,
+             "serving_model": serving_model}, indent=2))
         (context.out_dir / "gate.json").write_text(json.dumps(gate, indent=2))
         context.add_output("compression", "compression.json", "report")
         context.add_output("gate", "gate.json", "report")
@@ -154,6 +247,7 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         context.metrics["serving_variant"] = serving_variant
         context.metrics["gate_passed"] = gate["passed"]
         context.facts.update({"gate": gate, "serving_variant": serving_variant, "serving_artifact": serving_artifact,
+                              "serving_model": serving_model,
                               "variants": variants,
                               "champion_version": context.input("evaluate").facts.get("champion_version")})
 

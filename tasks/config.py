@@ -449,19 +449,36 @@ class EvaluateConfig(_Section):
     gate: GatePolicy = GatePolicy()
 
 
-CompressionVariant = Literal["int8-dynamic", "onnx-fp32", "onnx-int8", "pruned"]
+CompressionVariant = Literal["int8-dynamic", "onnx-fp32", "onnx-int8", "pruned", "distilled", "distilled-onnx-int8"]
 
 
 class CompressConfig(_Section):
     # Evaluated variants; the policy serves the smallest (then fastest) one within
     # `gate.max_compressed_drop` on every slice. `pruned` is measured only (dense storage, not served).
     variants: list[CompressionVariant] = Field(
-        default_factory=lambda: ["int8-dynamic", "onnx-fp32", "onnx-int8", "pruned"])
+        default_factory=lambda: ["int8-dynamic", "onnx-fp32", "onnx-int8", "pruned", "distilled",
+                                 "distilled-onnx-int8"])
     quantize_int8: bool = True  # kept for old configs: False drops int8-dynamic from `variants`
     onnx_opset: int = Field(17, ge=13)
     prune_amount: float = Field(0.3, gt=0, lt=1, description="fraction of Linear weights zeroed (global magnitude)")
     latency_sample_rows: int = Field(64, ge=1)
     latency_rounds: int = Field(3, ge=1, description="interleaved timing blocks per variant; medians reported")
+    # Distillation (`distilled`, `distilled-onnx-int8`): a shallower student initialised from the teacher's
+    # layers, trained on the teacher's logits (KL at temperature T, weight alpha) plus CE on the labels,
+    # over the train split of this and earlier snapshots (test rows are never used).
+    distill_layers: int | None = Field(None, ge=1, description="student encoder layers (spread evenly over the "
+                                       "teacher's); default half the teacher's, MiniLM-L6 -> 3")
+    distill_hidden_size: int | None = Field(None, ge=8, description="smaller width: random init, no weight copy")
+    distill_epochs: int = Field(3, ge=1)
+    distill_temperature: float = Field(2.0, gt=0)
+    distill_alpha: float = Field(0.5, ge=0, le=1, description="weight of the KL term; 1 - alpha goes to the CE")
+    distill_learning_rate: float = Field(1e-4, gt=0)
+    distill_batch_size: int = Field(32, ge=1)
+    distill_max_rows: int = Field(20000, ge=1, description="seeded sample of train rows the student sees")
+    # Serving check at register: the registered pyfunc, loaded in a fresh process, must reproduce the
+    # compress step's predictions of the serving variant on this many fixed test rows.
+    serving_check_rows: int = Field(32, ge=0, description="0 turns the check off")
+    serving_check_tolerance: float = Field(1e-3, gt=0, description="max absolute probability difference")
 
     @property
     def enabled_variants(self) -> list[str]:

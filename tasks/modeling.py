@@ -248,14 +248,18 @@ def prune_magnitude(model: torch.nn.Module, amount: float) -> tuple[torch.nn.Mod
     return model.eval(), zeros / sum(module.weight.numel() for module in linears)
 
 
-SERVING_VARIANTS = ("fp32", "int8-dynamic", "onnx-fp32", "onnx-int8")
+SERVING_VARIANTS = ("fp32", "int8-dynamic", "onnx-fp32", "onnx-int8", "distilled", "distilled-onnx-int8")
 
 
 def load_serving_model(model_dir: Path, variant: str | None = None, onnx_path: Path | None = None):
-    """The model a serving variant runs, and its tokenizer: torch (fp32 / int8 recipe) or an ONNX file."""
+    """The model a serving variant runs, and its tokenizer: torch (fp32 / int8 recipe) or an ONNX file.
+
+    For `distilled`, `model_dir` is the student's directory; ONNX variants take labels and tokenizer
+    from `model_dir` (a student shares both with its teacher).
+    """
     variant = variant or "fp32"
-    if variant in ("fp32", "none", "int8-dynamic"):
-        return load_classifier(model_dir, None if variant in ("fp32", "none") else variant)
+    if variant in ("fp32", "none", "int8-dynamic", "distilled"):
+        return load_classifier(model_dir, "int8-dynamic" if variant == "int8-dynamic" else None)
     if variant not in SERVING_VARIANTS:
         raise ValueError(f"unknown serving variant {variant!r}; known: {SERVING_VARIANTS}")
     if onnx_path is None:
@@ -280,3 +284,109 @@ def interleaved_latency(models: dict[str, object], tokenizer, texts: Sequence[st
             samples[name].append(measure_latency(models[name], tokenizer, texts, max_length=max_length, repeats=repeats))
     return {name: {key: float(np.median([block[key] for block in blocks])) for key in blocks[0]}
             for name, blocks in samples.items()}
+
+
+# ------------------------------------------------------------------------------ distillation
+
+
+def build_student(teacher: torch.nn.Module, num_layers: int, hidden_size: int | None = None) -> torch.nn.Module:
+    """A shallower copy of a BERT-style `teacher` to distil into.
+
+    Same width: the embeddings, the classifier head and `num_layers` encoder layers spread evenly over
+    the teacher's depth (top layer kept; 6 -> 3 keeps 2, 4, 6) are copied as the initialisation.
+    A smaller `hidden_size` cannot reuse the teacher's weights: that student starts random, with the
+    teacher's vocabulary and labels.
+    """
+    import copy
+
+    config = teacher.config
+    if hidden_size is not None and hidden_size != config.hidden_size:
+        student_config = copy.deepcopy(config)
+        heads = max(1, min(config.num_attention_heads, hidden_size // 32))
+        if hidden_size % heads:
+            raise ValueError(f"distill hidden_size {hidden_size} is not a multiple of its {heads} attention heads")
+        student_config.update({"hidden_size": hidden_size, "num_attention_heads": heads,
+                               "num_hidden_layers": num_layers, "intermediate_size": 4 * hidden_size})
+        torch.manual_seed(0)
+        return type(teacher)(student_config).eval()
+    layers = getattr(getattr(teacher, "base_model", None), "encoder", None)
+    layers = getattr(layers, "layer", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ValueError(f"cannot pick encoder layers from {type(teacher).__name__}: no base_model.encoder.layer list")
+    depth = len(layers)
+    if not 1 <= num_layers <= depth:
+        raise ValueError(f"distill num_layers {num_layers} must be within 1..{depth} (the teacher's depth)")
+    keep = sorted({round((index + 1) * depth / num_layers) - 1 for index in range(num_layers)})
+    student = copy.deepcopy(teacher)
+    student.base_model.encoder.layer = torch.nn.ModuleList(student.base_model.encoder.layer[index] for index in keep)
+    student.config.num_hidden_layers = len(keep)
+    for position, layer in enumerate(student.base_model.encoder.layer):  # attention caches index layers by position
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = position
+    return student.eval()
+
+
+@torch.inference_mode()
+def teacher_logits(model: torch.nn.Module, tokenizer, texts: Sequence[str], *, max_length: int,
+                   batch_size: int = 64) -> np.ndarray:
+    """Raw logits of `model` for `texts` (input order), the soft targets of distillation."""
+    model.eval()
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    logits = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    for batch in length_sorted_batches(lengths, batch_size):
+        features = tokenizer.pad({key: [encoded[key][i] for i in batch] for key in encoded}, return_tensors="pt")
+        logits[batch] = model(**features).logits.float().numpy()
+    return logits
+
+
+def distill(student: torch.nn.Module, tokenizer, texts: Sequence[str], label_ids: Sequence[int],
+            soft_logits: np.ndarray | None, *, max_length: int, epochs: int = 3, batch_size: int = 32,
+            learning_rate: float = 1e-4, temperature: float = 2.0, alpha: float = 0.5, seed: int = 0,
+            ) -> dict[str, float]:
+    """Train `student` in place on alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labels).
+
+    `soft_logits` None (or alpha 0) is plain fine-tuning on the labels. Batches of similar length
+    (dynamic padding), shuffled per epoch; AdamW with a linear decay. Returns the last epoch's mean loss.
+    """
+    import torch.nn.functional as functional
+
+    if soft_logits is None:
+        alpha = 0.0
+    if not 0.0 <= alpha <= 1.0 or temperature <= 0:
+        raise ValueError(f"distill: alpha must be in [0, 1] and temperature > 0 (got alpha={alpha}, T={temperature})")
+    if not texts:
+        raise ValueError("distill: no training texts")
+    torch.set_num_threads(threads_per_rank())
+    generator = torch.Generator().manual_seed(seed)
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    batches = length_sorted_batches(lengths, batch_size)
+    targets = torch.as_tensor(list(label_ids), dtype=torch.long)
+    soft = torch.as_tensor(soft_logits) if soft_logits is not None else None
+    optimizer = torch.optim.AdamW(student.parameters(), lr=learning_rate, weight_decay=0.01)
+    total = max(1, epochs * len(batches))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total))
+    student.train()
+    epoch_loss = float("nan")
+    for _ in range(epochs):
+        losses = []
+        for position in torch.randperm(len(batches), generator=generator).tolist():
+            batch = batches[position]
+            features = tokenizer.pad({key: [encoded[key][i] for i in batch] for key in encoded}, return_tensors="pt")
+            logits = student(**features).logits
+            loss = functional.cross_entropy(logits, targets[batch]) * (1 - alpha)
+            if alpha > 0:
+                # KL on temperature-softened distributions, scaled by T^2 so its gradients keep their size.
+                loss = loss + alpha * temperature ** 2 * functional.kl_div(
+                    functional.log_softmax(logits / temperature, dim=-1),
+                    functional.log_softmax(soft[batch] / temperature, dim=-1), log_target=True, reduction="batchmean")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(float(loss.detach()))
+        epoch_loss = float(np.mean(losses))
+    student.eval()
+    return {"loss": epoch_loss, "steps": float(epochs * len(batches)), "rows": float(len(texts))}

@@ -2,8 +2,10 @@
 
 Check-and-set: if the champion changed since the gate compared against it, promotion refuses
 rather than overwrite. A rejected candidate is never promoted (the DAG skips this step; called
-anyway, it records why and moves nothing). Version tags record when each version held `champion`,
-so "which version was champion at time T" is answerable from MLflow alone.
+anyway, it records why and moves nothing). Version tags record each tenure of a version as
+`champion` (since, until, who, why, promotion or rollback), so "which version was champion at time T"
+is answerable from MLflow alone (`tasks.registry.champion_at`, `freshet history --at T`).
+`rollback` is the pure function behind `freshet rollback` (and for a DAG task to call).
 """
 
 from __future__ import annotations
@@ -20,7 +22,18 @@ STEP = "promote"
 log = logging.getLogger("freshet.promote")
 
 
-def move_champion(config: PipelineConfig, version: str, expected_champion: str | None, reason: str) -> dict[str, str | None]:
+def _identity() -> str:
+    """Who moved the alias: the Airflow run when there is one, else the local user."""
+    import getpass
+
+    airflow = airflow_identity()
+    if airflow:
+        return "airflow " + " ".join(f"{key}={value}" for key, value in airflow.items())
+    return getpass.getuser()
+
+
+def move_champion(config: PipelineConfig, version: str, expected_champion: str | None, reason: str,
+                  who: str | None = None) -> dict[str, str | None]:
     """Point `champion` at `version` if the champion is still `expected_champion`; keep `previous`."""
     client = registry.client(config)
     name = config.mlflow.model_name
@@ -34,11 +47,12 @@ def move_champion(config: PipelineConfig, version: str, expected_champion: str |
             f"against {expected_champion}; refusing to overwrite a champion the gate never saw (re-run evaluate)"
         )
     now = dt.datetime.now(dt.timezone.utc).isoformat()
+    who = who or _identity()
     if current_version is not None:
         client.set_registered_model_alias(name, registry.PREVIOUS, current_version)
-        client.set_model_version_tag(name, current_version, "freshet.champion_until", now)
+        registry.end_tenure(client, name, current_version, now, ended_by=f"promotion of version {version} by {who}")
     client.set_registered_model_alias(name, registry.CHAMPION, version)
-    client.set_model_version_tag(name, version, "freshet.champion_since", now)
+    registry.start_tenure(client, name, version, now, kind="promotion", by=who, why=reason)
     client.set_model_version_tag(name, version, "freshet.promotion_reason", reason)
     for key, value in airflow_identity().items():
         client.set_model_version_tag(name, version, f"freshet.promoted_by.airflow.{key}", value)
@@ -66,8 +80,15 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
                    config_sections=("mlflow",))
 
 
-def rollback(config: PipelineConfig, who: str, why: str) -> dict[str, str]:
-    """Move `champion` back to `previous`; the demoted version is tagged with who and why."""
+def rollback(config: PipelineConfig, who: str, why: str, expected_champion: str | None = None) -> dict[str, str]:
+    """Move `champion` back to `previous`; both versions record who, why and when (audit tags).
+
+    Pure apart from the registry it is given through `config`: a DAG task can call it with the
+    triggering user and reason. `expected_champion` (optional) refuses if the champion moved meanwhile.
+    Returns {"champion", "demoted", "at", "who", "why"}.
+    """
+    if not who.strip() or not why.strip():
+        raise StepError("rollback: say who rolls back and why (both are recorded on the versions)")
     client = registry.client(config)
     name = config.mlflow.model_name
     champion = registry.version_by_alias(config, registry.CHAMPION)
@@ -75,14 +96,22 @@ def rollback(config: PipelineConfig, who: str, why: str) -> dict[str, str]:
     if champion is None or previous is None:
         raise StepError(f"rollback: {name} needs both a champion and a previous version "
                         f"(champion={champion and champion.version}, previous={previous and previous.version})")
+    if expected_champion is not None and str(champion.version) != str(expected_champion):
+        raise StepError(f"rollback: champion of {name} is version {champion.version}, not {expected_champion}; "
+                        f"refusing to roll back a champion the caller did not mean")
     now = dt.datetime.now(dt.timezone.utc).isoformat()
     client.set_registered_model_alias(name, registry.CHAMPION, previous.version)
     client.delete_registered_model_alias(name, registry.PREVIOUS)
-    client.set_model_version_tag(name, champion.version, "freshet.champion_until", now)
+    registry.end_tenure(client, name, str(champion.version), now, ended_by=f"rollback by {who}: {why}")
     client.set_model_version_tag(name, champion.version, "freshet.rolled_back", f"{now} by {who}: {why}")
-    client.set_model_version_tag(name, previous.version, "freshet.champion_since", now)
+    client.set_model_version_tag(name, champion.version, "freshet.rolled_back_by", who)
+    client.set_model_version_tag(name, champion.version, "freshet.rolled_back_why", why)
+    client.set_model_version_tag(name, champion.version, "freshet.rolled_back_at", now)
+    registry.start_tenure(client, name, str(previous.version), now, kind="rollback", by=who, why=why)
     client.set_model_version_tag(name, previous.version, "freshet.promotion_reason", f"rollback by {who}: {why}")
-    return {"champion": str(previous.version), "demoted": str(champion.version)}
+    for key, value in airflow_identity().items():
+        client.set_model_version_tag(name, champion.version, f"freshet.rolled_back_by.airflow.{key}", value)
+    return {"champion": str(previous.version), "demoted": str(champion.version), "at": now, "who": who, "why": why}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,18 +4,29 @@ The version holds a pyfunc (tasks/serving.py) over the candidate's Hugging Face 
 signature and an input example, and carries the evidence as tags: gate verdict and reasons, data
 digests, the GX result digest, config hash, git commit and the Airflow dag/run/try ids. A retry of
 the same run finds its version by tag and creates no second one.
+
+Serving check: the new version is loaded by its `models:/<name>/<version>` URI in a fresh Python
+process (nothing of this process's imports or state) and must reproduce the compress step's
+predictions of the serving variant on its fixed sample (`serving_sample`): equal labels (unless the
+expected top two are within the tolerance) and the predicted label's probability within the
+tolerance. The result is the version tag `freshet.serving_check`; a failure fails the step before
+the version gets `challenger`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from tasks import registry
 from tasks.config import PipelineConfig
-from tasks.contract import Manifest, StepContext, airflow_identity, cli, execute, step_fingerprint
+from tasks.contract import Manifest, StepContext, StepError, airflow_identity, cli, execute, step_fingerprint
 from tasks.store import ArtifactStore
 
 STEP = "register"
@@ -29,6 +40,24 @@ def git_commit() -> str:
                               cwd=Path(__file__).resolve().parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+# What the served pyfunc imports, pinned to this environment. Declared rather than inferred: MLflow's
+# inference loads the model in a subprocess to watch its imports, which costs ~30 s per version.
+SERVING_PACKAGES = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "onnxruntime", "numpy", "pandas",
+                    "pydantic", "pyyaml")
+
+
+def serving_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in SERVING_PACKAGES:
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            continue
+    return pins
 
 
 def evidence_tags(config: PipelineConfig, inputs: dict[str, Manifest], run_id: str, fingerprint: str) -> dict[str, str]:
@@ -60,6 +89,65 @@ def find_version(client, name: str, run_id: str, fingerprint: str):
     return next((version for version in versions if version.tags.get("freshet.fingerprint") == fingerprint), None)
 
 
+# Runs in the fresh process: only mlflow and pandas, the model brings its own code (code_paths).
+SERVING_CHECK_SCRIPT = """
+import json, sys
+import mlflow, pandas as pd
+uri, source, target = sys.argv[1:4]
+with open(source) as handle:
+    texts = json.load(handle)["texts"]
+result = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"text": texts}))
+with open(target, "w") as handle:
+    json.dump({"labels": [str(label) for label in result["label"]],
+               "probabilities": [float(value) for value in result["probability"]]}, handle)
+"""
+
+
+def compare_serving(sample: dict[str, Any], served: dict[str, Any]) -> dict[str, Any]:
+    """Served predictions vs the sample's expected ones: {passed, rows, max_abs_diff, mismatches, message}."""
+    tolerance = float(sample["tolerance"])
+    rows = len(sample["texts"])
+    if len(served["labels"]) != rows:
+        return {"passed": False, "rows": rows, "max_abs_diff": float("nan"), "mismatches": [],
+                "message": f"served {len(served['labels'])} predictions for {rows} sample texts"}
+    mismatches, max_diff = [], 0.0
+    for position, (expected_label, probabilities, label, probability) in enumerate(zip(
+            sample["labels"], sample["probabilities"], served["labels"], served["probabilities"])):
+        top = sorted(probabilities, reverse=True)
+        near_tie = len(top) > 1 and top[0] - top[1] <= tolerance  # either label is a faithful answer
+        difference = abs(max(probabilities) - probability)
+        max_diff = max(max_diff, difference)
+        if (label != expected_label and not near_tie) or difference > tolerance:
+            row_id = sample.get("ids", [None] * rows)[position]
+            mismatches.append({"row": position, "id": row_id, "expected": expected_label, "served": label,
+                               "expected_probability": max(probabilities), "served_probability": probability})
+    message = "reproduced" if not mismatches else (
+        f"{len(mismatches)} of {rows} sample rows differ (tolerance {tolerance:g}); first: row id "
+        f"{mismatches[0]['id']!r} expected {mismatches[0]['expected']} p={mismatches[0]['expected_probability']:.6f}, "
+        f"served {mismatches[0]['served']} p={mismatches[0]['served_probability']:.6f}")
+    return {"passed": not mismatches, "rows": rows, "max_abs_diff": max_diff, "mismatches": mismatches[:10],
+            "message": message}
+
+
+def check_serving(config: PipelineConfig, model_uri: str, sample: dict[str, Any], *,
+                  timeout_s: float = 900) -> dict[str, Any]:
+    """Load `model_uri` with `mlflow.pyfunc.load_model` in a fresh process and compare with `sample`."""
+    with tempfile.TemporaryDirectory(prefix="freshet-serving-check-") as directory:
+        source, target = Path(directory) / "sample.json", Path(directory) / "served.json"
+        source.write_text(json.dumps({"texts": sample["texts"]}))
+        env = dict(os.environ, MLFLOW_TRACKING_URI=config.mlflow.tracking_uri,
+                   MLFLOW_REGISTRY_URI=config.mlflow.tracking_uri)
+        # cwd outside the repository: the model must load from what the registry holds.
+        process = subprocess.run([sys.executable, "-c", SERVING_CHECK_SCRIPT, model_uri, str(source), str(target)],
+                                 cwd=directory, env=env, capture_output=True, text=True, timeout=timeout_s)
+        if process.returncode != 0:
+            tail = process.stderr.strip().splitlines()[-5:]
+            return {"passed": False, "rows": len(sample["texts"]), "max_abs_diff": float("nan"), "mismatches": [],
+                    "message": f"loading or predicting in a fresh process failed (exit {process.returncode}): "
+                               + " | ".join(tail)}
+        return compare_serving(sample, json.loads(target.read_text()))
+
+
 def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, store: ArtifactStore,
         logical_date: str | None = None) -> Manifest:
     fingerprint = step_fingerprint(STEP, config, inputs, logical_date, SECTIONS)
@@ -82,6 +170,8 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
             artifacts = {registry.HF_ARTIFACT: str(context.input_path("train", "model"))}
             if compress_facts.get("serving_artifact"):  # the ONNX file the chosen variant serves
                 artifacts["onnx_model"] = str(context.input_path("compress", compress_facts["serving_artifact"]))
+            if compress_facts.get("serving_model"):  # the distilled student's HF directory
+                artifacts["student_model"] = str(context.input_path("compress", compress_facts["serving_model"]))
             example = pd.DataFrame({"text": ["a sample text to classify", "another one"]})
             signature = infer_signature(example, pd.DataFrame({"label": [config.labels[0]] * 2, "probability": [0.5, 0.5]}))
             with step_run(config, run_id, STEP, logical_date):
@@ -93,6 +183,7 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
                     model_config={"variant": variant, "max_length": config.train.max_length},
                     signature=signature,
                     input_example=example,
+                    pip_requirements=serving_requirements(),
                 )
                 version = mlflow.register_model(info.model_uri, name, tags=tags)
             verdict = "passed the gate" if gate["passed"] else "REJECTED by the gate: " + tags["freshet.gate_reasons"]
@@ -101,16 +192,47 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
                 f"Serving variant: {tags['freshet.serving_variant']}. Evidence in the tags and in the run's MLflow artifacts."))
         else:
             log.info("register: run %s already registered as version %s", run_id, version.version)
+        check = serving_check(config, context, client, name, str(version.version))
         client.set_registered_model_alias(name, registry.CHALLENGER, version.version)
         (context.out_dir / "registration.json").write_text(json.dumps({"name": name, "version": str(version.version),
                                                                        "tags": tags}, indent=2))
         context.add_output("registration", "registration.json", "report")
         context.metrics["version"] = int(version.version)
+        context.facts["serving_check"] = check
         context.facts.update({"name": name, "version": str(version.version), "gate": inputs["compress"].facts["gate"],
                               "compared_champion": inputs["compress"].facts.get("champion_version")})
 
     return execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
                    config_sections=SECTIONS)
+
+
+def serving_check(config: PipelineConfig, context: StepContext, client, name: str, version: str) -> dict[str, Any]:
+    """Run (or, on a retry that already passed, reuse) the fresh-process check; tag the version; raise on failure."""
+    compress = context.input("compress")
+    if "serving_sample" not in compress.outputs:
+        client.set_model_version_tag(name, version, "freshet.serving_check", "skipped: no serving_sample from compress")
+        return {"passed": None, "message": "skipped: compress wrote no serving_sample"}
+    existing = client.get_model_version(name, version).tags
+    if existing.get("freshet.serving_check") == "passed":
+        return {"passed": True, "message": "passed on an earlier try",
+                "rows": int(existing.get("freshet.serving_check.rows", 0))}
+    sample = json.loads(context.input_path("compress", "serving_sample").read_text())
+    uri = f"models:/{name}/{version}"
+    result = check_serving(config, uri, sample)
+    client.set_model_version_tag(name, version, "freshet.serving_check", "passed" if result["passed"] else "failed")
+    client.set_model_version_tag(name, version, "freshet.serving_check.detail", result["message"][:4000])
+    client.set_model_version_tag(name, version, "freshet.serving_check.rows", str(result["rows"]))
+    client.set_model_version_tag(name, version, "freshet.serving_check.max_abs_diff", f"{result['max_abs_diff']:.3g}")
+    report = result | {"model_uri": uri, "variant": sample["variant"]}
+    (context.out_dir / "serving_check.json").write_text(json.dumps(report, indent=2))
+    context.add_output("serving_check", "serving_check.json", "report")
+    if not result["passed"]:
+        raise StepError(f"register: serving check failed for {uri} (variant {sample['variant']}): the registered "
+                        f"model, loaded in a fresh process, does not reproduce the compress step's predictions: "
+                        f"{result['message']}")
+    log.info("register: %s reproduces the %s predictions on %d rows (max |dp| %.2g)", uri, sample["variant"],
+             result["rows"], result["max_abs_diff"])
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

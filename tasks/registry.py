@@ -1,8 +1,11 @@
-"""MLflow Model Registry access: champion resolution and model download (aliases, never stages)."""
+"""MLflow Model Registry access: champion resolution, model download and the champion history
+(aliases and version tags, never stages)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -61,3 +64,84 @@ def download_model_dir(config: PipelineConfig, version: str) -> Path:
     if HF_ARTIFACT not in artifacts:
         raise FileNotFoundError(f"model version {config.mlflow.model_name}/{version} has no {HF_ARTIFACT} artifact")
     return cache / artifacts[HF_ARTIFACT]["path"]
+
+
+# ------------------------------------------------------------------------------ champion history
+# Each version carries the JSON list of its tenures as `champion` (a version can hold it several times:
+# promoted, replaced, rolled back to), so "which version was champion at T" needs MLflow alone.
+# `freshet.champion_since` / `freshet.champion_until` keep the latest tenure's bounds for quick reading.
+TENURES_TAG = "freshet.champion_tenures"
+SINCE_TAG, UNTIL_TAG = "freshet.champion_since", "freshet.champion_until"
+
+
+def _instant(value) -> dt.datetime:
+    """An aware UTC datetime from a datetime or an ISO 8601 string (naive means UTC)."""
+    if isinstance(value, dt.datetime):
+        moment = value
+    else:
+        moment = dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+    return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment.astimezone(dt.timezone.utc)
+
+
+def tenures(model_version) -> list[dict[str, str | None]]:
+    """A version's tenures as champion, oldest first (versions promoted before the log: one, from their tags)."""
+    tags = model_version.tags or {}
+    if tags.get(TENURES_TAG):
+        return json.loads(tags[TENURES_TAG])
+    if tags.get(SINCE_TAG):
+        return [{"since": tags[SINCE_TAG], "until": tags.get(UNTIL_TAG), "kind": "promotion", "by": None,
+                 "why": tags.get("freshet.promotion_reason"), "ended_by": tags.get("freshet.rolled_back")}]
+    return []
+
+
+def start_tenure(mlflow_client, name: str, version: str, when: str, *, kind: str, by: str, why: str) -> None:
+    """Record that `version` became champion at `when` (the alias itself is moved by the caller)."""
+    model_version = mlflow_client.get_model_version(name, version)
+    entries = tenures(model_version)
+    entries.append({"since": when, "until": None, "kind": kind, "by": by, "why": why, "ended_by": None})
+    mlflow_client.set_model_version_tag(name, version, TENURES_TAG, json.dumps(entries))
+    mlflow_client.set_model_version_tag(name, version, SINCE_TAG, when)
+    if UNTIL_TAG in (model_version.tags or {}):  # the end of an earlier tenure, not of this one
+        mlflow_client.delete_model_version_tag(name, version, UNTIL_TAG)
+
+
+def end_tenure(mlflow_client, name: str, version: str, when: str, ended_by: str) -> None:
+    """Close `version`'s open tenure at `when`, saying what ended it."""
+    entries = tenures(mlflow_client.get_model_version(name, version))
+    if entries and entries[-1]["until"] is None:
+        entries[-1].update(until=when, ended_by=ended_by)
+    else:  # champion set outside freshet: keep an honest record of the end only
+        entries.append({"since": None, "until": when, "kind": "unknown", "by": None, "why": None, "ended_by": ended_by})
+    mlflow_client.set_model_version_tag(name, version, TENURES_TAG, json.dumps(entries))
+    mlflow_client.set_model_version_tag(name, version, UNTIL_TAG, when)
+
+
+def all_versions(mlflow_client, name: str) -> list:
+    versions, token = [], None
+    while True:
+        page = mlflow_client.search_model_versions(f"name = '{name}'", max_results=1000, page_token=token)
+        versions.extend(page)
+        token = getattr(page, "token", None)
+        if not token:
+            return versions
+
+
+def history(mlflow_client, name: str) -> list[dict[str, str | None]]:
+    """Every tenure of every version of `name` as champion, ordered by start (the timeline)."""
+    rows = [{"version": str(version.version), **entry} for version in all_versions(mlflow_client, name)
+            for entry in tenures(version)]
+    epoch = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+    return sorted(rows, key=lambda row: (_instant(row["since"]) if row["since"] else epoch, int(row["version"])))
+
+
+def champion_at(mlflow_client, name: str, when) -> str | None:
+    """The version of `name` that held `champion` at `when` (datetime or ISO string), or None.
+
+    A tenure covers [since, until): at the instant of a promotion the new version is the champion.
+    """
+    moment = _instant(when)
+    for row in reversed(history(mlflow_client, name)):
+        started = row["since"] and _instant(row["since"]) <= moment
+        if started and (row["until"] is None or moment < _instant(row["until"])):
+            return row["version"]
+    return None

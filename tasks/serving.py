@@ -2,8 +2,9 @@
 
 It wraps a Hugging Face directory (safetensors) logged as the `hf_model` artifact (weights, config,
 tokenizer). `model_config["variant"]` picks what runs: `fp32`, `int8-dynamic` (a quantization recipe
-applied at load time), or `onnx-fp32` / `onnx-int8` (the ONNX file logged as the `onnx_model`
-artifact, run by onnxruntime). Older versions carry only `quantization` (None or `int8-dynamic`).
+applied at load time), `onnx-fp32` / `onnx-int8` / `distilled-onnx-int8` (the ONNX file logged as
+the `onnx_model` artifact, run by onnxruntime), or `distilled` (the student's HF directory logged as
+the `student_model` artifact). Older versions carry only `quantization` (None or `int8-dynamic`).
 No pickled modules.
 Input: a DataFrame with a `text` column (or a list of strings). Output: `label`, `probability`.
 """
@@ -17,6 +18,8 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+log = logging.getLogger("freshet.serving")
+
 
 class TextClassifier(PythonModel):
     def load_context(self, context) -> None:
@@ -25,11 +28,19 @@ class TextClassifier(PythonModel):
         settings = context.model_config or {}
         variant = settings.get("variant") or settings.get("quantization") or "fp32"
         onnx_path = context.artifacts.get("onnx_model")
-        if variant.startswith("onnx-") and not onnx_path:
-            # A version logged without its ONNX file: serve the fp32 weights the variant was gated against.
-            logging.getLogger("freshet.serving").warning("variant %s has no onnx_model artifact; serving fp32", variant)
-            variant = "fp32"
-        self.model, self.tokenizer = load_serving_model(Path(context.artifacts["hf_model"]), variant,
+        model_dir = context.artifacts["hf_model"]
+        if variant.endswith("onnx-fp32") or variant.endswith("onnx-int8"):
+            if not onnx_path:
+                # A version logged without its ONNX file: serve the fp32 weights the variant was gated against.
+                log.warning("variant %s has no onnx_model artifact; serving fp32", variant)
+                variant = "fp32"
+        elif variant == "distilled":
+            if context.artifacts.get("student_model"):
+                model_dir = context.artifacts["student_model"]
+            else:
+                log.warning("variant distilled has no student_model artifact; serving fp32")
+                variant = "fp32"
+        self.model, self.tokenizer = load_serving_model(Path(model_dir), variant,
                                                         Path(onnx_path) if onnx_path else None)
         self.variant = variant
         self.max_length = int(settings.get("max_length", 128))

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tasks.compress import FP32, INT8, ONNX_FP32, ONNX_INT8, PRUNED, select_serving_variant
+from tasks.compress import (DISTILLED, DISTILLED_ONNX_INT8, FP32, INT8, ONNX_FP32, ONNX_INT8, PRUNED,
+                            select_serving_variant)
 from tasks.config import TrainConfig
 from tests.pipeline_fixtures import LABELS
 
@@ -121,6 +122,110 @@ def row(size, latency, **deltas):
     ({PRUNED: row(0.1, 0.5)}, FP32),  # not servable
     ({INT8: row(0.3, 0.8, frozen=float("nan"), fresh=-0.01)}, INT8),  # empty slice is not judged
     ({INT8: row(0.3, 0.8, frozen=-0.03)}, INT8),  # the bound is inclusive
+    ({ONNX_INT8: row(0.25, 0.4), DISTILLED_ONNX_INT8: row(0.19, 0.1, frozen=-0.004)}, DISTILLED_ONNX_INT8),
+    ({ONNX_INT8: row(0.25, 0.4), DISTILLED_ONNX_INT8: row(0.19, 0.1, frozen=-0.05)}, ONNX_INT8),  # student too weak
+    ({DISTILLED: row(0.6, 0.5)}, DISTILLED),
 ])
 def test_selection_policy(table, expected):
     assert select_serving_variant(table, max_drop=0.03) == expected
+
+
+# ------------------------------------------------------------------------------ distillation
+
+
+@pytest.fixture(scope="module")
+def deep_teacher(tmp_path_factory):
+    """A tiny 4-layer teacher, so a 2-layer student has layers to choose."""
+    from tasks.config import TinyModelConfig
+    from tasks.modeling import build_model, load_tokenizer
+
+    directory = tmp_path_factory.mktemp("deep_teacher")
+    config = TrainConfig(model="tiny", max_length=16, tiny=TinyModelConfig(num_hidden_layers=4))
+    build_model(config, LABELS).save_pretrained(directory)
+    load_tokenizer().save_pretrained(directory)
+    return directory
+
+
+def test_student_copies_embeddings_head_and_evenly_spread_layers(deep_teacher, tmp_path):
+    import torch
+
+    from tasks.modeling import build_student, load_classifier, predict
+
+    teacher, tokenizer = load_classifier(deep_teacher)
+    student = build_student(teacher, 2)
+    assert student.config.num_hidden_layers == 2 and teacher.config.num_hidden_layers == 4
+    for student_index, teacher_index in ((0, 1), (1, 3)):  # 4 -> 2 keeps the 2nd and the top layer
+        for (key, value), (_, reference) in zip(student.bert.encoder.layer[student_index].state_dict().items(),
+                                                teacher.bert.encoder.layer[teacher_index].state_dict().items()):
+            assert torch.equal(value, reference), key
+    assert torch.equal(student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
+    assert torch.equal(student.classifier.weight, teacher.classifier.weight)
+    embeddings = student.bert.embeddings.word_embeddings.weight
+    assert embeddings.data_ptr() != teacher.bert.embeddings.word_embeddings.weight.data_ptr()  # a copy
+    student.save_pretrained(tmp_path)  # safetensors round trip: same predictions after reload
+    reloaded, _ = load_classifier(tmp_path)
+    np.testing.assert_allclose(predict(reloaded, tokenizer, TEXTS, max_length=16).probabilities,
+                               predict(student, tokenizer, TEXTS, max_length=16).probabilities, atol=1e-6)
+    assert len(teacher.bert.encoder.layer) == 4  # the teacher is untouched
+
+
+def test_student_shape_errors_and_narrow_student(deep_teacher):
+    from tasks.modeling import build_student, load_classifier, predict
+
+    teacher, tokenizer = load_classifier(deep_teacher)
+    with pytest.raises(ValueError, match="within 1..4"):
+        build_student(teacher, 5)
+    narrow = build_student(teacher, 1, hidden_size=16)
+    assert (narrow.config.hidden_size, narrow.config.num_hidden_layers) == (16, 1)
+    assert predict(narrow, tokenizer, TEXTS, max_length=16).probabilities.shape == (len(TEXTS), len(LABELS))
+
+
+def test_distillation_moves_the_student_towards_the_teacher(deep_teacher):
+    import torch
+
+    from tasks.modeling import build_student, distill, load_classifier, teacher_logits
+
+    teacher, tokenizer = load_classifier(deep_teacher)
+    texts = [f"{word}{index} filler {word}" for index in range(24) for word in ("alpha", "beta", "gamma")]
+    soft = teacher_logits(teacher, tokenizer, texts, max_length=16)
+    student = build_student(teacher, 1, hidden_size=16)  # random init: far from the teacher
+
+    def divergence() -> float:
+        logits = torch.as_tensor(teacher_logits(student, tokenizer, texts, max_length=16))
+        return float(torch.nn.functional.kl_div(logits.log_softmax(-1), torch.as_tensor(soft).log_softmax(-1),
+                                                log_target=True, reduction="batchmean"))
+
+    before = divergence()
+    stats = distill(student, tokenizer, texts, soft.argmax(axis=1).tolist(), soft, max_length=16, epochs=8,
+                    batch_size=8, learning_rate=5e-3, temperature=2.0, alpha=1.0)
+    assert stats["steps"] == 8 * 9 and np.isfinite(stats["loss"])
+    assert divergence() < 0.5 * before
+    with pytest.raises(ValueError, match="alpha must be in"):
+        distill(student, tokenizer, texts, [0] * len(texts), soft, max_length=16, alpha=1.5)
+
+
+def test_pyfunc_serves_the_distilled_student(deep_teacher, tmp_path):
+    import pandas as pd
+
+    from tasks.modeling import build_student, export_onnx, load_classifier, predict, quantize_onnx_int8
+    from tasks.serving import TextClassifier
+
+    teacher, tokenizer = load_classifier(deep_teacher)
+    student = build_student(teacher, 2)
+    student.save_pretrained(tmp_path / "student")
+    tokenizer.save_pretrained(tmp_path / "student")
+    onnx_fp32 = export_onnx(student, tokenizer, tmp_path / "student.onnx")
+    onnx_int8 = quantize_onnx_int8(onnx_fp32, tmp_path / "student.int8.onnx")
+    expected = predict(student, tokenizer, TEXTS, max_length=16)
+    cases = ((DISTILLED, {"student_model": str(tmp_path / "student")}, "BertForSequenceClassification"),
+             (DISTILLED_ONNX_INT8, {"onnx_model": str(onnx_int8)}, "OnnxClassifier"))
+    for variant, extra, expected_type in cases:
+        served = TextClassifier()
+        served.load_context(SimpleNamespace(artifacts={"hf_model": str(deep_teacher), **extra},
+                                            model_config={"variant": variant, "max_length": 16}))
+        assert type(served.model).__name__ == expected_type
+        if variant == DISTILLED:
+            assert served.model.config.num_hidden_layers == 2
+        result = served.predict(None, pd.DataFrame({"text": TEXTS}))
+        np.testing.assert_allclose(result["probability"], expected.probabilities.max(axis=1),
+                                   atol=0.1 if "int8" in variant else 1e-5)

@@ -119,3 +119,50 @@ def test_rollback_moves_champion_back_and_records_who_and_why(two_rounds, capsys
     assert "oncall: bad outputs in prod" in client.get_model_version(name, "2").tags["freshet.rolled_back"]
     assert main(["rollback", "--config", config_path, "--why", "again"]) == 2
     assert "needs both a champion and a previous" in capsys.readouterr().err
+
+
+def test_distilled_variants_are_trained_stored_safely_and_re_evaluated(two_rounds):
+    _, store, first, _ = two_rounds
+    manifest = first["compress"]
+    variants = manifest.facts["variants"]
+    for name in ("distilled", "distilled-onnx-int8"):
+        row = variants[name]
+        assert row["servable"] and set(row["macro_f1_delta"]) >= {"frozen", "fresh"}
+        assert row["layers"] == 1 and row["teacher_layers"] == 2 and row["distill_rows"] > 0
+    assert variants["distilled-onnx-int8"]["size_ratio"] < variants["onnx-int8"]["size_ratio"]
+    student = store.local_path(manifest.output("distilled_model").uri)
+    assert list(student.glob("*.safetensors")) and not list(student.glob("*.bin")) and not list(student.glob("*.pt"))
+    assert store.local_path(manifest.output("distilled_onnx_int8").uri).suffix == ".onnx"
+
+
+def test_register_checks_the_registered_model_in_a_fresh_process(two_rounds):
+    config, _, first, second = two_rounds
+    client = registry.client(config)
+    for manifests in (first, second):
+        check = manifests["register"].facts["serving_check"]
+        assert check["passed"] is True and check["rows"] > 0, check
+        tags = client.get_model_version(config.mlflow.model_name, manifests["register"].facts["version"]).tags
+        assert tags["freshet.serving_check"] == "passed" and float(tags["freshet.serving_check.max_abs_diff"]) <= 1e-3
+
+
+def test_register_fails_when_the_registered_model_does_not_reproduce_the_evaluation(two_rounds):
+    """Runs last in this module: it registers a third version (never given an alias)."""
+    import json
+
+    config, store, first, _ = two_rounds
+    path = store.local_path(first["compress"].output("serving_sample").uri)
+    original = path.read_text()
+    sample = json.loads(original)
+    sample["labels"] = [next(label for label in LABELS if label != expected) for expected in sample["labels"]]
+    sample["probabilities"] = [[1.0] + [0.0] * (len(row) - 1) for row in sample["probabilities"]]
+    challenger = registry.version_by_alias(config, registry.CHALLENGER).version
+    path.write_text(json.dumps(sample))
+    try:
+        with pytest.raises(StepError, match="serving check failed for models:/unit-model/3"):
+            register.run(config, {k: first[k] for k in ("train", "evaluate", "compress", "validate", "clean")},
+                         run_id="run-tampered", store=store, logical_date="2026-11-01")
+    finally:
+        path.write_text(original)
+    client = registry.client(config)
+    assert client.get_model_version(config.mlflow.model_name, "3").tags["freshet.serving_check"] == "failed"
+    assert registry.version_by_alias(config, registry.CHALLENGER).version == challenger  # not moved
