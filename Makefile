@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DAYS ?= 2
 export FRESHET_HOME ?= $(CURDIR)/.freshet
 
-.PHONY: venv demo test lock airflow-ui mlflow-ui clean
+.PHONY: venv demo learning-curve test lock airflow-ui mlflow-ui clean
 
 $(VENV)/.installed: requirements-torch.txt requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,11 @@ $(VENV)/.installed: requirements-torch.txt requirements.lock pyproject.toml
 
 venv: $(VENV)/.installed
 
-demo: venv  ## the whole pipeline for $(DAYS) consecutive days on the embedded default
+demo: venv  ## the whole pipeline for $(DAYS) consecutive days on the embedded default, then the learning curve
 	$(PY) -m tasks.demo --days $(DAYS)
+
+learning-curve: venv  ## rebuild the demo's learning-curve report (PNG, Markdown, CSV, MLflow run) from its runs
+	$(PY) -m tasks.learning_curve --config configs/demo.yaml --out $(FRESHET_HOME)/reports
 
 test: venv  ## the whole test suite
 	$(PY) -m pytest
@@ -28,11 +31,15 @@ test: venv  ## the whole test suite
 lock:  ## re-pin requirements.lock from the current venv (torch stays in requirements-torch.txt)
 	$(VENV)/bin/pip freeze --exclude-editable | grep -viE '^(torch|freshet)==' > requirements.lock
 
-airflow-ui: venv  ## Airflow UI on :8080 over the demo's SQLite metadata DB (stop with Ctrl-C)
-	PATH=$(abspath $(VENV))/bin:$$PATH AIRFLOW_HOME=$(FRESHET_HOME)/airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+AIRFLOW_ENV = PATH=$(abspath $(VENV))/bin:$$PATH AIRFLOW_HOME=$(FRESHET_HOME)/airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
 	AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins AIRFLOW__CORE__LOAD_EXAMPLES=False \
-	AIRFLOW__CORE__PARALLELISM=4 FRESHET_CONFIG=$(CURDIR)/configs/demo.yaml \
-	$(VENV)/bin/airflow standalone
+	AIRFLOW__CORE__PARALLELISM=4 FRESHET_CONFIG=$(CURDIR)/configs/demo.yaml
+
+airflow-ui: venv  ## Airflow UI on :8080 over the demo's SQLite metadata DB (stop with Ctrl-C)
+	# The training pool first: the scheduler leaves tasks of a missing pool queued forever.
+	$(AIRFLOW_ENV) $(VENV)/bin/airflow db migrate >/dev/null
+	$(AIRFLOW_ENV) $(VENV)/bin/airflow pools set freshet_training 1 "freshet: training jobs (one GPU job at a time)" >/dev/null
+	$(AIRFLOW_ENV) $(VENV)/bin/airflow standalone
 
 mlflow-ui: venv  ## MLflow UI on :5000 over the demo's tracking DB and artifacts
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(FRESHET_HOME)/mlflow.db \

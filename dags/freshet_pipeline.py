@@ -1,6 +1,11 @@
-"""The continuous-learning pipeline: crawl → validate → clean → augment → train (DDP) → evaluate
-→ compress → register → gate → promote. Thin: every task is one factory call; the config file
-(FRESHET_CONFIG) decides sources, model, gate policy and where each step runs.
+"""The continuous-learning pipeline: crawl → validate → clean → augment → decide → train (DDP)
+→ evaluate → compress → register → gate → [approve] → promote. Thin: every task is one factory
+call; the config file (FRESHET_CONFIG) decides sources, model, schedule, gate policy, notifications,
+approval and where each step runs.
+
+Runs daily and, when the `freshet_watch` DAG sees new pages at a source, early (an Airflow Asset).
+Every run ingests its data; `decide` lets it train only on enough new rows since the last training,
+on drift, or with no champion yet (trigger with `force_training: true` to train anyway).
 """
 
 from __future__ import annotations
@@ -9,10 +14,9 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-import pendulum
 from airflow.sdk import DAG, chain
 
-from freshet_airflow import gate, step, train_step
+from freshet_airflow.factory import approve, decide, gate, pipeline_dag_settings, step, train_step, training_settings
 
 CONFIG = os.environ.get("FRESHET_CONFIG", str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"))
 DAG_ID = os.environ.get("FRESHET_DAG_ID_OVERRIDE", "freshet")
@@ -20,21 +24,20 @@ DAG_ID = os.environ.get("FRESHET_DAG_ID_OVERRIDE", "freshet")
 with DAG(
     dag_id=DAG_ID,
     description="freshet: keep a text classifier fresh as new data arrives",
-    schedule="@daily",
-    start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
     tags=["freshet", "continuous-learning", "mlflow"],
-    default_args={"retries": 1, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
     doc_md=__doc__,
+    **pipeline_dag_settings(CONFIG),
 ) as dag:
     crawl = step("crawl", CONFIG)
     validate = step("validate", CONFIG, inputs=["crawl"])
     clean = step("clean", CONFIG, inputs=["validate"])
     augment = step("augment", CONFIG, inputs=["clean"])
-    train = train_step(CONFIG, inputs=["augment", "clean"], execution_timeout=timedelta(hours=6))
+    should_train = decide(CONFIG)
+    train = train_step(CONFIG, inputs=["augment", "clean"], execution_timeout=timedelta(hours=6),
+                       **training_settings(CONFIG))
     evaluate = step("evaluate", CONFIG, inputs=["train", "clean"])
     compress = step("compress", CONFIG, inputs=["train", "evaluate", "clean"])
     register = step("register", CONFIG, inputs=["train", "evaluate", "compress", "validate", "clean"])
-    promote = step("promote", CONFIG, inputs=["register"], retries=0)
-    chain(crawl, validate, clean, augment, train, evaluate, compress, register, gate(compress), promote)
+    promote = step("promote", CONFIG, inputs=["register"])
+    chain(crawl, validate, clean, augment, should_train, train, evaluate, compress, register, gate(compress, CONFIG),
+          *approve(CONFIG), promote)

@@ -7,6 +7,7 @@ validated again, so an override can never smuggle in a wrong type.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os

@@ -63,6 +63,16 @@ def ensure_corpus(config: PipelineConfig, path: Path, max_rows: int) -> None:
     print(f"demo corpus: {sum(counts.values())} packages in {len(counts)} sections -> {path}")
 
 
+def prepare_airflow(env: dict[str, str], config: PipelineConfig) -> None:
+    """Migrate the metadata DB and create the training pool (the scheduler leaves tasks of a missing pool queued)."""
+    airflow = [sys.executable, "-m", "airflow"]
+    subprocess.run([*airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if config.schedule.training_pool:
+        subprocess.run([*airflow, "pools", "set", config.schedule.training_pool, str(config.schedule.training_pool_slots),
+                        "freshet: training jobs (one GPU job at a time)"],
+                       env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def run_dag(env: dict[str, str], logical_date: dt.date, log_path: Path) -> int:
     command = [sys.executable, "-m", "airflow", "dags", "test", DAG_ID, logical_date.isoformat()]
     with open(log_path, "w") as log:
@@ -98,6 +108,9 @@ def summarize_run(store: ArtifactStore, run_id: str) -> list[str]:
                      f" validation {metrics.get('rows_validation')}, test {metrics.get('rows_test')})")
     if "augment" in manifests:
         lines.append(f"  augmented rows {manifests['augment'].metrics.get('rows_augmented')}")
+    decision = read_manifest(store, run_id, "decide")
+    if decision is not None:
+        lines.append(f"  training: {'yes' if decision.facts['train'] else 'no'} - {decision.facts['reason']}")
     if "train" in manifests:
         metrics = manifests["train"].metrics
         lines.append(f"  trained {metrics.get('steps')} steps on {metrics.get('rows_train')} rows"
@@ -165,13 +178,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     corpus = home / "demo" / "corpus.jsonl"
     ensure_corpus(config, corpus, args.corpus_rows)
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prepare_airflow(env, config)
 
     from tasks.demo_site import serve
 
     source = urlsplit(config.crawl.sources[0].url)
     summary: list[str] = []
+    run_ids: list[str] = []
     with serve(corpus, args.start_date, days=max(args.days, 4), initial_fraction=0.6,
                host=source.hostname or "127.0.0.1", port=source.port or 80) as site:
         print(f"demo site: {site.url} publishing day 0 = {args.start_date} and {max(args.days, 4)} more days")
@@ -183,10 +196,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"running DAG {DAG_ID} for {logical_date} (log: {log_path}) ...", flush=True)
             code = run_dag(env, logical_date, log_path)
             run_id = find_run(store, logical_date)
+            run_ids += [run_id] if run_id else []
             summary += [f"--- {logical_date} ({time.perf_counter() - day_started:.0f} s, airflow exit {code})"]
             summary += summarize_run(store, run_id) if run_id else [f"  no run recorded; see {log_path}"]
     print("\n".join(["", "=" * 78, "freshet demo summary", "=" * 78, *summary]))
     print(f"\nregistry: {config.mlflow.model_name} aliases {json.dumps(aliases(config))}")
+    if run_ids:
+        from tasks.learning_curve import build
+
+        _, paths = build(config, store, run_ids, home / "reports")
+        print(f"\n{paths['markdown'].read_text()}")
+        print(f"learning curve: {paths['png']} (table: {paths['markdown']}, {paths['csv']}; also in MLflow"
+              " as the run 'learning-curve')")
     print(f"demo wall time: {time.perf_counter() - started:.0f} s\n")
     print("Look at it:")
     print(f"  Airflow UI:  FRESHET_HOME={home} make airflow-ui     (airflow standalone on :8080, parallelism 4;"

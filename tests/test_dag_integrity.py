@@ -1,4 +1,5 @@
-"""The DAG parses without import errors, has every step wired in order, tags, and parses fast."""
+"""The DAGs parse without import errors, have every step wired in order, tags, schedule and run
+settings from the config, and parse fast."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 
 from tests.conftest import REPO
 
-EXPECTED_ORDER = ["crawl", "validate", "clean", "augment", "train", "evaluate", "compress", "register", "gate", "promote"]
+EXPECTED_ORDER = ["crawl", "validate", "clean", "augment", "decide", "train", "evaluate", "compress", "register", "gate",
+                  "promote"]
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +37,73 @@ def test_pipeline_has_every_step_in_order_with_tags(dagbag):
     assert {"freshet", "continuous-learning"} <= set(dag.tags)
     assert dag.max_active_runs == 1
     assert dag.get_task("train").__class__.__name__ == "DDPTrainOperator"
+    assert {"freshet_watch", "freshet_rollback"} <= set(bag.dags)
+
+
+def test_schedule_is_daily_or_new_source_pages(dagbag):
+    from airflow.sdk import AssetOrTimeSchedule
+
+    bag, _ = dagbag
+    schedule = bag.dags["freshet"].timetable
+    assert isinstance(schedule, AssetOrTimeSchedule)
+    assert schedule.timetable.expression == "0 0 * * *"
+    watched = bag.dags["freshet_watch"].get_task("watch").outlets
+    assert [asset.name for asset in watched] == [asset.name for asset in schedule.asset_condition.objects]
+    assert "force_training" in bag.dags["freshet"].params
+
+
+def test_training_is_pooled_and_only_network_steps_retry(dagbag):
+    bag, _ = dagbag
+    dag = bag.dags["freshet"]
+    assert dag.get_task("train").pool == "freshet_training"
+    for task_id in ("crawl", "register", "promote"):
+        task = dag.get_task(task_id)
+        assert task.retries == 3 and task.retry_exponential_backoff, task_id
+    for task_id in ("validate", "clean", "augment", "decide", "evaluate", "compress", "gate"):
+        assert dag.get_task(task_id).retries == 0, task_id
+    assert bag.dags["freshet_rollback"].get_task("rollback").retries == 0
+
+
+def test_rollback_dag_is_manual_and_asks_why(dagbag):
+    bag, _ = dagbag
+    dag = bag.dags["freshet_rollback"]
+    assert type(dag.timetable).__name__ == "NullTimetable"  # schedule=None: manual only
+    assert set(dag.params) == {"reason", "requested_by", "expected_champion"}
+    assert dag.params.get_param("reason").has_value is False, "a rollback must not run without a reason"
+
+
+def test_approval_between_gate_and_promote_when_switched_on(tmp_path, monkeypatch):
+    import yaml
+    from airflow.dag_processing.dagbag import DagBag
+
+    config = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    config["approval"] = {"required": True, "response_timeout_hours": 12, "assigned_users": ["lead"]}
+    path = tmp_path / "approval.yaml"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("FRESHET_CONFIG", str(path))
+    monkeypatch.setenv("FRESHET_DAG_ID_OVERRIDE", "freshet_with_approval")
+    bag = DagBag(dag_folder=str(REPO / "dags" / "freshet_pipeline.py"))
+    assert bag.import_errors == {}
+    dag = bag.dags["freshet_with_approval"]
+    approve = dag.get_task("approve")
+    assert approve.__class__.__name__ == "ApprovalOperator"
+    assert dag.get_task("gate").downstream_task_ids == {"approve"}
+    assert approve.downstream_task_ids == {"promote"}
+    assert dag.get_task("promote").upstream_task_ids == {"approve"}
+    assert approve.defaults == ["Reject"] and approve.response_timeout.total_seconds() == 12 * 3600
+
+
+def test_no_approval_task_in_the_demo(dagbag):
+    bag, _ = dagbag
+    assert "approve" not in bag.dags["freshet"].task_ids
 
 
 def test_no_torch_or_pandas_imported_by_the_dag_file():
     import subprocess
     import sys
 
-    code = ("import sys; sys.path[:0]=['plugins']; import runpy; runpy.run_path('dags/freshet_pipeline.py');"
+    code = ("import sys; sys.path[:0]=['plugins']; import runpy;"
+            "[runpy.run_path(f'dags/{name}.py') for name in ('freshet_pipeline', 'freshet_watch', 'freshet_rollback')];"
             "heavy=[m for m in ('torch','pandas','transformers','mlflow','great_expectations') if m in sys.modules];"
             "print(','.join(heavy))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

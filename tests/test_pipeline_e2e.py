@@ -1,7 +1,7 @@
 """The real DAG, end to end, twice: `airflow dags test` on SQLite with the demo site on loopback,
 a tiny random BERT trained by torchrun with 2 gloo ranks, MLflow on SQLite.
 
-Day 1 is clean and must become `champion`. Day 2 serves deliberately corrupted labels (each label
+Day 1 is clean and must become `champion` (no champion yet, so `decide` lets it train). Day 2 serves deliberately corrupted labels (each label
 shifted to the next): the gate must reject it, `promote` must be skipped, the rejected candidate
 must still be registered and tagged as rejected, and `champion` must not move.
 """
@@ -83,7 +83,7 @@ def test_clean_day_runs_every_task_and_becomes_champion(pipeline):
     config, runs = pipeline
     first = runs[DAYS[0]]
     assert set(first["states"].values()) == {"success"}, f"{first['states']} (log: {first['log']})"
-    assert len(first["states"]) == 10
+    assert len(first["states"]) == 11
     champion = registry.version_by_alias(config, registry.CHAMPION)
     assert champion is not None and str(champion.version) == "1"
     assert champion.tags["freshet.gate"] == "passed"
@@ -106,6 +106,19 @@ def test_poisoned_day_is_rejected_and_champion_stays(pipeline):
     assert challenger.tags["freshet.gate"] == "rejected"
     reasons = challenger.tags["freshet.gate_reasons"]
     assert "candidate - champion" in reasons and "violates" in reasons, reasons
+
+
+def test_decide_records_why_each_day_trained(pipeline):
+    from tasks.contract import read_manifest
+    from tasks.store import ArtifactStore
+
+    config, runs = pipeline
+    store = ArtifactStore(config.artifact_root)
+    first = read_manifest(store, runs[DAYS[0]]["run_id"], "decide")
+    second = read_manifest(store, runs[DAYS[1]]["run_id"], "decide")
+    assert first.facts["train"] and "no champion yet" in first.facts["reason"]
+    assert second.facts["train"] and second.facts["last_training"]["run_id"] == runs[DAYS[0]]["run_id"]
+    assert second.metrics["rows_since_last_training"] > 0
 
 
 def test_second_crawl_fetched_only_the_new_page(pipeline):

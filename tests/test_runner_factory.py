@@ -115,3 +115,26 @@ def _alive(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_only_network_steps_retry_with_backoff_whatever_the_runner(tmp_path):
+    for mode in ("local", "docker"):
+        config_path = write_config(tmp_path, mode)
+        crawl = factory.step("crawl", config_path)
+        assert crawl.retries == 3 and crawl.retry_exponential_backoff
+        assert crawl.retry_delay.total_seconds() == 30 and crawl.max_retry_delay.total_seconds() == 600
+        assert factory.step("evaluate", config_path, inputs=["train", "clean"]).retries == 0
+    # An explicit choice in the DAG file still wins.
+    assert factory.step("register", write_config(tmp_path, "local"), retries=7).retries == 7
+
+
+def test_training_runs_in_the_configured_pool(tmp_path):
+    config_path = write_config(tmp_path, "local")
+    assert "pool" not in factory.training_settings(config_path)  # no pool unless one is configured (it must exist)
+    data = yaml.safe_load(open(config_path))
+    data["schedule"] = {"training_pool": "freshet_training"}
+    with open(config_path, "w") as handle:
+        yaml.safe_dump(data, handle)
+    factory.pipeline_config.cache_clear()
+    operator = factory.train_step(config_path, inputs=["augment", "clean"], **factory.training_settings(config_path))
+    assert operator.pool == "freshet_training" and operator.pool_slots == 1 and operator.retries == 1

@@ -18,9 +18,13 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 
+# Asset-triggered runs have no logical date in Airflow 3: their data day is the day they run.
+LOGICAL_DAY = "{{ ds if ds is defined else dag_run.run_after | ds }}"
+
+
 def step_arguments(step: str, config_path: str, inputs: Sequence[str], overrides: Sequence[str] = ()) -> list[str]:
     """The step CLI arguments, identical in the worker, in a container and in a pod."""
-    arguments = ["--config", config_path, "--run-id", "{{ run_id }}", "--logical-date", "{{ ds }}"]
+    arguments = ["--config", config_path, "--run-id", "{{ run_id }}", "--logical-date", LOGICAL_DAY]
     for name in inputs:
         arguments += ["--input", name]
     for override in overrides:

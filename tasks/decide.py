@@ -1,0 +1,112 @@
+"""Decide whether this run trains: enough new data since the last training, drift, or no champion yet.
+
+Every run ingests (crawl → validate → clean → augment record the day's snapshot in the history), but
+training is costly, so it runs only when it can change something:
+
+- no champion is registered yet (the first model), or
+- at least `schedule.min_new_rows` cleaned rows arrived since the last run that trained (counted over
+  the history of snapshots by logical date, so skipped days add up and a backfill sees its own past), or
+- validation measured label or length drift (PSI) at or above `schedule.retrain_on_psi`, or
+- the run was started with `force` (the DAG's `force_training` param).
+
+The verdict and its reason are facts of this step's manifest (and the DAG's XCom), whatever they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tasks.config import PipelineConfig
+from tasks.contract import Manifest, StepContext, cli, execute, read_manifest
+from tasks.data import read_history
+from tasks.store import ArtifactStore
+
+STEP = "decide"
+DRIFT_METRICS = ("drift.label_psi", "drift.length_psi")
+log = logging.getLogger("freshet.decide")
+
+
+def last_training(store: ArtifactStore, run_id: str, logical_date: str | None) -> Manifest | None:
+    """The latest train manifest of another run at or before this logical date (None: never trained)."""
+    trained = [manifest for directory in store.run_directories()
+               if (manifest := read_manifest(store, directory, "train")) is not None and manifest.run_id != run_id
+               and (logical_date is None or (manifest.logical_date or "") <= logical_date)]
+    return max(trained, key=lambda manifest: (manifest.logical_date or "", manifest.created_at), default=None)
+
+
+def untrained_snapshots(store: ArtifactStore, since: str | None, run_id: str,
+                        logical_date: str | None) -> list[dict[str, Any]]:
+    """History snapshots after the last training's logical date, up to and including this run."""
+    return [entry for entry in read_history(store)
+            if (since is None or (entry.get("logical_date") or "") > since)
+            and (entry["run_id"] == run_id or logical_date is None
+                 or (entry.get("logical_date") or "") <= logical_date)]
+
+
+def decide(config: PipelineConfig, *, has_champion: bool, new_rows: int, drift: Mapping[str, float | None],
+           force: bool = False) -> tuple[bool, str]:
+    """(train?, why) from the facts; pure, so the policy is testable without a pipeline."""
+    settings = config.schedule
+    if force:
+        return True, "forced by the run's force_training param"
+    if not has_champion:
+        return True, "no champion yet: the first model is trained whatever the data volume"
+    if new_rows >= settings.min_new_rows:
+        return True, f"{new_rows} new rows since the last training >= schedule.min_new_rows={settings.min_new_rows}"
+    drifted = {name: value for name, value in drift.items()
+               if value is not None and settings.retrain_on_psi is not None and value >= settings.retrain_on_psi}
+    if drifted:
+        observed = ", ".join(f"{name}={value:.3f}" for name, value in sorted(drifted.items()))
+        return True, f"drift {observed} >= schedule.retrain_on_psi={settings.retrain_on_psi} ({new_rows} new rows)"
+    largest = max((value for value in drift.values() if value is not None), default=None)
+    return False, (f"only {new_rows} new rows since the last training < schedule.min_new_rows={settings.min_new_rows}"
+                   f" and no drift (largest PSI {'not measured' if largest is None else f'{largest:.3f}'}"
+                   f" < schedule.retrain_on_psi={settings.retrain_on_psi})")
+
+
+def has_champion(config: PipelineConfig) -> bool:
+    from tasks import registry
+
+    return registry.version_by_alias(config, registry.CHAMPION) is not None
+
+
+def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, store: ArtifactStore,
+        logical_date: str | None = None, force: bool = False, champion: bool | None = None) -> Manifest:
+    """`champion` is injectable (tests); by default the registry is asked."""
+    previous = last_training(store, run_id, logical_date)
+    since = previous.logical_date if previous else None
+    snapshots = untrained_snapshots(store, since, run_id, logical_date)
+    champion = has_champion(config) if champion is None else champion
+
+    def body(context: StepContext) -> None:
+        validation = context.input("validate").metrics
+        drift = {name: validation.get(name) for name in DRIFT_METRICS}
+        new_rows = sum(int(entry.get("rows") or 0) for entry in snapshots)
+        train, reason = decide(config, has_champion=champion, new_rows=new_rows, drift=drift, force=force)
+        context.facts.update({
+            "train": train, "reason": reason, "has_champion": champion, "forced": force,
+            "last_training": {"run_id": previous.run_id, "logical_date": previous.logical_date} if previous else None,
+            # What a training run should cover: every snapshot since the last one that trained.
+            "untrained_snapshots": [{key: entry.get(key) for key in ("run_id", "logical_date", "rows", "digest")}
+                                    for entry in snapshots],
+            "drift": drift,
+        })
+        context.metrics.update({"train": train, "rows_since_last_training": new_rows,
+                                "snapshots_since_last_training": len(snapshots)})
+        # A skip is logged as a warning so it stands out in the task log; the run itself succeeds.
+        (log.info if train else log.warning)("decide: %s: %s", "TRAIN" if train else "SKIP training", reason)
+
+    return execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
+                   config_sections=("schedule",),
+                   extra_fingerprint={"snapshots": [entry.get("digest") for entry in snapshots], "since": since,
+                                      "champion": champion, "force": force})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli(STEP, run, argv, __doc__)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,217 @@
+"""The learning curve over consecutive runs: what arrived each day and what the models made of it.
+
+One row per pipeline run (by logical date), read from the step manifests in the artifact store:
+rows arrived (crawl), valid and cleaned rows, the training decision, macro-F1 on the frozen, fresh and
+old test slices for the candidate and the champion it was compared with, the gate verdict, the
+registered version and the champion after the run. Written as CSV, Markdown and a PNG chart, and
+logged to MLflow as a `learning-curve` run (per-day metrics with step = day number, files as artifacts).
+
+    python -m tasks.learning_curve --config configs/demo.yaml [--out DIR] [--run-id ID ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tasks.config import PipelineConfig, load_config
+from tasks.contract import Manifest, read_manifest
+from tasks.store import ArtifactStore
+
+log = logging.getLogger("freshet.learning_curve")
+SLICES = ("frozen", "fresh", "old")
+MODELS = ("candidate", "champion")
+COLUMNS = ("day", "logical_date", "run_id", "rows_arrived", "rows_valid", "rows_clean", "trained", "decision",
+           *(f"{model}.{slice_name}.macro_f1" for model in MODELS for slice_name in SLICES),
+           "gate", "gate_reasons", "registered_version", "promoted", "champion_version")
+
+
+def _manifests(store: ArtifactStore, run_id: str) -> dict[str, Manifest]:
+    steps = ("crawl", "validate", "clean", "decide", "train", "evaluate", "compress", "register", "promote")
+    return {step: manifest for step in steps if (manifest := read_manifest(store, run_id, step)) is not None}
+
+
+def pipeline_runs(store: ArtifactStore) -> list[str]:
+    """Run ids that ingested data (have a validate manifest), oldest logical date first."""
+    runs = [(manifest.logical_date or "", manifest.created_at, manifest.run_id) for directory in store.run_directories()
+            if (manifest := read_manifest(store, directory, "validate")) is not None]
+    return [run_id for *_, run_id in sorted(runs)]
+
+
+def collect(store: ArtifactStore, run_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per run, in the given order; the champion version is carried across runs that did not promote."""
+    rows: list[dict[str, Any]] = []
+    champion: str | None = None
+    for day, run_id in enumerate(run_ids, start=1):
+        manifests = _manifests(store, run_id)
+        if not manifests:
+            raise FileNotFoundError(f"learning curve: run {run_id!r} has no step manifests under {store.uri('runs')}")
+        any_manifest = next(iter(manifests.values()))
+        metric = lambda step, name: manifests[step].metrics.get(name) if step in manifests else None  # noqa: E731
+        decision = manifests["decide"].facts if "decide" in manifests else None
+        gate = manifests["compress"].facts.get("gate") if "compress" in manifests else None
+        promoted = bool(manifests["promote"].facts.get("promoted")) if "promote" in manifests else False
+        if promoted:
+            champion = str(manifests["promote"].facts["champion"])
+        row: dict[str, Any] = {
+            "day": day, "logical_date": (any_manifest.logical_date or "")[:10], "run_id": run_id,
+            "rows_arrived": metric("crawl", "rows_new") if "crawl" in manifests else metric("validate", "rows_in"),
+            "rows_valid": metric("validate", "rows_valid"), "rows_clean": metric("clean", "rows_out"),
+            # No decide manifest (a pipeline without the step): a train manifest means it trained.
+            "trained": bool(decision["train"]) if decision else "train" in manifests,
+            "decision": decision["reason"] if decision else "",
+            "gate": None if gate is None else ("pass" if gate["passed"] else "reject"),
+            "gate_reasons": "" if gate is None else "; ".join(gate["reasons"]),
+            "registered_version": manifests["register"].facts.get("version") if "register" in manifests else None,
+            "promoted": promoted, "champion_version": champion,
+        }
+        for model in MODELS:
+            for slice_name in SLICES:
+                key = f"{model}.{slice_name}.macro_f1"
+                row[key] = metric("evaluate", key)
+        rows.append(row)
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value).replace("|", "\\|")
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({key: "" if row.get(key) is None else row.get(key) for key in COLUMNS} for row in rows)
+
+
+def markdown(rows: Sequence[dict[str, Any]], title: str) -> str:
+    header = ["day", "date", "rows arrived", "valid", "clean", "trained",
+              *(f"{model} {slice_name}" for model in MODELS for slice_name in SLICES), "gate", "registered", "champion"]
+    lines = [f"# {title}", "",
+             "Macro-F1 per test slice: frozen (first snapshot's test split), fresh (this day's test split), old "
+             "(earlier snapshots' test splits), for the candidate and for the champion it was compared with. "
+             "The last column is the champion version after the run.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["day"], row["logical_date"], row["rows_arrived"], row["rows_valid"], row["rows_clean"],
+                 row["trained"],
+                 *(row[f"{model}.{slice_name}.macro_f1"] for model in MODELS for slice_name in SLICES),
+                 row["gate"], row["registered_version"],
+                 f"{row['champion_version'] or '-'}{' (promoted)' if row['promoted'] else ''}"]
+        lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
+    notes = [f"- day {row['day']}: {'trained' if row['trained'] else 'no training'}: {row['decision']}"
+             + (f"; gate rejected: {row['gate_reasons']}" if row["gate"] == "reject" else "")
+             for row in rows if row["decision"] or row["gate"] == "reject"]
+    return "\n".join([*lines, "", *notes, ""]) if notes else "\n".join([*lines, ""])
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: workers and CI have no display
+    import matplotlib.pyplot as plt
+
+    days = [row["day"] for row in rows]
+    figure, (scores, volume) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, height_ratios=(3, 1))
+    colors = {"frozen": "tab:blue", "fresh": "tab:green", "old": "tab:orange"}
+    for slice_name in SLICES:
+        for model, style in (("candidate", "-o"), ("champion", "--s")):
+            points = [(row["day"], row[f"{model}.{slice_name}.macro_f1"]) for row in rows
+                      if row[f"{model}.{slice_name}.macro_f1"] is not None]
+            if points:
+                scores.plot(*zip(*points), style, color=colors[slice_name], label=f"{model} {slice_name}",
+                            alpha=1.0 if model == "candidate" else 0.6)
+    for row in rows:
+        if row["promoted"]:
+            scores.axvline(row["day"], color="tab:gray", alpha=0.25, linewidth=6)
+        if row["gate"] == "reject":
+            scores.annotate("rejected", (row["day"], 0.96), ha="center", color="tab:red", fontsize=8)
+        elif not row["trained"]:
+            scores.annotate("no training", (row["day"], 0.96), ha="center", color="tab:gray", fontsize=8)
+    scores.set_ylim(0, 1)
+    scores.set_ylabel("macro-F1")
+    scores.set_title(f"{title} (grey band: promoted)")
+    scores.legend(fontsize=8, ncol=2, loc="lower right")
+    scores.grid(alpha=0.3)
+    volume.bar(days, [row["rows_arrived"] or 0 for row in rows], color="tab:gray")
+    volume.set_ylabel("rows arrived")
+    volume.set_xlabel("day")
+    volume.set_xticks(days, [f"{row['day']}\n{row['logical_date']}" for row in rows], fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_report(rows: Sequence[dict[str, Any]], out_dir: Path, title: str) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out_dir / "learning_curve.csv", "markdown": out_dir / "learning_curve.md",
+             "png": out_dir / "learning_curve.png"}
+    write_csv(rows, paths["csv"])
+    paths["markdown"].write_text(markdown(rows, title))
+    plot(rows, paths["png"], title)
+    return paths
+
+
+def log_to_mlflow(config: PipelineConfig, rows: Sequence[dict[str, Any]], paths: dict[str, Path]) -> str:
+    """A `learning-curve` run in the pipeline's experiment; returns its MLflow run id."""
+    import mlflow
+
+    from tasks.tracking import configure
+
+    experiment_id = configure(config)
+    tags = {"freshet.kind": "learning_curve", "freshet.runs": ",".join(row["run_id"] for row in rows)}
+    with mlflow.start_run(experiment_id=experiment_id, run_name="learning-curve", tags=tags) as run:
+        for row in rows:
+            numeric = {key: float(row[key]) for key in COLUMNS
+                       if isinstance(row.get(key), int | float) and not isinstance(row.get(key), bool) and key != "day"}
+            numeric.update(trained=float(row["trained"]), promoted=float(row["promoted"]))
+            if row["gate"] is not None:
+                numeric["gate_passed"] = float(row["gate"] == "pass")
+            mlflow.log_metrics(numeric, step=row["day"])
+        for path in paths.values():
+            mlflow.log_artifact(str(path))
+        return run.info.run_id
+
+
+def build(config: PipelineConfig, store: ArtifactStore, run_ids: Sequence[str] | None, out_dir: Path,
+          *, track: bool = True) -> tuple[list[dict[str, Any]], dict[str, Path]]:
+    run_ids = list(run_ids) if run_ids else pipeline_runs(store)
+    if not run_ids:
+        raise FileNotFoundError(f"learning curve: no pipeline runs under {store.uri('runs')}")
+    rows = collect(store, run_ids)
+    paths = write_report(rows, out_dir, f"{config.name}: learning curve over {len(rows)} day(s)")
+    if track:
+        log_to_mlflow(config, rows, paths)
+    return rows, paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks.learning_curve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--out", default=None, help="output folder (default: <artifact_root>/reports/learning_curve)")
+    parser.add_argument("--run-id", dest="run_ids", action="append", default=[], help="runs in order (default: all)")
+    parser.add_argument("--no-mlflow", action="store_true")
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    store = ArtifactStore(config.artifact_root)
+    default_out = store.local_path(store.uri("reports", "learning_curve")) if store.is_local else Path("learning_curve")
+    out_dir = Path(args.out) if args.out else default_out
+    _, paths = build(config, store, args.run_ids, out_dir, track=not args.no_mlflow)
+    print(paths["markdown"].read_text())
+    print(f"learning curve: {', '.join(str(path) for path in paths.values())}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
