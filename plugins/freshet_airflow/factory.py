@@ -86,6 +86,8 @@ def train_step(config_path: str, *, inputs: Sequence[str] = (), overrides: Seque
     settings = config.train
     if config.runner.train_queue:
         operator_kwargs.setdefault("queue", config.runner.train_queue)
+    if config.runner.train_executor:
+        operator_kwargs.setdefault("executor", config.runner.train_executor)
     if config.runner.mode == "local":
         return DDPTrainOperator(
             task_id="train", arguments=step_arguments("train", config_path, inputs, overrides), env=config.runner.env,
