@@ -386,6 +386,20 @@ class TinyModelConfig(_Section):
     intermediate_size: int = 64
 
 
+class PeftConfig(_Section):
+    """Parameter-efficient fine-tuning: LoRA adapters on the attention projections; the base is frozen.
+
+    The adapters are merged into the weights before saving, so the model stays a plain HF directory.
+    """
+
+    method: Literal["lora"] = "lora"
+    r: int = Field(8, ge=1, description="adapter rank")
+    alpha: float = Field(16.0, gt=0, description="scale: the update is alpha / r * B @ A")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    # BERT/MiniLM names; the classifier head is always trained in full (peft's modules_to_save).
+    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
+
+
 class TrainConfig(_Section):
     model: Literal["minilm", "tiny"] = "minilm"
     tiny: TinyModelConfig = TinyModelConfig()
@@ -406,6 +420,10 @@ class TrainConfig(_Section):
     dropout: float | None = Field(None, ge=0, lt=1, description="override the model's dropout (0 = deterministic)")
     # "auto": bf16 autocast on GPU, fp32 on CPU (bf16 on CPU is faster on AVX512-BF16 parts; opt in).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # torch.compile the model (dynamic shapes: bucketed batches vary in length); pays off on long runs.
+    compile: bool = False
+    peft: PeftConfig | None = None
+    log_every_steps: int = Field(10, ge=1, description="rank 0 progress line (step/total, loss, samples/s)")
     early_stopping_patience: int = Field(2, ge=1, description="epochs without validation gain")
     checkpoint_every_steps: int = Field(50, ge=1)
     seed: int = 0
@@ -415,6 +433,15 @@ class TrainConfig(_Section):
     nnodes: int = Field(1, ge=1)
     rdzv_endpoint: str | None = None
     max_restarts: int = Field(0, ge=0)
+    # runner.mode=kubernetes with nnodes > 1: a Kubeflow PyTorchJob; elastic between these node counts
+    # (None = exactly nnodes).
+    min_nnodes: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _node_range(self) -> TrainConfig:
+        if self.min_nnodes is not None and self.min_nnodes > self.nnodes:
+            raise ValueError(f"min_nnodes ({self.min_nnodes}) must be <= nnodes ({self.nnodes})")
+        return self
 
 
 class GatePolicy(_Section):
@@ -508,6 +535,66 @@ class RunnerConfig(_Section):
     gpus: int = Field(0, ge=0)
     # Celery queue for the training task (e.g. "gpu", served by the compose GPU worker).
     train_queue: str | None = None
+    # Executor for the training task when Airflow runs several (e.g. `LocalExecutor,CeleryExecutor`:
+    # train on a Celery worker, everything else in the scheduler's LocalExecutor). None: the default.
+    train_executor: str | None = None
+
+
+class ScheduleConfig(_Section):
+    """When the pipeline DAG runs, and when a run goes on to train (the rest only ingests data).
+
+    Runs start daily (`cron`) and, with `watch_source`, whenever the `freshet_watch` DAG sees a new
+    page at a source (an Airflow Asset event). A run trains when at least `min_new_rows` cleaned rows
+    arrived since the last run that trained, or when validation measured drift at or above
+    `retrain_on_psi`, or when there is no champion yet; otherwise it ends after `augment`.
+    """
+
+    cron: str = "@daily"
+    start_date: dt.date = dt.date(2026, 11, 1)
+    # Off by default: turning a new pipeline on should not start a month of runs; backfill instead.
+    catchup: bool = False
+    max_active_runs: int = Field(1, ge=1)
+    watch_source: bool = True
+    watch_cron: str = "@hourly"
+    min_new_rows: int = Field(1, ge=0)
+    # Below validate.max_label_psi / max_length_psi (which reject the batch), above noise: worth retraining.
+    retrain_on_psi: float | None = Field(0.1, gt=0)
+    # An Airflow pool that serialises training (one GPU job at a time). It must exist (`airflow pools
+    # set NAME SLOTS DESC`; `freshet demo` creates it): the scheduler leaves tasks of a missing pool queued.
+    training_pool: str | None = None
+    training_pool_slots: int = Field(1, ge=1)
+    # Transient steps (crawl, register, promote: network calls) retry with exponential backoff;
+    # deterministic steps never retry (the same inputs fail the same way).
+    retries: int = Field(3, ge=0)
+    retry_delay_s: float = Field(30.0, gt=0)
+    max_retry_delay_s: float = Field(600.0, gt=0)
+    train_retries: int = Field(1, ge=0, description="a lost worker resumes from the last checkpoint")
+
+
+class NotifyConfig(_Section):
+    """Webhook notifications (JSON POST) on task failure and on gate rejection; no URL = off."""
+
+    webhook_url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = Field(10.0, gt=0)
+    on_failure: bool = True
+    on_gate_rejection: bool = True
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"notify.webhook_url must be http(s)://, got {url!r}")
+        return url
+
+
+class ApprovalConfig(_Section):
+    """Human approval (Airflow HITL) between the gate and promotion; off by default and in the demo."""
+
+    required: bool = False
+    response_timeout_hours: float | None = Field(24.0, gt=0, description="then the default option applies")
+    default: Literal["Approve", "Reject"] = "Reject"
+    assigned_users: list[str] = Field(default_factory=list, description="user ids allowed to respond; empty = any")
 
 
 class PipelineConfig(_Section):
@@ -516,6 +603,9 @@ class PipelineConfig(_Section):
     artifact_root: str
     mlflow: MlflowConfig
     runner: RunnerConfig = RunnerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    notify: NotifyConfig = NotifyConfig()
+    approval: ApprovalConfig = ApprovalConfig()
     crawl: CrawlConfig
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     clean: CleanConfig = CleanConfig()

@@ -94,6 +94,15 @@ def train_step(config_path: str, *, inputs: Sequence[str] = (), overrides: Seque
             nproc_per_node=settings.nproc_per_node, cpu_processes=settings.cpu_processes, nnodes=settings.nnodes,
             rdzv_endpoint=settings.rdzv_endpoint, max_restarts=settings.max_restarts, **operator_kwargs,
         )
+    if config.runner.mode == "kubernetes" and settings.nnodes > 1:
+        # One pod per node, rendezvous managed by the Kubeflow training operator (a PyTorchJob).
+        import yaml
+
+        from freshet_airflow.kubeflow import PyTorchJobOperator, render_pytorchjob
+
+        manifest = render_pytorchjob(config, inputs=inputs, overrides=overrides)
+        return PyTorchJobOperator(task_id="train", yaml_conf=yaml.safe_dump(manifest, sort_keys=False),
+                                  namespace=config.runner.namespace, **operator_kwargs)
     gpus = config.runner.gpus
     nproc = ("gpu" if gpus else settings.cpu_processes) if settings.nproc_per_node == "auto" else settings.nproc_per_node
     command = ["python", *torchrun_arguments(nproc, settings.nnodes, settings.rdzv_endpoint, settings.max_restarts),

@@ -76,7 +76,9 @@ class FreshetStepOperator(BaseOperator):
         return [sys.executable, "-m", f"tasks.{self.step}", *self.arguments]
 
     def process_env(self) -> dict[str, str]:
-        return {**os.environ, **{key: str(value) for key, value in self.env.items()}, "PYTHONUNBUFFERED": "1"}
+        # Progress bars redraw one line with carriage returns: in a line-based task log they are noise.
+        return {**os.environ, **{key: str(value) for key, value in self.env.items()}, "PYTHONUNBUFFERED": "1",
+                "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
     def execute(self, context: Any) -> dict[str, Any]:
         command = self.command()
