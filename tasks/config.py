@@ -407,6 +407,9 @@ class TrainConfig(_Section):
     batch_size: int = Field(32, ge=1, description="per process")
     epochs: float = Field(2.0, gt=0)
     learning_rate: float = Field(5e-5, gt=0)
+    # A warm-started round refines a trained champion: a smaller step forgets less of what it knew.
+    # None = learning_rate.
+    warm_start_learning_rate: float | None = Field(None, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
     max_train_rows: int | None = Field(None, ge=1, description="bounded sample of new rows")

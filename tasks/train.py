@@ -216,11 +216,14 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
         {"params": [p for n, p in trainable if not n.endswith(no_decay)], "weight_decay": settings.weight_decay},
         {"params": [p for n, p in trainable if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
+    learning_rate = settings.learning_rate
+    if init_dir is not None and settings.warm_start_learning_rate is not None:
+        learning_rate = settings.warm_start_learning_rate
     if settings.optimizer == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=settings.learning_rate)
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=learning_rate)
     else:
         # Fused AdamW has CPU and CUDA kernels: one pass over the parameters instead of a dozen.
-        optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, fused=True)
+        optimizer = torch.optim.AdamW(groups, lr=learning_rate, fused=True)
     micro_batches_per_epoch = len(bucketed_batches(lengths, settings.batch_size, environment.world_size, settings.seed, 0))
     if micro_batches_per_epoch == 0:
         raise StepError(f"train: {len(lengths)} rows is fewer than one global batch "
@@ -351,6 +354,7 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
         "samples_per_second": (state["samples_seen"] / elapsed) if elapsed > 0 and resumed_from == 0 else float("nan"),
         "tokens_per_second": (state["tokens_seen"] / elapsed) if elapsed > 0 and resumed_from == 0 else float("nan"),
         "precision_bf16": int(use_bf16),
+        "peak_learning_rate": learning_rate,
         "compiled": int(settings.compile),
         "parameters_total": parameters_total,
         "parameters_trainable": parameters_trainable,

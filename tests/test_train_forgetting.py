@@ -24,7 +24,7 @@ from tests.pipeline_fixtures import LABELS, fake_upstream, tiny_config
 
 CPU = DistributedEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 NEW_CUES = {"alpha": "river", "beta": "stone", "gamma": "cloud"}
-MODEL = {"dropout": 0.0, "learning_rate": 1e-3, "epochs": 5,
+MODEL = {"dropout": 0.0, "learning_rate": 1e-3, "warm_start_learning_rate": 5e-4, "epochs": 5,
          "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4}}
 
 
@@ -73,6 +73,12 @@ def test_replay_sample_comes_from_the_earlier_day(two_days):
     assert data.counts["rows_replay"] == len(replayed) > 0
     assert all(row["split"] == "train" for row in replayed)  # never the old test split
     assert {row["label"] for row in replayed} == set(LABELS)
+
+
+def test_only_the_warm_started_round_takes_the_warm_start_learning_rate(two_days):
+    _, champion, candidate, _, _, _ = two_days
+    assert champion.metrics["peak_learning_rate"] == 1e-3  # the first model: no champion to refine
+    assert candidate.metrics["peak_learning_rate"] == 5e-4
 
 
 def test_warm_started_round_learns_the_new_day(two_days):
