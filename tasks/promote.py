@@ -80,12 +80,14 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
                    config_sections=("mlflow",))
 
 
-def rollback(config: PipelineConfig, who: str, why: str, expected_champion: str | None = None) -> dict[str, str]:
+def rollback(config: PipelineConfig, who: str, why: str, expected_champion: str | None = None,
+             identity: dict[str, str] | None = None) -> dict[str, str]:
     """Move `champion` back to `previous`; both versions record who, why and when (audit tags).
 
     Pure apart from the registry it is given through `config`: a DAG task can call it with the
     triggering user and reason. `expected_champion` (optional) refuses if the champion moved meanwhile.
-    Returns {"champion", "demoted", "at", "who", "why"}.
+    `identity` ({dag_id, dag_run_id, try_number}) names the Airflow run asking; default: the one our
+    step operators set in the environment, if any. Returns {"champion", "demoted", "at", "who", "why"}.
     """
     if not who.strip() or not why.strip():
         raise StepError("rollback: say who rolls back and why (both are recorded on the versions)")
@@ -109,7 +111,7 @@ def rollback(config: PipelineConfig, who: str, why: str, expected_champion: str 
     client.set_model_version_tag(name, champion.version, "freshet.rolled_back_at", now)
     registry.start_tenure(client, name, str(previous.version), now, kind="rollback", by=who, why=why)
     client.set_model_version_tag(name, previous.version, "freshet.promotion_reason", f"rollback by {who}: {why}")
-    for key, value in airflow_identity().items():
+    for key, value in (airflow_identity() if identity is None else identity).items():
         client.set_model_version_tag(name, champion.version, f"freshet.rolled_back_by.airflow.{key}", value)
     return {"champion": str(previous.version), "demoted": str(champion.version), "at": now, "who": who, "why": why}
 

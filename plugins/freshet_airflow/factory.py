@@ -312,18 +312,14 @@ def watch(config_path: str, **operator_kwargs: Any):
 # ------------------------------------------------------------------------------------------ rollback
 
 def _rollback(config_path: str, **context: Any) -> dict[str, str]:
-    import os
-    from unittest import mock
-
     from tasks.promote import rollback as move_back
 
     params, ti = context["params"], context["ti"]
     who = params.get("requested_by") or getattr(context["dag_run"], "triggering_user_name", None) or "unknown"
-    # The same identity our step operators pass, so the versions' audit tags name this Airflow run.
-    identity = {"FRESHET_DAG_ID": ti.dag_id, "FRESHET_DAG_RUN_ID": ti.run_id, "FRESHET_TRY_NUMBER": str(ti.try_number)}
-    with mock.patch.dict(os.environ, identity):
-        moved = move_back(pipeline_config(config_path), who=who, why=params["reason"],
-                          expected_champion=params.get("expected_champion") or None)
+    # The demoted version's audit tags name this Airflow run, as our step operators' runs do.
+    identity = {"dag_id": ti.dag_id, "dag_run_id": ti.run_id, "try_number": str(ti.try_number)}
+    moved = move_back(pipeline_config(config_path), who=who, why=params["reason"],
+                      expected_champion=params.get("expected_champion") or None, identity=identity)
     log.info("rollback: champion -> version %s, version %s demoted, by %s: %s", moved["champion"], moved["demoted"],
              who, params["reason"])
     return moved
