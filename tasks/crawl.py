@@ -869,11 +869,17 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
     if not manifest.reused:
         import mlflow
 
-        from tasks.tracking import log_manifest, step_run
+        import pandas as pd
+
+        from tasks.tracking import log_dataset, log_manifest, step_run
 
         with step_run(config, run_id, STEP, logical_date):
             log_manifest(manifest)
             mlflow.log_dict(report, "crawl_report.json")
+            # The crawled batch as a dataset output; validate logs the same name and digest as its input.
+            records = manifest.output("records")
+            log_dataset(pd.read_parquet(store.local_path(records.uri)), records, name=f"{config.name}.records",
+                        context="output")
     return manifest
 
 

@@ -197,6 +197,9 @@ def test_first_crawl_fetches_pages_up_to_the_logical_date(tmp_path: Path, mlflow
     assert step_run.data.metrics["rows_new"] == len(rows)
     artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(step_run.info.run_id)}
     assert {"crawl_report.json", "manifest.json"} <= artifacts
+    # The batch is an MLflow dataset output with the snapshot's digest (validate logs it as its input).
+    [dataset] = [item.dataset for item in step_run.inputs.dataset_inputs]
+    assert dataset.name.endswith(".records") and dataset.digest in manifest.output("records").digest
 
 
 def test_next_crawl_fetches_only_the_new_page(tmp_path: Path, mlflow_uri: str, site: DemoSite) -> None:
