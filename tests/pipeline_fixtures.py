@@ -52,3 +52,23 @@ def fake_upstream(config, store, run_id, day, rows):
     validate = execute("validate", validate_body, config, {}, run_id=run_id, store=store, logical_date=day,
                        extra_fingerprint={"rows": len(rows)})
     return {"clean": clean, "augment": augment, "validate": validate}
+
+
+def step_mlflow_run(tracking_uri: str, step: str, run_id: str):
+    """The one MLflow run a step logged for a pipeline run."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    [run] = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                               filter_string=f"tags.`freshet.step` = '{step}' and tags.`freshet.run_id` = '{run_id}'")
+    return run
+
+
+def dataset_inputs(run) -> dict[str, tuple[str, str, str, str]]:
+    """context -> (dataset name, source, MLflow digest, our full digest) of a run's dataset inputs."""
+    inputs = {}
+    for item in run.inputs.dataset_inputs:
+        tags = {tag.key: tag.value for tag in item.tags}
+        inputs[tags["mlflow.data.context"]] = (item.dataset.name, item.dataset.source, item.dataset.digest,
+                                               tags["freshet.digest"])
+    return inputs

@@ -20,6 +20,7 @@ from tasks.contract import Manifest, StepContext, StepError, execute
 from tasks.data import content_hash, read_rows, write_parquet
 from tasks.lexicon import WordNet
 from tasks.store import ArtifactStore
+from tests.pipeline_fixtures import dataset_inputs, step_mlflow_run
 
 LABELS = ["libs", "utils", "net"]
 
@@ -338,15 +339,8 @@ def test_report_says_no_lexicon_and_model_based_not_configured(step: dict[str, A
 
 
 def test_mlflow_run_has_the_clean_and_train_snapshots_as_dataset_inputs(step: dict[str, Any]) -> None:
-    import mlflow
-
-    mlflow.set_tracking_uri(step["config"].mlflow.tracking_uri)
-    [run] = mlflow.search_runs(search_all_experiments=True, output_format="list",
-                               filter_string="tags.`freshet.step` = 'augment' and tags.`freshet.run_id` = 'aug-1'")
-    inputs = {}
-    for item in run.inputs.dataset_inputs:
-        tags = {tag.key: tag.value for tag in item.tags}
-        inputs[tags["mlflow.data.context"]] = (item.dataset.name, item.dataset.source, tags["freshet.digest"])
+    run = step_mlflow_run(step["config"].mlflow.tracking_uri, "augment", "aug-1")
+    inputs = {context: (name, source, digest) for context, (name, source, _, digest) in dataset_inputs(run).items()}
     dataset, train = step["upstream"].output("dataset"), step["manifest"].output("train")
     assert inputs == {"input": ("freshet.dataset", json.dumps({"uri": dataset.uri}), dataset.digest),
                       "output": ("freshet.train", json.dumps({"uri": train.uri}), train.digest)}

@@ -16,6 +16,7 @@ from tasks.config import CleanConfig, PipelineConfig
 from tasks.contract import Manifest, StepContext, StepError, execute
 from tasks.data import RECORD_SCHEMA, content_hash, read_history, read_rows, record_snapshot, split_of, write_parquet
 from tasks.store import ArtifactStore
+from tests.pipeline_fixtures import dataset_inputs, step_mlflow_run
 
 LABELS = ["libs", "utils", "net"]
 
@@ -148,15 +149,8 @@ def test_dataset_has_stable_splits_and_normalised_hashes(cleaned: dict[str, Any]
 
 
 def test_mlflow_run_has_the_valid_and_cleaned_snapshots_as_dataset_inputs(cleaned: dict[str, Any]) -> None:
-    import mlflow
-
-    mlflow.set_tracking_uri(cleaned["config"].mlflow.tracking_uri)
-    [run] = mlflow.search_runs(search_all_experiments=True, output_format="list",
-                               filter_string="tags.`freshet.step` = 'clean' and tags.`freshet.run_id` = 'clean-1'")
-    inputs = {}
-    for item in run.inputs.dataset_inputs:
-        tags = {tag.key: tag.value for tag in item.tags}
-        inputs[tags["mlflow.data.context"]] = (item.dataset.name, item.dataset.source, tags["freshet.digest"])
+    run = step_mlflow_run(cleaned["config"].mlflow.tracking_uri, "clean", "clean-1")
+    inputs = {context: (name, source, digest) for context, (name, source, _, digest) in dataset_inputs(run).items()}
     valid, dataset = cleaned["upstream"].output("valid"), cleaned["manifest"].output("dataset")
     assert inputs == {"input": ("freshet.valid", json.dumps({"uri": valid.uri}), valid.digest),
                       "output": ("freshet.dataset", json.dumps({"uri": dataset.uri}), dataset.digest)}

@@ -18,6 +18,7 @@ from tasks.config import PipelineConfig
 from tasks.contract import Manifest, StepContext, StepError, execute, read_manifest
 from tasks.data import QUARANTINE_SCHEMA, RECORD_SCHEMA, read_rows, record_snapshot, write_parquet
 from tasks.store import ArtifactStore
+from tests.pipeline_fixtures import dataset_inputs
 
 LABELS = ["libs", "utils", "net"]
 
@@ -149,16 +150,6 @@ def test_gx_result_is_plain_json_with_failing_ids(validated: dict[str, Any]) -> 
     in_set = next(item for item in result["results"]
                   if item["expectation_config"]["type"] == "expect_column_values_to_be_in_set")
     assert [index["id"] for index in in_set["result"]["unexpected_index_list"]] == ["unknown", "twice"]
-
-
-def dataset_inputs(run: Any) -> dict[str, tuple[str, str, str, str]]:
-    """context -> (dataset name, source, MLflow digest, our full digest) of a run's dataset inputs."""
-    inputs = {}
-    for item in run.inputs.dataset_inputs:
-        tags = {tag.key: tag.value for tag in item.tags}
-        inputs[tags["mlflow.data.context"]] = (item.dataset.name, item.dataset.source, item.dataset.digest,
-                                               tags["freshet.digest"])
-    return inputs
 
 
 def test_mlflow_run_has_the_batch_and_valid_snapshots_as_dataset_inputs(validated: dict[str, Any]) -> None:
