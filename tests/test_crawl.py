@@ -218,6 +218,23 @@ def test_next_crawl_fetches_only_the_new_page(tmp_path: Path, mlflow_uri: str, s
     assert state is not None and state["generation"] == 2 and state["run_id"] == "day-2"
 
 
+def test_a_day_with_nothing_new_ends_the_run_green_at_new_data(tmp_path: Path, mlflow_uri: str,
+                                                                site: DemoSite) -> None:
+    """A backfill of an already-crawled day (or a quiet day) finds nothing: the DAG's `new_data`
+    ShortCircuit stops there with the reason, instead of validate failing on an empty batch."""
+    from freshet_airflow.factory import crawl_found_data
+
+    config = make_config(tmp_path, mlflow_uri, [demo_source(site)])
+    store = ArtifactStore(config.artifact_root)
+    first = crawl.run(config, {}, run_id="day-2", store=store, logical_date=day(2).isoformat())
+    backfill = crawl.run(config, {}, run_id="backfill-day-1", store=store, logical_date=day(1).isoformat())
+    assert crawl_found_data(first.model_dump(mode="json"))[0]
+    assert backfill.metrics["rows_new"] == 0 and backfill.metrics["pages_not_modified"] == 2
+    go_on, reason = crawl_found_data(backfill.model_dump_json())
+    assert not go_on
+    assert reason.startswith(f"nothing new up to {day(1).isoformat()}: 0 pages fetched, 2 not modified, 0 errors")
+
+
 def test_rerun_of_a_run_id_reuses_the_manifest_without_requests(tmp_path: Path, mlflow_uri: str,
                                                                 site: DemoSite) -> None:
     config = make_config(tmp_path, mlflow_uri, [demo_source(site)])

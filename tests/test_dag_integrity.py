@@ -9,8 +9,8 @@ import pytest
 
 from tests.conftest import REPO
 
-EXPECTED_ORDER = ["crawl", "validate", "clean", "augment", "decide", "train", "evaluate", "compress", "register", "gate",
-                  "promote"]
+EXPECTED_ORDER = ["crawl", "new_data", "validate", "clean", "augment", "decide", "train", "evaluate", "compress",
+                  "register", "gate", "promote"]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_training_is_pooled_and_only_network_steps_retry(dagbag):
     for task_id in ("crawl", "register", "promote"):
         task = dag.get_task(task_id)
         assert task.retries == 3 and task.retry_exponential_backoff, task_id
-    for task_id in ("validate", "clean", "augment", "decide", "evaluate", "compress", "gate"):
+    for task_id in ("new_data", "validate", "clean", "augment", "decide", "evaluate", "compress", "gate"):
         assert dag.get_task(task_id).retries == 0, task_id
     assert bag.dags["freshet_rollback"].get_task("rollback").retries == 0
 

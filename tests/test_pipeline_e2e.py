@@ -83,7 +83,7 @@ def test_clean_day_runs_every_task_and_becomes_champion(pipeline):
     config, runs = pipeline
     first = runs[DAYS[0]]
     assert set(first["states"].values()) == {"success"}, f"{first['states']} (log: {first['log']})"
-    assert len(first["states"]) == 11
+    assert len(first["states"]) == 12
     champion = registry.version_by_alias(config, registry.CHAMPION)
     assert champion is not None and str(champion.version) == "1"
     assert champion.tags["freshet.gate"] == "passed"

@@ -148,8 +148,10 @@ def stack(tmp_path_factory):
     processes = services.Processes(home / "logs")
     corpus = home / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(row) + "\n" for row in synthetic_corpus(400, LABELS, seed=5)))
-    # A manual run without a logical date works on the day it runs (UTC): serve that day's pages.
+    # A manual run without a logical date works on the day it runs (UTC) and takes every page up to
+    # it; the two days before are then backfilled, finding nothing new.
     today = dt.datetime.now(dt.timezone.utc).date()
+    backfill_days = [today - dt.timedelta(days=2), today - dt.timedelta(days=1)]
     ports = {name: services.free_port() for name in ("mlflow", "api", "logs", "scheduler_health")}
     mlflow_uri = f"http://127.0.0.1:{ports['mlflow']}"
     api = f"http://127.0.0.1:{ports['api']}"
@@ -165,7 +167,7 @@ def stack(tmp_path_factory):
     client = httpx.Client(base_url=api, timeout=30)
     try:
         with services.databases("airflow", "mlflow", "mlflowauth") as names, \
-                serve(corpus, today, days=1, initial_fraction=0.7) as site:
+                serve(corpus, backfill_days[0], days=2, initial_fraction=0.7) as site:
             try:
                 mlflow_env = _mlflow_env(home, names, ports["mlflow"], *mlflow_auth)
                 env = _airflow_env(home, names, ports, mlflow_uri, mlflow_auth, site.url, queue, passwords_file)
@@ -201,7 +203,9 @@ def stack(tmp_path_factory):
                 state = services.wait_until(f"DAG run {run_id}", finished, RUN_TIMEOUT_S, processes, interval_s=3)
                 run_seconds = time.perf_counter() - run_started
                 task_instances = client.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances").json()
+                backfill = _backfill(client, backfill_days, processes)
                 yield {
+                    "backfill": backfill, "backfill_days": backfill_days,
                     "home": home, "api": api, "mlflow_uri": mlflow_uri, "mlflow_auth": mlflow_auth, "queue": queue,
                     "airflow_auth": ("admin", airflow_password), "run_id": run_id, "state": state,
                     "task_instances": {ti["task_id"]: ti for ti in task_instances["task_instances"]},
@@ -218,6 +222,30 @@ def stack(tmp_path_factory):
         print(f"\nservices integration: {time.perf_counter() - started:.0f} s in all; logs in {home / 'logs'}")
 
 
+def _backfill(client: httpx.Client, days: list[dt.date], processes) -> dict:
+    """Backfill `days` through the REST API and the running scheduler; their runs, tasks and new_data XCom."""
+    started = time.perf_counter()
+    created = client.post("/api/v2/backfills", json={
+        "dag_id": DAG_ID, "from_date": f"{days[0]}T00:00:00Z", "to_date": f"{days[-1]}T00:00:00Z",
+        "max_active_runs": 1, "reprocess_behavior": "none"})
+    assert created.status_code == 200, created.text
+
+    def runs():
+        listed = client.get(f"/api/v2/dags/{DAG_ID}/dagRuns", params={"run_type": "backfill"}).json()["dag_runs"]
+        done = [run for run in listed if run["state"] in ("success", "failed")]
+        return sorted(done, key=lambda run: run["logical_date"]) if len(done) == len(days) else None
+
+    finished = services.wait_until(f"backfill of {days[0]}..{days[-1]}", runs, RUN_TIMEOUT_S, processes, interval_s=3)
+    result = {"id": created.json()["id"], "seconds": time.perf_counter() - started, "runs": []}
+    for run in finished:
+        tis = client.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run['dag_run_id'])}/taskInstances").json()
+        xcom = client.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run['dag_run_id'])}/taskInstances/new_data/"
+                          "xcomEntries/new_data")
+        result["runs"].append({**run, "task_states": {ti["task_id"]: ti["state"] for ti in tis["task_instances"]},
+                               "new_data": xcom.json().get("value") if xcom.status_code == 200 else xcom.text})
+    return result
+
+
 def _explain(stack) -> str:
     states = {task: ti["state"] for task, ti in stack["task_instances"].items()}
     logs = "\n".join(stack["processes"].log_tail(name, 25) for name in ("scheduler", "celery-worker"))
@@ -227,7 +255,7 @@ def _explain(stack) -> str:
 def test_dag_run_via_rest_succeeds_with_training_on_the_celery_worker(stack):
     tis = stack["task_instances"]
     assert stack["state"] == "success", _explain(stack)
-    assert {"crawl", "validate", "clean", "augment", "decide", "train", "evaluate", "compress", "register", "gate",
+    assert {"crawl", "new_data", "validate", "clean", "augment", "decide", "train", "evaluate", "compress", "register", "gate",
             "promote"} <= set(tis), sorted(tis)
     assert {ti["state"] for ti in tis.values()} == {"success"}, _explain(stack)
     train = tis["train"]
@@ -239,6 +267,31 @@ def test_dag_run_via_rest_succeeds_with_training_on_the_celery_worker(stack):
     durations = ", ".join(f"{task} {ti['duration']:.0f}" for task, ti in tis.items() if ti.get("duration") is not None)
     print(f"\nDAG run {stack['run_id']}: {stack['run_seconds']:.0f} s ({durations} s); "
           f"services up in {stack['setup_seconds']:.0f} s")
+
+
+def test_backfill_of_past_days_runs_through_the_scheduler_and_ends_green_with_nothing_new(stack):
+    """`POST /api/v2/backfills` over two past days: the scheduler runs both logical dates; each crawl is
+    bounded by its date (1 page, then 2, all already fetched: 304) and `new_data` ends the run green."""
+    from tasks.contract import read_manifest
+    from tasks.store import ArtifactStore
+
+    backfill = stack["backfill"]
+    runs = backfill["runs"]
+    assert [run["logical_date"][:10] for run in runs] == [day.isoformat() for day in stack["backfill_days"]], runs
+    store = ArtifactStore(str(stack["home"] / "artifacts"))
+    for pages, run in enumerate(runs, start=1):
+        assert run["state"] == "success" and run["run_type"] == "backfill", run
+        states = run["task_states"]
+        assert states["crawl"] == "success" and states["new_data"] == "success", states
+        assert {state for task, state in states.items() if task not in ("crawl", "new_data")} == {"skipped"}, states
+        crawl = read_manifest(store, run["dag_run_id"], "crawl")
+        assert crawl.logical_date[:10] == run["logical_date"][:10]
+        assert crawl.metrics["rows_new"] == 0 and crawl.metrics["pages_not_modified"] == pages, crawl.metrics
+        new_data = run["new_data"]
+        new_data = json.loads(new_data) if isinstance(new_data, str) and new_data.startswith("{") else new_data
+        assert isinstance(new_data, dict) and new_data["ingest"] is False, new_data
+        assert new_data["reason"].startswith(f"nothing new up to {run['logical_date'][:10]}"), new_data
+    print(f"\nbackfill {backfill['id']}: {len(runs)} runs in {backfill['seconds']:.0f} s")
 
 
 def test_champion_is_registered_on_the_tracking_server(stack):

@@ -213,6 +213,36 @@ def training_settings(config_path: str) -> dict[str, Any]:
     return kwargs
 
 
+# ------------------------------------------------------------------------------------- new data?
+
+def crawl_found_data(manifest: dict[str, Any] | str) -> tuple[bool, str]:
+    """(go on?, why) from the crawl manifest: a day with nothing new is a normal day, not a failure."""
+    if isinstance(manifest, str):
+        manifest = parse_manifest(manifest, "crawl") if not manifest.lstrip().startswith("{") else json.loads(manifest)
+    metrics = manifest["metrics"]
+    new, quarantined = int(metrics.get("rows_new") or 0), int(metrics.get("rows_quarantined") or 0)
+    if new or quarantined:
+        return True, f"{new} new rows ({quarantined} quarantined by the crawl) up to {manifest.get('logical_date')}"
+    return False, (f"nothing new up to {manifest.get('logical_date')}: {metrics.get('pages_fetched', 0)} pages fetched,"
+                   f" {metrics.get('pages_not_modified', 0)} not modified, {metrics.get('errors', 0)} errors;"
+                   " the run ends here")
+
+
+def _new_data(manifest: dict[str, Any] | str, **context: Any) -> bool:
+    go_on, reason = crawl_found_data(manifest)
+    log.info("new data: %s", reason)
+    context["ti"].xcom_push(key="new_data", value={"ingest": go_on, "reason": reason})
+    return go_on
+
+
+def new_data(crawl_task, **operator_kwargs: Any):
+    """ShortCircuit after crawl: a run whose crawl found nothing ends there, green, with the reason logged."""
+    from airflow.providers.standard.operators.python import ShortCircuitOperator
+
+    return ShortCircuitOperator(task_id="new_data", python_callable=_new_data, op_args=[crawl_task.output],
+                                retries=0, **operator_kwargs)
+
+
 # --------------------------------------------------------------------------------- training decision
 
 def data_day(context: Any) -> str:
