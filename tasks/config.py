@@ -469,6 +469,10 @@ class GatePolicy(_Section):
     min_class_support: int = Field(20, ge=1)
     # Forgetting: champion minus candidate primary metric on the `old` slice.
     max_forgetting: float | None = Field(0.02, ge=0)
+    # Forgetting that compounds: small steps each within `max_forgetting` can add up over many
+    # promotions. The candidate's primary metric on the `frozen` slice (the same rows every run) may be at
+    # most this far below the best any champion has scored there (None: not checked).
+    max_drop_below_best: float | None = Field(None, ge=0)
     max_latency_ms_batch1_p95: float | None = Field(None, gt=0)
     max_ece: float | None = Field(None, ge=0, le=1)
     max_compressed_drop: float = Field(0.03, ge=0)

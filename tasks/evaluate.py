@@ -17,7 +17,7 @@ from tasks.config import PipelineConfig
 from tasks.contract import Manifest, StepContext, cli, execute
 from tasks.data import read_rows, write_parquet
 from tasks.config import GatePolicy
-from tasks.gate import BOOTSTRAP_METRICS, PairedComparison, Verdict, compare_paired, judge_candidate
+from tasks.gate import BOOTSTRAP_METRICS, BestScore, PairedComparison, Verdict, compare_paired, judge_candidate
 from tasks.metrics import classification_metrics, expected_calibration_error
 from tasks.store import ArtifactStore
 
@@ -121,12 +121,29 @@ def gate_report(verdict: Verdict, candidate: Mapping[str, Any], champion: Mappin
     return "\n".join(lines) + "\n"
 
 
+def best_champion_so_far(recorded: tuple[float, str] | None, champion: Mapping[str, Any] | None,
+                         champion_version: str | None, metric: str) -> BestScore | None:
+    """The higher of the registry's record and the current champion's score on today's frozen slice."""
+    candidates = [recorded] if recorded else []
+    if champion is not None and champion_version is not None and "frozen" in champion:
+        candidates.append((champion["frozen"][metric], champion_version))
+    if not candidates:
+        return None
+    value, version = max(candidates)
+    return BestScore(value=value, version=version)
+
+
 def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, store: ArtifactStore,
         logical_date: str | None = None) -> Manifest:
     from tasks import registry
 
     champion = registry.version_by_alias(config, registry.CHAMPION)
     champion_version = str(champion.version) if champion else None
+    policy = config.evaluate.gate
+    recorded_best = None
+    if champion_version is not None and policy.max_drop_below_best is not None:
+        recorded_best = registry.best_champion_score(registry.client(config), config.mlflow.model_name,
+                                                     f"candidate.frozen.{policy.primary_metric}")
 
     def body(context: StepContext) -> None:
         from tasks.modeling import load_classifier, measure_latency, model_size_bytes
@@ -134,7 +151,6 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         labels = list(config.labels)
         slices = evaluation_slices(context.input("clean"), store)
         candidate_model, tokenizer = load_classifier(context.input_path("train", "model"))
-        policy = config.evaluate.gate
         settings = dict(max_length=config.train.max_length, batch_size=config.evaluate.batch_size,
                         calibration_bins=config.evaluate.calibration_bins)
         candidate, candidate_predicted = score(candidate_model, tokenizer, slices, labels, **settings)
@@ -147,8 +163,11 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
 
         sample = [row["text"] for row in slices["fresh"][:16]] or [row["text"] for row in slices["frozen"][:16]]
         latency = measure_latency(candidate_model, tokenizer, sample, max_length=config.train.max_length)
-        verdict = judge_candidate(policy, candidate, champion_metrics, paired=paired, latency=latency)
+        best_frozen = best_champion_so_far(recorded_best, champion_metrics, champion_version, policy.primary_metric)
+        verdict = judge_candidate(policy, candidate, champion_metrics, paired=paired, latency=latency,
+                                  best_frozen=best_frozen)
         evaluation = {"candidate": candidate, "champion": champion_metrics, "champion_version": champion_version,
+                      "best_frozen": best_frozen.model_dump() if best_frozen else None,
                       "paired": {name: comparison.model_dump() for name, comparison in paired.items()},
                       "latency": latency, "size_bytes": model_size_bytes(candidate_model)}
         (context.out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
@@ -187,7 +206,8 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         context.facts.update({"gate": verdict.summary(), "champion_version": champion_version})
 
     manifest = execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
-                       config_sections=("evaluate", "train"), extra_fingerprint={"champion_version": champion_version})
+                       config_sections=("evaluate", "train"),
+                       extra_fingerprint={"champion_version": champion_version, "recorded_best": recorded_best})
     if not manifest.reused:
         from tasks.tracking import log_manifest, step_run
 

@@ -160,13 +160,22 @@ def _class_f1_drop(policy: GatePolicy, slice_name: str, candidate: Mapping[str, 
                   f"support >= {policy.min_class_support})")
 
 
+class BestScore(BaseModel):
+    """The best primary metric any champion (past or present) scored on the frozen slice, and which version."""
+
+    value: float
+    version: str
+
+
 def judge_candidate(policy: GatePolicy, candidate: SliceMetrics, champion: SliceMetrics | None, *,
                     paired: Mapping[str, PairedComparison] | None = None,
-                    latency: Mapping[str, float] | None = None) -> Verdict:
+                    latency: Mapping[str, float] | None = None,
+                    best_frozen: BestScore | None = None) -> Verdict:
     """Floors always; with a champion, non-inferiority, per-class drop and forgetting per slice.
 
     Non-inferiority is judged on the lower confidence bound of candidate - champion when a paired
-    comparison of the slice is given (per-row predictions), else on the point estimates.
+    comparison of the slice is given (per-row predictions), else on the point estimates. With
+    `best_frozen` and `policy.max_drop_below_best`, the candidate is also held to the best champion so far.
     """
     checks = [_check(f"floor:{key}", _metric(candidate, key), floor, ">=", f"candidate {key} floor")
               for key, floor in sorted(policy.floors.items())]
@@ -208,6 +217,12 @@ def judge_candidate(policy: GatePolicy, candidate: SliceMetrics, champion: Slice
             forgetting = before - after if _measurable(before) and _measurable(after) else None
             checks.append(_check(f"max_forgetting:old.{metric}", forgetting, policy.max_forgetting, "<=",
                                  f"forgetting on old slice (champion - candidate {metric})"))
+    if policy.max_drop_below_best is not None and best_frozen is not None:
+        after = _metric(candidate, f"frozen.{metric}")
+        drop = best_frozen.value - after if _measurable(after) else None
+        checks.append(_check(f"max_drop_below_best:frozen.{metric}", drop, policy.max_drop_below_best, "<=",
+                             f"frozen.{metric} below the best champion so far (version {best_frozen.version},"
+                             f" {best_frozen.value:.4f})"))
     if policy.max_latency_ms_batch1_p95 is not None:
         checks.append(_check("latency:batch1_p95_ms", (latency or {}).get("latency_ms_batch1_p95"),
                              policy.max_latency_ms_batch1_p95, "<=", "candidate CPU latency p95 at batch 1 (ms)"))

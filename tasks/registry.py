@@ -145,3 +145,19 @@ def champion_at(mlflow_client, name: str, when) -> str | None:
         if started and (row["until"] is None or moment < _instant(row["until"])):
             return row["version"]
     return None
+
+
+def best_champion_score(mlflow_client, name: str, metric: str) -> tuple[float, str] | None:
+    """(score, version): the highest `metric` recorded (register's `metric.<name>` tags) by any version
+    that has held `champion`; versions rolled back by a person are left out. None: nothing recorded yet."""
+    scores = []
+    for version in all_versions(mlflow_client, name):
+        tags = version.tags or {}
+        value = tags.get(f"metric.{metric}")
+        if value is None or not tenures(version) or tags.get("freshet.rolled_back"):
+            continue
+        try:
+            scores.append((float(value), str(version.version)))
+        except ValueError:  # a hand-edited tag: not evidence
+            continue
+    return max(scores, default=None)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tasks.config import GatePolicy
-from tasks.gate import compare_paired, judge_candidate
+from tasks.gate import BestScore, compare_paired, judge_candidate
 from tasks.metrics import classification_metrics, expected_calibration_error
 
 LABELS = ["a", "b", "c"]
@@ -118,6 +118,21 @@ def test_no_forgetting_check_without_old_slice_or_champion():
     candidate = {"frozen": slice_metrics(TRUTH, TRUTH)}
     assert not [c for c in judge_candidate(policy(), candidate, candidate).checks if c.name.startswith("max_forgetting")]
     assert [c.name for c in judge_candidate(policy(), candidate, None).checks] == ["floor:frozen.macro_f1"]
+
+
+@pytest.mark.parametrize(("best", "verdict"), [(0.80, "pass"), (0.95, "fail")])
+def test_drop_below_the_best_champion_so_far(best, verdict):
+    # The candidate is within max_forgetting of today's champion, but each such step could compound:
+    # it is also held to the best score any champion reached on the frozen slice.
+    candidate = {"frozen": slice_metrics(TRUTH, noisy(TRUTH, 0.85, 9))}
+    result = judge_candidate(policy(max_drop_below_best=0.02, non_inferiority_margin=1.0, max_class_f1_drop=None),
+                             candidate, candidate, best_frozen=BestScore(value=best, version="3"))
+    item = check(result, "max_drop_below_best:frozen.macro_f1")
+    assert item.value == pytest.approx(best - candidate["frozen"]["macro_f1"])
+    assert item.verdict == verdict and result.passed is (verdict == "pass")
+    assert "version 3" in item.detail
+    unchecked = judge_candidate(policy(), candidate, candidate, best_frozen=BestScore(value=best, version="3"))
+    assert not [c for c in unchecked.checks if c.name.startswith("max_drop_below_best")]  # policy default: off
 
 
 @pytest.mark.parametrize(("p95", "verdict"), [(20.0, "pass"), (80.0, "fail")])

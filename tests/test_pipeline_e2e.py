@@ -41,7 +41,7 @@ def pipeline_config(home, site_url: str) -> dict:
                   "warmup_fraction": 0.0, "replay_fraction": 0.25, "early_stopping_patience": 30,
                   "checkpoint_every_steps": 20, "nproc_per_node": 2},
         "evaluate": {"gate": {"floors": {"frozen.macro_f1": 0.4}, "non_inferiority_margin": 0.05,
-                                 "min_comparison_rows": 20}},
+                                 "min_comparison_rows": 20, "max_drop_below_best": 0.05}},
     }
 
 
@@ -106,6 +106,8 @@ def test_poisoned_day_is_rejected_and_champion_stays(pipeline):
     assert challenger.tags["freshet.gate"] == "rejected"
     reasons = challenger.tags["freshet.gate_reasons"]
     assert "candidate - champion" in reasons and "violates" in reasons, reasons
+    # Also held to the best champion so far, read back from version 1's registry tags.
+    assert "below the best champion so far (version 1" in reasons, reasons
 
 
 def test_decide_records_why_each_day_trained(pipeline):

@@ -125,3 +125,23 @@ def test_rollback_refuses_a_champion_the_caller_did_not_mean(tmp_path):
     with pytest.raises(StepError, match="champion of unit-model is version 2, not 1"):
         promote.rollback(config, who="oncall", why="wrong target", expected_champion="1")
     assert promote.rollback(config, who="oncall", why="right target", expected_champion="2")["champion"] == "1"
+
+
+def test_best_champion_score_counts_only_versions_that_held_champion_and_were_not_rolled_back(tmp_path):
+    config = tiny_config(tmp_path)
+    client = registry.client(config)
+    name = config.mlflow.model_name
+    client.create_registered_model(name)
+    for score in ("0.80", "0.86", "0.90", "0.82"):
+        client.create_model_version(name, source=str(tmp_path / "nowhere"),
+                                    tags={"metric.candidate.frozen.macro_f1": score})
+    metric = "candidate.frozen.macro_f1"
+    assert registry.best_champion_score(client, name, metric) is None  # nobody has been champion
+    promote.move_champion(config, "1", None, reason="first")
+    promote.move_champion(config, "2", "1", reason="second")
+    assert registry.best_champion_score(client, name, metric) == (0.86, "2")
+    promote.rollback(config, who="oncall", why="bad outputs")
+    # v2 was rolled back and v3 (0.90) never passed the gate: neither sets the bar.
+    assert registry.best_champion_score(client, name, metric) == (0.80, "1")
+    promote.move_champion(config, "4", "1", reason="fourth")
+    assert registry.best_champion_score(client, name, metric) == (0.82, "4")
