@@ -77,6 +77,61 @@ def collect(store: ArtifactStore, run_ids: Sequence[str]) -> list[dict[str, Any]
     return rows
 
 
+def served_score(row: dict[str, Any], slice_name: str) -> float | None:
+    """Macro-F1 on a slice of the model that is champion after the run: the candidate if it was promoted,
+    else the champion it was compared with (None: nothing was evaluated that day)."""
+    key = "candidate" if row["promoted"] else "champion"
+    return row.get(f"{key}.{slice_name}.macro_f1")
+
+
+def criterion(rows: Sequence[dict[str, Any]], max_old_drop: float = 0.01) -> dict[str, Any]:
+    """Does the champion keep learning without forgetting? Judged on the champion after each run.
+
+    New data: F1 on each day's fresh split (rows the model never trained on) rising, i.e. a positive
+    least-squares slope over the days and the last day above the first. Old data: F1 on the earlier
+    days' test splits never more than `max_old_drop` below its best so far.
+    """
+    fresh = [(row["day"], value) for row in rows if (value := served_score(row, "fresh")) is not None]
+    old = [(row["day"], value) for row in rows if (value := served_score(row, "old")) is not None]
+    slope = None
+    if len(fresh) >= 2:
+        days = [day for day, _ in fresh]
+        mean_day, mean_f1 = sum(days) / len(days), sum(value for _, value in fresh) / len(fresh)
+        slope = (sum((day - mean_day) * (value - mean_f1) for day, value in fresh)
+                 / sum((day - mean_day) ** 2 for day in days))
+    best, worst_drop, worst_day = None, 0.0, None
+    for day, value in old:
+        best = value if best is None else max(best, value)
+        if best - value > worst_drop:
+            worst_drop, worst_day = best - value, day
+    rising = slope is not None and slope > 0 and fresh[-1][1] > fresh[0][1]
+    return {
+        "fresh_days": len(fresh), "fresh_first": fresh[0][1] if fresh else None,
+        "fresh_last": fresh[-1][1] if fresh else None, "fresh_slope_per_day": slope, "fresh_rising": rising,
+        "old_days": len(old), "old_best": best, "old_max_drop_below_best": worst_drop if old else None,
+        "old_max_drop_day": worst_day, "max_old_drop": max_old_drop,
+        "old_within_bound": bool(old) and worst_drop <= max_old_drop,
+        "met": rising and bool(old) and worst_drop <= max_old_drop,
+    }
+
+
+def criterion_lines(verdict: dict[str, Any]) -> list[str]:
+    if verdict["fresh_days"] < 2 or not verdict["old_days"]:
+        return ["Criterion (new-data F1 rising, old-data F1 within "
+                f"{verdict['max_old_drop'] * 100:.0f} point of its best): needs at least two evaluated days."]
+    drop_day = f" (day {verdict['old_max_drop_day']})" if verdict["old_max_drop_day"] else ""
+    return [
+        "Champion after each run (the promoted candidate, else the champion kept):",
+        f"- new data (fresh split): {verdict['fresh_first']:.3f} on the first day -> {verdict['fresh_last']:.3f} on the "
+        f"last, trend {verdict['fresh_slope_per_day'] * 100:+.2f} points/day: "
+        f"{'rising' if verdict['fresh_rising'] else 'NOT rising'}",
+        f"- old data (earlier days' test splits): best {verdict['old_best']:.3f}, largest drop below the best so far "
+        f"{verdict['old_max_drop_below_best'] * 100:.2f} points{drop_day}: "
+        f"{'within' if verdict['old_within_bound'] else 'OUTSIDE'} {verdict['max_old_drop'] * 100:.0f} point",
+        f"- criterion {'met' if verdict['met'] else 'NOT met'}",
+    ]
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
@@ -109,6 +164,7 @@ def markdown(rows: Sequence[dict[str, Any]], title: str) -> str:
                  row["gate"], row["registered_version"],
                  f"{row['champion_version'] or '-'}{' (promoted)' if row['promoted'] else ''}"]
         lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
+    lines += ["", *criterion_lines(criterion(rows))]
     notes = [f"- day {row['day']}: {'trained' if row['trained'] else 'no training'}: {row['decision']}"
              + (f"; gate rejected: {row['gate_reasons']}" if row["gate"] == "reject" else "")
              for row in rows if row["decision"] or row["gate"] == "reject"]
@@ -178,6 +234,10 @@ def log_to_mlflow(config: PipelineConfig, rows: Sequence[dict[str, Any]], paths:
             if row["gate"] is not None:
                 numeric["gate_passed"] = float(row["gate"] == "pass")
             mlflow.log_metrics(numeric, step=row["day"])
+        verdict = criterion(rows)
+        mlflow.log_metrics({f"criterion.{key}": float(value) for key, value in verdict.items()
+                            if isinstance(value, int | float) and value is not None})
+        mlflow.set_tag("freshet.learning_curve.criterion", "met" if verdict["met"] else "not met")
         for path in paths.values():
             mlflow.log_artifact(str(path))
         return run.info.run_id

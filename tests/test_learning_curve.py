@@ -92,3 +92,28 @@ def test_files_and_mlflow_run(report):
                                                                 (2, pytest.approx(rows[1]["candidate.frozen.macro_f1"]))]
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert artifacts == {"learning_curve.csv", "learning_curve.md", "learning_curve.png"}
+
+
+def curve_row(day, fresh, old, promoted=True):
+    model = "candidate" if promoted else "champion"
+    return {"day": day, "promoted": promoted, f"{model}.fresh.macro_f1": fresh, f"{model}.old.macro_f1": old}
+
+
+def test_criterion_rising_fresh_and_old_within_a_point_of_its_best():
+    rows = [curve_row(1, 0.60, None), curve_row(2, 0.70, 0.71), curve_row(3, 0.68, 0.705, promoted=False),
+            curve_row(4, 0.78, 0.72)]
+    verdict = learning_curve.criterion(rows)
+    assert verdict["fresh_rising"] and verdict["fresh_slope_per_day"] > 0
+    assert verdict["old_best"] == 0.72 and verdict["old_max_drop_below_best"] == pytest.approx(0.005)
+    assert verdict["met"]
+    assert "criterion met" in "\n".join(learning_curve.criterion_lines(verdict))
+
+
+def test_criterion_fails_on_forgetting_or_flat_new_data():
+    forgetting = learning_curve.criterion([curve_row(1, 0.6, None), curve_row(2, 0.7, 0.80), curve_row(3, 0.8, 0.785)])
+    assert forgetting["fresh_rising"] and not forgetting["old_within_bound"] and not forgetting["met"]
+    assert forgetting["old_max_drop_day"] == 3
+    assert "OUTSIDE 1 point" in "\n".join(learning_curve.criterion_lines(forgetting))
+    flat = learning_curve.criterion([curve_row(1, 0.7, None), curve_row(2, 0.75, 0.8), curve_row(3, 0.7, 0.8)])
+    assert not flat["fresh_rising"] and not flat["met"]
+    assert "needs at least two" in learning_curve.criterion_lines(learning_curve.criterion([curve_row(1, 0.7, None)]))[0]
