@@ -161,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--home", default=os.environ.get("FRESHET_HOME", str(REPO / ".freshet")))
     parser.add_argument("--days", type=int, default=2, help="consecutive logical dates to run")
     parser.add_argument("--start-date", type=dt.date.fromisoformat, default=dt.date(2026, 11, 1))
-    parser.add_argument("--corpus-rows", type=int, default=6000, help="bounded sample of the Debian index")
+    parser.add_argument("--rows-per-day", type=int, default=2000,
+                        help="packages the demo site publishes per day (a stratified sample of the Debian index)")
     parser.add_argument("--fresh", action="store_true", help="delete earlier demo state first")
     args = parser.parse_args(argv)
 
@@ -176,8 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = airflow_env(home, config_path)
     started = time.perf_counter()
 
+    # Every day publishes about the same number of packages, the first included: the model starts from
+    # little data and each day adds as much again, so the learning curve has room to rise.
+    publication_days = max(args.days, 1)
     corpus = home / "demo" / "corpus.jsonl"
-    ensure_corpus(config, corpus, args.corpus_rows)
+    ensure_corpus(config, corpus, args.rows_per_day * publication_days)
     prepare_airflow(env, config)
 
     from tasks.demo_site import serve
@@ -185,9 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = urlsplit(config.crawl.sources[0].url)
     summary: list[str] = []
     run_ids: list[str] = []
-    with serve(corpus, args.start_date, days=max(args.days, 4), initial_fraction=0.6,
+    with serve(corpus, args.start_date, days=publication_days - 1, initial_fraction=1 / publication_days,
                host=source.hostname or "127.0.0.1", port=source.port or 80) as site:
-        print(f"demo site: {site.url} publishing day 0 = {args.start_date} and {max(args.days, 4)} more days")
+        print(f"demo site: {site.url} publishing about {args.rows_per_day} packages a day from {args.start_date}"
+              f" for {publication_days} day(s)")
         for offset in range(args.days):
             logical_date = args.start_date + dt.timedelta(days=offset)
             log_path = home / "logs" / f"dag-{logical_date}.log"
