@@ -421,7 +421,8 @@ class TrainConfig(_Section):
     # float noise of parameters whose true gradient is zero); AdamW is the default for quality.
     optimizer: Literal["adamw", "sgd"] = "adamw"
     dropout: float | None = Field(None, ge=0, lt=1, description="override the model's dropout (0 = deterministic)")
-    # "auto": bf16 autocast on GPU, fp32 on CPU (bf16 on CPU is faster on AVX512-BF16 parts; opt in).
+    # "auto": bf16 autocast on GPU, fp32 on CPU (bf16 on CPU is faster on AVX512-BF16/AMX parts: opt
+    # in there; elsewhere it is emulated, ~20x slower, and the trainer warns).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     # torch.compile the model (dynamic shapes: bucketed batches vary in length); pays off on long runs.
     compile: bool = False

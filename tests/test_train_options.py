@@ -69,11 +69,15 @@ def test_lora_names_a_missing_target_module(tmp_path, rows):
         train(tmp_path, rows, epochs=1, peft={"target_modules": ["q_proj"]})
 
 
-def test_bf16_autocast_on_cpu_converges(tmp_path, rows):
+def test_bf16_autocast_on_cpu_converges(tmp_path, rows, caplog):
     losses: list[float] = []
     _, result = train(tmp_path, rows, epochs=6, learning_rate=1e-3, precision="bf16", log_every_steps=2,
                       log=lambda values, step: losses.append(values["loss"]) if "loss" in values else None)
     assert result.metrics["precision_bf16"] == 1
+    # This machine's CPU may lack native bf16 (then the trainer warns that it is emulated and slow).
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert result.metrics["bf16_native"] == int(native)
+    assert ("bf16 is emulated and ~20x slower" in caplog.text) is not native
     assert len(losses) >= 10
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < 0.9 * first, losses
