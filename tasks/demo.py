@@ -189,7 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = urlsplit(config.crawl.sources[0].url)
     summary: list[str] = []
     run_ids: list[str] = []
-    with serve(corpus, args.start_date, days=publication_days - 1, initial_fraction=1 / publication_days,
+    # One day: everything is published on it (days=0), whatever the fraction.
+    initial_fraction = 1 / publication_days if publication_days > 1 else 0.0
+    with serve(corpus, args.start_date, days=publication_days - 1, initial_fraction=initial_fraction,
                host=source.hostname or "127.0.0.1", port=source.port or 80) as site:
         print(f"demo site: {site.url} publishing about {args.rows_per_day} packages a day from {args.start_date}"
               f" for {publication_days} day(s)")
