@@ -121,8 +121,7 @@ def train_mode(args, config) -> int:
                                    max_length=settings.max_length).probabilities
         model_f1 = f1_score(truth, [labels[i] for i in model_test.argmax(1)], average="macro")
 
-        # After the trainer: BLAS threads that sklearn leaves spinning made torch's OpenMP threads crawl
-        # (5 samples/s instead of ~100) when the anchor was fitted first in this process.
+        # The anchor after the trainer: the trainer's wall time (against the budget) is measured first.
         anchor, vectorizer, anchor_seconds = fit_anchor(train, test)
         anchor_test = anchor_probabilities(anchor, vectorizer, test, labels)
         anchor_validation = anchor_probabilities(anchor, vectorizer, validation, labels)
