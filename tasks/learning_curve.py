@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -93,12 +94,7 @@ def criterion(rows: Sequence[dict[str, Any]], max_old_drop: float = 0.01) -> dic
     """
     fresh = [(row["day"], value) for row in rows if (value := served_score(row, "fresh")) is not None]
     old = [(row["day"], value) for row in rows if (value := served_score(row, "old")) is not None]
-    slope = None
-    if len(fresh) >= 2:
-        days = [day for day, _ in fresh]
-        mean_day, mean_f1 = sum(days) / len(days), sum(value for _, value in fresh) / len(fresh)
-        slope = (sum((day - mean_day) * (value - mean_f1) for day, value in fresh)
-                 / sum((day - mean_day) ** 2 for day in days))
+    slope = statistics.linear_regression(*zip(*fresh)).slope if len(fresh) >= 2 else None
     best, worst_drop, worst_day = None, 0.0, None
     for day, value in old:
         best = value if best is None else max(best, value)

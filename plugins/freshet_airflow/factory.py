@@ -110,11 +110,16 @@ def train_step(config_path: str, *, inputs: Sequence[str] = (), overrides: Seque
     return _container_operator(config, "train", command, gpus=gpus, **operator_kwargs)
 
 
+def xcom_manifest(output: dict[str, Any] | str, step: str) -> dict[str, Any]:
+    """A step's manifest from its XCom: a dict, a JSON string, or the step's stdout (last manifest line)."""
+    if isinstance(output, dict):
+        return output
+    return json.loads(output) if output.lstrip().startswith("{") else parse_manifest(output, step)
+
+
 def gate_passed(manifest: dict[str, Any] | str) -> bool:
     """ShortCircuit callable: True lets promotion run; False skips it and the log says why."""
-    if isinstance(manifest, str):
-        manifest = parse_manifest(manifest, "compress") if not manifest.lstrip().startswith("{") else json.loads(manifest)
-    gate = manifest["facts"]["gate"]
+    gate = xcom_manifest(manifest, "compress")["facts"]["gate"]
     if gate["passed"]:
         log.info("gate PASSED (serving variant %s); promoting", gate.get("serving_variant"))
     else:
@@ -128,7 +133,7 @@ def _gate(manifest: dict[str, Any] | str, config_path: str | None = None, **cont
     passed = gate_passed(manifest)
     config = pipeline_config(config_path) if config_path else None
     if not passed and config is not None and config.notify.webhook_url and config.notify.on_gate_rejection:
-        facts = (manifest if isinstance(manifest, dict) else parse_manifest(manifest, "compress"))["facts"]
+        facts = xcom_manifest(manifest, "compress")["facts"]
         notifier = webhook(config, event="gate_rejected", reason="; ".join(facts["gate"]["reasons"]),
                            details={"checks": [item for item in facts["gate"]["checks"] if item["verdict"] == "failed"]})
         try:
@@ -217,8 +222,7 @@ def training_settings(config_path: str) -> dict[str, Any]:
 
 def crawl_found_data(manifest: dict[str, Any] | str) -> tuple[bool, str]:
     """(go on?, why) from the crawl manifest: a day with nothing new is a normal day, not a failure."""
-    if isinstance(manifest, str):
-        manifest = parse_manifest(manifest, "crawl") if not manifest.lstrip().startswith("{") else json.loads(manifest)
+    manifest = xcom_manifest(manifest, "crawl")
     metrics = manifest["metrics"]
     new, quarantined = int(metrics.get("rows_new") or 0), int(metrics.get("rows_quarantined") or 0)
     if new or quarantined:
