@@ -165,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="packages the demo site publishes per day (a stratified sample of the Debian index)")
     parser.add_argument("--fresh", action="store_true", help="delete earlier demo state first")
     args = parser.parse_args(argv)
+    if args.days < 1 or args.rows_per_day < 1:
+        parser.error(f"--days and --rows-per-day must be at least 1 (got {args.days} and {args.rows_per_day})")
 
     home = Path(args.home).resolve()
     if args.fresh and home.exists():

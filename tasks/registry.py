@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -16,6 +17,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS = "previous"
 HF_ARTIFACT = "hf_model"
+log = logging.getLogger("freshet.registry")
 
 
 def client(config: PipelineConfig):
@@ -158,6 +160,7 @@ def best_champion_score(mlflow_client, name: str, metric: str) -> tuple[float, s
             continue
         try:
             scores.append((float(value), str(version.version)))
-        except ValueError:  # a hand-edited tag: not evidence
-            continue
+        except ValueError:  # a hand-edited tag: not evidence, but say so
+            log.warning("registry: %s version %s tag metric.%s=%r is not a number; left out of the best score",
+                        name, version.version, metric, value)
     return max(scores, default=None)
