@@ -3,7 +3,9 @@ size, precision and number of optimizer steps; interleaved rounds, medians, prin
 
 Trainer configurations a user would try: padding to max length, `DataCollatorWithPadding`
 (dynamic padding) and length grouping (its best). freshet: length-bucketed batches with dynamic
-padding, fused AdamW, one process with all cores; `--compile` adds a torch.compile variant.
+padding, fused AdamW, CPU dropout masks from numpy's PCG64, glibc keeping freed memory for reuse,
+one process with all cores; `--compile` adds a torch.compile variant. `--attribution` adds freshet
+with torch's dropout, and Trainer's best with freshet's memory setting, to show what each lever is worth.
 `--ddp` adds the scaling part: freshet under torchrun with 1 vs 2 processes (threads per rank =
 threads / processes, at least 1; global batch = processes x batch), samples/s per variant.
 
@@ -11,7 +13,7 @@ Every measurement runs in a fresh interpreter with OMP_NUM_THREADS set before to
 long-lived process the variants run after the first ones were measurably slower (allocator and
 thread-pool state carried over), which skewed the ratios.
 
-    python bench/train_throughput.py [--steps 20] [--rounds 3] [--precision fp32|bf16] [--compile] [--ddp]
+    python bench/train_throughput.py [--steps 60] [--rounds 5] [--precision fp32|bf16] [--compile] [--ddp] [--attribution]
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ def hf_trainer_samples_per_second(rows, mode: str, steps: int, batch_size: int, 
     return float(trainer.train().metrics["train_samples_per_second"])
 
 
-def freshet_fit(rows, steps: int, batch_size: int, precision: str, max_length: int, compile: bool = False) -> dict:
+def freshet_fit(rows, steps: int, batch_size: int, precision: str, max_length: int, compile: bool = False,
+                fast_cpu_dropout: bool = True) -> dict:
     from tasks.config import PipelineConfig
     from tasks.train import DistributedEnv, TrainingData, fit
 
@@ -76,19 +79,23 @@ def freshet_fit(rows, steps: int, batch_size: int, precision: str, max_length: i
         "crawl": {"sources": [{"name": "bench", "url": "http://127.0.0.1:1/"}]},
         "train": {"model": "minilm", "batch_size": batch_size, "epochs": 1, "max_length": max_length,
                   "precision": precision, "checkpoint_every_steps": 10_000, "warmup_fraction": 0.0,
-                  "compile": compile, "log_every_steps": 10_000},
+                  "compile": compile, "fast_cpu_dropout": fast_cpu_dropout, "log_every_steps": 10_000},
     })
     data = TrainingData(rows[: steps * batch_size * environment.world_size], [], {})
     return fit(config, data, environment, Path(tempfile.mkdtemp()), None).metrics
 
 
 def freshet_samples_per_second(rows, steps: int, batch_size: int, precision: str, max_length: int,
-                               compile: bool = False) -> float:
-    return float(freshet_fit(rows, steps, batch_size, precision, max_length, compile)["samples_per_second"])
+                               compile: bool = False, fast_cpu_dropout: bool = True) -> float:
+    metrics = freshet_fit(rows, steps, batch_size, precision, max_length, compile, fast_cpu_dropout)
+    return float(metrics["samples_per_second"])
 
 
 TRAINER_MODES = {"trainer pad-to-max": "pad-to-max", "trainer dynamic padding": "dynamic",
                  "trainer group_by_length": "group-by-length"}
+# --attribution: each of freshet's CPU levers on its own.
+TRAINER_WITH_FRESHET_MEMORY = "trainer group_by_length +freed-memory reuse"
+FRESHET_TORCH_DROPOUT = "freshet bucketed, torch dropout"
 TORCHRUN_PROCESSES = {"freshet torchrun x1": 1, "freshet torchrun x2": 2}
 
 
@@ -124,10 +131,16 @@ def worker(args) -> int:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rows = load_rows(Path(args.corpus), args.steps * args.batch_size * world_size)
     one = (args.steps, args.batch_size, args.precision, args.max_length)
-    if variant in TRAINER_MODES:
+    if variant == TRAINER_WITH_FRESHET_MEMORY:
+        from tasks.modeling import keep_freed_memory
+
+        keep_freed_memory()
+        value = hf_trainer_samples_per_second(rows, "group-by-length", *one)
+    elif variant in TRAINER_MODES:
         value = hf_trainer_samples_per_second(rows, TRAINER_MODES[variant], *one)
     else:
-        value = freshet_samples_per_second(rows, *one, compile=variant.endswith("+compile"))
+        value = freshet_samples_per_second(rows, *one, compile=variant.endswith("+compile"),
+                                           fast_cpu_dropout=variant != FRESHET_TORCH_DROPOUT)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"samples_per_second": value}), flush=True)
     import torch.distributed as dist
@@ -140,14 +153,16 @@ def worker(args) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", default=str(Path(os.environ.get("FRESHET_HOME", REPO / ".freshet")) / "demo" / "corpus.jsonl"))
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="both sides run at this precision")
     parser.add_argument("--compile", action="store_true", help="add a torch.compile variant of freshet's loop")
     parser.add_argument("--no-pad-to-max", action="store_true", help="skip the (slow, ~10x) pad-to-max Trainer variant")
     parser.add_argument("--ddp", action="store_true", help="add freshet under torchrun with 1 and 2 processes")
+    parser.add_argument("--attribution", action="store_true",
+                        help="add freshet with torch's dropout and Trainer's best with freshet's memory setting")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads per measurement, split among DDP ranks (default: all cores); on a loaded machine 1 "
                              "avoids the spin-wait collapse of oversubscribed OpenMP threads")
@@ -161,6 +176,8 @@ def main() -> int:
     names.append("freshet bucketed")
     if args.compile:
         names.append("freshet bucketed+compile")
+    if args.attribution:
+        names += [FRESHET_TORCH_DROPOUT, TRAINER_WITH_FRESHET_MEMORY]
     if args.ddp:
         names += list(TORCHRUN_PROCESSES)
     measured: dict[str, list[float]] = {name: [] for name in names}
@@ -172,13 +189,16 @@ def main() -> int:
         print(f"round {round_number + 1}: " + ", ".join(f"{name} {values[-1]:.1f}" for name, values in measured.items()),
               flush=True)
     medians = {name: statistics.median(values) for name, values in measured.items()}
-    best_name = max((name for name in medians if name.startswith("trainer")), key=medians.get)
+    best_name = max((name for name in medians if name in TRAINER_MODES), key=medians.get)
     best_trainer = medians[best_name]
     print(f"\nMiniLM-L6, {args.precision} on both sides, batch {args.batch_size} per process, {args.steps} optimizer "
           f"steps, {args.threads or len(os.sched_getaffinity(0))} threads, medians of {args.rounds} interleaved rounds")
     for name, value in medians.items():
         spread = f"{min(measured[name]):.1f}-{max(measured[name]):.1f}"
         print(f"  {name:<27} {value:7.1f} samples/s  (range {spread:>13})   x{value / best_trainer:.2f} vs {best_name}")
+    if args.attribution:
+        print(f"  freshet bucketed vs {TRAINER_WITH_FRESHET_MEMORY}: "
+              f"x{medians['freshet bucketed'] / medians[TRAINER_WITH_FRESHET_MEMORY]:.2f}")
     if args.ddp:
         print(f"  DDP scaling x2 / x1: {medians['freshet torchrun x2'] / medians['freshet torchrun x1']:.2f}")
     return 0
