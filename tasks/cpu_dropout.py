@@ -75,7 +75,9 @@ def _eager_attention(module, query, key, value, attention_mask, scaling=None, dr
         weights = weights + attention_mask
     weights = torch.nn.functional.softmax(weights, dim=-1)
     if dropout > 0.0 and module.training:
-        weights = module.dropout(weights)
+        # BERT-style attention keeps its probability dropout as `.dropout`; any other gets torch's.
+        own = getattr(module, "dropout", None)
+        weights = own(weights) if isinstance(own, CpuDropout) else torch.nn.functional.dropout(weights, dropout)
     output = torch.matmul(weights, value).transpose(1, 2).contiguous()
     return output, weights
 
