@@ -193,9 +193,10 @@ def main() -> int:
     best_trainer = medians[best_name]
     print(f"\nMiniLM-L6, {args.precision} on both sides, batch {args.batch_size} per process, {args.steps} optimizer "
           f"steps, {args.threads or len(os.sched_getaffinity(0))} threads, medians of {args.rounds} interleaved rounds")
+    width = max(len(name) for name in medians)
     for name, value in medians.items():
         spread = f"{min(measured[name]):.1f}-{max(measured[name]):.1f}"
-        print(f"  {name:<27} {value:7.1f} samples/s  (range {spread:>13})   x{value / best_trainer:.2f} vs {best_name}")
+        print(f"  {name:<{width}} {value:7.1f} samples/s  (range {spread:>13})   x{value / best_trainer:.2f} vs {best_name}")
     if args.attribution:
         print(f"  freshet bucketed vs {TRAINER_WITH_FRESHET_MEMORY}: "
               f"x{medians['freshet bucketed'] / medians[TRAINER_WITH_FRESHET_MEMORY]:.2f}")
