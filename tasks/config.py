@@ -429,6 +429,9 @@ class TrainConfig(_Section):
     # On CPU, eager: dropout masks from numpy's PCG64 (tasks/cpu_dropout.py), ~3x faster than torch's
     # generator, same Bernoulli(1 - p); false = torch's own dropout.
     fast_cpu_dropout: bool = True
+    # On CPU, one process: the word-embedding gradient zeroed, clipped and scaled only on the rows a
+    # step touched (tasks/embedding_rows.py); AdamW still updates every row. false = autograd's dense one.
+    row_sparse_embedding_grad: bool = True
     peft: PeftConfig | None = None
     log_every_steps: int = Field(10, ge=1, description="rank 0 progress line (step/total, loss, samples/s)")
     early_stopping_patience: int = Field(2, ge=1, description="epochs without validation gain")

@@ -3,8 +3,9 @@
 Inputs: `augment` (new training rows, augmented ones tagged) and `clean` (this snapshot's
 validation split and the prior snapshots, from which a replay sample keeps old knowledge alive).
 Warm-starts from the registry's champion. gloo on CPU, NCCL on GPU; length-bucketed batches with
-dynamic padding; fused AdamW; on CPU, dropout masks from numpy's PCG64 (tasks/cpu_dropout.py) and
-freed memory kept for reuse; optional bf16 autocast, torch.compile and LoRA adapters (peft, merged
+dynamic padding; fused AdamW; on CPU, dropout masks from numpy's PCG64 (tasks/cpu_dropout.py), the
+word-embedding gradient zeroed and clipped on the touched rows only (tasks/embedding_rows.py, one
+process) and freed memory kept for reuse; optional bf16 autocast, torch.compile and LoRA adapters (peft, merged
 into the weights before saving); checkpoints every N steps and on SIGTERM; a restart resumes from the
 last one. Rank 0 alone writes the model, logs to MLflow and prints the progress lines (step/total,
 loss, samples/s, eta) that the DDP operator streams into the Airflow task log.
@@ -191,6 +192,7 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
     from transformers import get_linear_schedule_with_warmup
 
     from tasks.cpu_dropout import MaskStream, use_fast_cpu_dropout
+    from tasks.embedding_rows import RowSparseEmbeddingGradient
     from tasks.modeling import build_model, load_tokenizer, predict
 
     settings = config.train
@@ -213,6 +215,10 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
     if settings.fast_cpu_dropout and environment.device.type == "cpu" and not settings.compile:
         dropout_stream = MaskStream(settings.seed, environment.rank)
         restore_dropout = use_fast_cpu_dropout(model, dropout_stream)
+    embedding_rows = None
+    if (settings.row_sparse_embedding_grad and environment.device.type == "cpu" and environment.world_size == 1
+            and not settings.compile and model.get_input_embeddings().weight.requires_grad):
+        embedding_rows = RowSparseEmbeddingGradient(model.get_input_embeddings())
     ddp_model: torch.nn.Module = model
     if environment.world_size > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -293,6 +299,8 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
         usable = len(batches) - len(batches) % accumulation
         while state["batch_in_epoch"] < usable and state["step"] < total_steps:
             optimizer.zero_grad(set_to_none=True)
+            if embedding_rows is not None:
+                embedding_rows.zero_grad()
             for micro in range(accumulation):
                 global_batch = batches[state["batch_in_epoch"] + micro]
                 # A running digest of every sample consumed, in order: a resumed run must end with
@@ -304,6 +312,8 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
                     dropout_stream.at_batch(state["epoch"], state["batch_in_epoch"] + micro)
                 features = pad_batch([encoded[i] for i in indices], pad_id, environment.device)
                 batch_targets = torch.tensor([targets[i] for i in indices], device=environment.device)
+                if embedding_rows is not None:
+                    embedding_rows.touch(features["input_ids"])
                 sync = micro == accumulation - 1 or environment.world_size == 1
                 context = ddp_model.no_sync() if not sync else contextlib.nullcontext()
                 with context, torch.autocast(environment.device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -313,7 +323,10 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
                 window_loss += loss.detach()  # no .item() here: a device sync every micro-batch
                 window_micro += 1
                 state["tokens_seen"] += sum(lengths[i] for i in indices) * environment.world_size
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            if embedding_rows is not None:
+                embedding_rows.clip_grad_norm_(model.parameters(), 1.0)
+            else:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             state["step"] += 1
@@ -359,6 +372,8 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
     elapsed = time.perf_counter() - started
     if restore_dropout is not None:
         restore_dropout()
+    if embedding_rows is not None:
+        embedding_rows.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     parameters_total = sum(parameter.numel() for parameter in model.parameters())
@@ -378,6 +393,7 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
         "peak_learning_rate": learning_rate,
         "compiled": int(settings.compile),
         "fast_cpu_dropout": int(dropout_stream is not None),
+        "row_sparse_embedding_grad": int(embedding_rows is not None),
         "parameters_total": parameters_total,
         "parameters_trainable": parameters_trainable,
         "order_digest": state["order_digest"],
