@@ -3,9 +3,11 @@ size, precision and number of optimizer steps; interleaved rounds, medians, prin
 
 Trainer configurations a user would try: padding to max length, `DataCollatorWithPadding`
 (dynamic padding) and length grouping (its best). freshet: length-bucketed batches with dynamic
-padding, fused AdamW, CPU dropout masks from numpy's PCG64, glibc keeping freed memory for reuse,
-one process with all cores; `--compile` adds a torch.compile variant. `--attribution` adds freshet
-with torch's dropout, and Trainer's best with freshet's memory setting, to show what each lever is worth.
+padding, fused AdamW, CPU dropout masks from numpy's PCG64, the word-embedding gradient zeroed and
+clipped on the touched rows only, glibc keeping freed memory for reuse, one process with all cores;
+`--compile` adds a torch.compile variant. `--attribution` adds freshet with torch's dropout, freshet
+with autograd's dense embedding gradient, and Trainer's best with freshet's memory setting, to show
+what each lever is worth.
 `--ddp` adds the scaling part: freshet under torchrun with 1 vs 2 processes (threads per rank =
 threads / processes, at least 1; global batch = processes x batch), samples/s per variant.
 
@@ -14,6 +16,13 @@ long-lived process the variants run after the first ones were measurably slower 
 thread-pool state carried over), which skewed the ratios.
 
     python bench/train_throughput.py [--steps 60] [--rounds 5] [--precision fp32|bf16] [--compile] [--ddp] [--attribution]
+
+On a GPU (never in CI): samples/s vs Trainer and model FLOPs utilisation for a randomly initialised
+BERT-base at exactly 128 tokens in bf16 (MFU = 6 x non-embedding parameters + attention, per token,
+against the GPU's dense bf16 peak; `synthetic` needs no corpus on the machine):
+
+    python bench/train_throughput.py --model bert-base --fixed-length --max-length 128 --batch-size 64 \
+        --steps 100 --rounds 3 --precision bf16 --no-pad-to-max --compile --corpus synthetic
 """
 
 from __future__ import annotations
@@ -32,27 +41,70 @@ sys.path.insert(0, str(REPO))
 LABELS = ["libs", "libdevel", "python", "doc", "perl", "devel", "utils", "haskell", "net", "rust"]
 
 
-def load_rows(corpus: Path, count: int) -> list[dict]:
+def load_rows(corpus: Path, count: int, fixed_words: int | None = None) -> list[dict]:
+    """`count` shuffled rows of `corpus` (with `fixed_words`, see `load_rows_from`)."""
     import random
 
+    if str(corpus) == "synthetic":  # no corpus on the machine (a lent GPU box): the demo's toy rows
+        from tasks.demo_corpus import synthetic_corpus
+
+        return load_rows_from(synthetic_corpus(count, LABELS, seed=0), count, fixed_words)
     rows = [json.loads(line) for line in corpus.read_text().splitlines() if line.strip()]
     rows = [row for row in rows if row["label"] in LABELS]
     random.Random(0).shuffle(rows)
     if len(rows) < count:
         raise SystemExit(f"{corpus}: {len(rows)} rows with the bench labels, need {count} (steps x batch x processes)")
-    return rows[:count]
+    return load_rows_from(rows, count, fixed_words)
 
 
-def hf_trainer_samples_per_second(rows, mode: str, steps: int, batch_size: int, precision: str, max_length: int) -> float:
-    from datasets import Dataset
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments, default_data_collator)
+def load_rows_from(rows: list[dict], count: int, fixed_words: int | None) -> list[dict]:
+    """The first `count` rows; with `fixed_words`, their words re-cut into texts of exactly that many."""
+    rows = rows[:count]
+    if fixed_words:
+        # Every word is at least one token, so each text truncates to exactly max_length tokens.
+        words = " ".join(row["text"] for row in rows).split()
+        words = (words * (count * fixed_words // len(words) + 1))[: count * fixed_words]
+        rows = [dict(row, text=" ".join(words[i * fixed_words:(i + 1) * fixed_words])) for i, row in enumerate(rows)]
+    return rows
+
+
+# --model bert-base: a randomly initialised BERT-base (the issue's GPU MFU configuration).
+BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
+# Dense bf16 peak of the GPUs the MFU figure is meant for (TFLOP/s, no sparsity).
+PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0}
+
+
+def training_flops_per_token(model: str, sequence_length: int) -> float:
+    """6 x non-embedding parameters (forward + backward matmuls) + 12 x layers x hidden x sequence (attention)."""
+    shape = BERT_BASE if model == "bert-base" else {"hidden_size": 384, "num_hidden_layers": 6, "intermediate_size": 1536}
+    hidden, layers = shape["hidden_size"], shape["num_hidden_layers"]
+    per_layer = 4 * hidden * hidden + 2 * hidden * shape["intermediate_size"]
+    return 6 * layers * per_layer + 12 * layers * hidden * sequence_length
+
+
+def build_bench_model(model: str):
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
     from tasks.modeling import pretrained_minilm_path
 
-    path = str(pretrained_minilm_path())
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(LABELS))
+    if model == "minilm":
+        return AutoModelForSequenceClassification.from_pretrained(str(pretrained_minilm_path()), num_labels=len(LABELS))
+    import torch
+
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(vocab_size=30522, num_labels=len(LABELS), **BERT_BASE))
+
+
+def hf_trainer_samples_per_second(rows, mode: str, steps: int, batch_size: int, precision: str, max_length: int,
+                                  model_name: str = "minilm") -> float:
+    import torch
+    from datasets import Dataset
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator
+
+    from tasks.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    model = build_bench_model(model_name)
     index = {label: position for position, label in enumerate(LABELS)}
     padding = "max_length" if mode == "pad-to-max" else False
     dataset = Dataset.from_list([{"text": row["text"], "label": index[row["label"]]} for row in rows]).map(
@@ -60,16 +112,19 @@ def hf_trainer_samples_per_second(rows, mode: str, steps: int, batch_size: int, 
         batched=True, remove_columns=["text"])
     arguments = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch_size, max_steps=steps,
                      learning_rate=5e-5, save_strategy="no", report_to=[], logging_strategy="no",
-                     use_cpu=True, bf16=precision == "bf16", dataloader_num_workers=0, disable_tqdm=True)
+                     use_cpu=not torch.cuda.is_available(), bf16=precision == "bf16", dataloader_num_workers=0, disable_tqdm=True)
     if mode == "group-by-length":
         arguments["train_sampling_strategy"] = "group_by_length"  # transformers 5 name of group_by_length
+    if torch.cuda.is_available():
+        # What a GPU user of Trainer would set: fused AdamW and TF32 matmuls for any fp32 left.
+        arguments.update(optim="adamw_torch_fused", tf32=True)
     collator = default_data_collator if mode == "pad-to-max" else DataCollatorWithPadding(tokenizer)
     trainer = Trainer(model=model, args=TrainingArguments(**arguments), train_dataset=dataset, data_collator=collator)
     return float(trainer.train().metrics["train_samples_per_second"])
 
 
-def freshet_fit(rows, steps: int, batch_size: int, precision: str, max_length: int, compile: bool = False,
-                fast_cpu_dropout: bool = True) -> dict:
+def freshet_fit(rows, steps: int, batch_size: int, precision: str, max_length: int, model_name: str = "minilm",
+                **train_overrides) -> dict:
     from tasks.config import PipelineConfig
     from tasks.train import DistributedEnv, TrainingData, fit
 
@@ -77,18 +132,12 @@ def freshet_fit(rows, steps: int, batch_size: int, precision: str, max_length: i
     config = PipelineConfig.model_validate({
         "labels": LABELS, "artifact_root": tempfile.mkdtemp(), "mlflow": {"tracking_uri": "sqlite:///unused.db"},
         "crawl": {"sources": [{"name": "bench", "url": "http://127.0.0.1:1/"}]},
-        "train": {"model": "minilm", "batch_size": batch_size, "epochs": 1, "max_length": max_length,
+        "train": {"model": "minilm" if model_name == "minilm" else "tiny", "tiny": BERT_BASE, "batch_size": batch_size, "epochs": 1, "max_length": max_length,
                   "precision": precision, "checkpoint_every_steps": 10_000, "warmup_fraction": 0.0,
-                  "compile": compile, "fast_cpu_dropout": fast_cpu_dropout, "log_every_steps": 10_000},
+                  "log_every_steps": 10_000, **train_overrides},
     })
     data = TrainingData(rows[: steps * batch_size * environment.world_size], [], {})
     return fit(config, data, environment, Path(tempfile.mkdtemp()), None).metrics
-
-
-def freshet_samples_per_second(rows, steps: int, batch_size: int, precision: str, max_length: int,
-                               compile: bool = False, fast_cpu_dropout: bool = True) -> float:
-    metrics = freshet_fit(rows, steps, batch_size, precision, max_length, compile, fast_cpu_dropout)
-    return float(metrics["samples_per_second"])
 
 
 TRAINER_MODES = {"trainer pad-to-max": "pad-to-max", "trainer dynamic padding": "dynamic",
@@ -96,6 +145,10 @@ TRAINER_MODES = {"trainer pad-to-max": "pad-to-max", "trainer dynamic padding": 
 # --attribution: each of freshet's CPU levers on its own.
 TRAINER_WITH_FRESHET_MEMORY = "trainer group_by_length +freed-memory reuse"
 FRESHET_TORCH_DROPOUT = "freshet bucketed, torch dropout"
+FRESHET_DENSE_EMBEDDING_GRAD = "freshet bucketed, dense embedding grad"
+# Train settings of each freshet variant that is not the default.
+FRESHET_OVERRIDES = {"freshet bucketed+compile": {"compile": True}, FRESHET_TORCH_DROPOUT: {"fast_cpu_dropout": False},
+                     FRESHET_DENSE_EMBEDDING_GRAD: {"row_sparse_embedding_grad": False}}
 TORCHRUN_PROCESSES = {"freshet torchrun x1": 1, "freshet torchrun x2": 2}
 
 
@@ -110,7 +163,7 @@ def measure_in_fresh_process(args, variant: str) -> float:
                      "--local-ranks-filter=0"]
     command = [*launcher, str(Path(__file__).resolve()), "--worker", variant, "--corpus", args.corpus,
                "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-               "--precision", args.precision]
+               "--precision", args.precision, "--model", args.model, *(["--fixed-length"] if args.fixed_length else [])]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "FRESHET_THREADS_PER_RANK": str(threads),
            "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -129,8 +182,9 @@ def worker(args) -> int:
     torch.set_num_threads(threads_per_rank())
     variant = args.worker
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rows = load_rows(Path(args.corpus), args.steps * args.batch_size * world_size)
-    one = (args.steps, args.batch_size, args.precision, args.max_length)
+    rows = load_rows(Path(args.corpus), args.steps * args.batch_size * world_size,
+                     args.max_length if args.fixed_length else None)
+    one = (args.steps, args.batch_size, args.precision, args.max_length, args.model)
     if variant == TRAINER_WITH_FRESHET_MEMORY:
         from tasks.modeling import keep_freed_memory
 
@@ -139,8 +193,7 @@ def worker(args) -> int:
     elif variant in TRAINER_MODES:
         value = hf_trainer_samples_per_second(rows, TRAINER_MODES[variant], *one)
     else:
-        value = freshet_samples_per_second(rows, *one, compile=variant.endswith("+compile"),
-                                           fast_cpu_dropout=variant != FRESHET_TORCH_DROPOUT)
+        value = float(freshet_fit(rows, *one, **FRESHET_OVERRIDES.get(variant, {}))["samples_per_second"])
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"samples_per_second": value}), flush=True)
     import torch.distributed as dist
@@ -152,7 +205,7 @@ def worker(args) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", default=str(Path(os.environ.get("FRESHET_HOME", REPO / ".freshet")) / "demo" / "corpus.jsonl"))
+    parser.add_argument("--corpus", help="JSON-lines corpus, or `synthetic` for the demo's toy rows", default=str(Path(os.environ.get("FRESHET_HOME", REPO / ".freshet")) / "demo" / "corpus.jsonl"))
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -162,10 +215,17 @@ def main() -> int:
     parser.add_argument("--no-pad-to-max", action="store_true", help="skip the (slow, ~10x) pad-to-max Trainer variant")
     parser.add_argument("--ddp", action="store_true", help="add freshet under torchrun with 1 and 2 processes")
     parser.add_argument("--attribution", action="store_true",
-                        help="add freshet with torch's dropout and Trainer's best with freshet's memory setting")
+                        help="add freshet with torch's dropout, freshet with the dense embedding gradient, and Trainer's "
+                             "best with freshet's memory setting")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads per measurement, split among DDP ranks (default: all cores); on a loaded machine 1 "
                              "avoids the spin-wait collapse of oversubscribed OpenMP threads")
+    parser.add_argument("--model", choices=("minilm", "bert-base"), default="minilm",
+                        help="bert-base: randomly initialised, for the GPU MFU figure")
+    parser.add_argument("--fixed-length", action="store_true",
+                        help="every sequence exactly --max-length tokens (for MFU at a known sequence length)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the accelerator's dense bf16 peak for MFU (default: looked up from the GPU name)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -177,7 +237,7 @@ def main() -> int:
     if args.compile:
         names.append("freshet bucketed+compile")
     if args.attribution:
-        names += [FRESHET_TORCH_DROPOUT, TRAINER_WITH_FRESHET_MEMORY]
+        names += [FRESHET_TORCH_DROPOUT, FRESHET_DENSE_EMBEDDING_GRAD, TRAINER_WITH_FRESHET_MEMORY]
     if args.ddp:
         names += list(TORCHRUN_PROCESSES)
     measured: dict[str, list[float]] = {name: [] for name in names}
@@ -191,18 +251,39 @@ def main() -> int:
     medians = {name: statistics.median(values) for name, values in measured.items()}
     best_name = max((name for name in medians if name in TRAINER_MODES), key=medians.get)
     best_trainer = medians[best_name]
-    print(f"\nMiniLM-L6, {args.precision} on both sides, batch {args.batch_size} per process, {args.steps} optimizer "
+    print(f"\n{'MiniLM-L6' if args.model == 'minilm' else 'BERT-base (random init)'}, {args.precision} on both sides, batch {args.batch_size} per process, {args.steps} optimizer "
           f"steps, {args.threads or len(os.sched_getaffinity(0))} threads, medians of {args.rounds} interleaved rounds")
     width = max(len(name) for name in medians)
     for name, value in medians.items():
         spread = f"{min(measured[name]):.1f}-{max(measured[name]):.1f}"
-        print(f"  {name:<{width}} {value:7.1f} samples/s  (range {spread:>13})   x{value / best_trainer:.2f} vs {best_name}")
+        # The ratio within each round as well: both sides of a round saw the same machine load.
+        paired = statistics.median(mine / theirs for mine, theirs in zip(measured[name], measured[best_name], strict=True))
+        print(f"  {name:<{width}} {value:7.1f} samples/s  (range {spread:>13})   x{value / best_trainer:.2f} vs {best_name}"
+              f"  (median of per-round ratios x{paired:.2f})")
     if args.attribution:
         print(f"  freshet bucketed vs {TRAINER_WITH_FRESHET_MEMORY}: "
               f"x{medians['freshet bucketed'] / medians[TRAINER_WITH_FRESHET_MEMORY]:.2f}")
     if args.ddp:
         print(f"  DDP scaling x2 / x1: {medians['freshet torchrun x2'] / medians['freshet torchrun x1']:.2f}")
+    if args.fixed_length:
+        print_model_flops_utilisation(args, medians)
     return 0
+
+
+def print_model_flops_utilisation(args, medians: dict[str, float]) -> None:
+    """Achieved training FLOP/s per variant; as MFU where the accelerator's peak is known."""
+    import torch
+
+    peak = args.peak_tflops
+    if peak is None and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        peak = next((value for key, value in PEAK_BF16_TFLOPS.items() if key in name), None)
+    flops_per_sample = training_flops_per_token(args.model, args.max_length) * args.max_length
+    print(f"  {args.model} at {args.max_length} tokens: {flops_per_sample / 1e9:.1f} GFLOP per training sample")
+    for name, value in medians.items():
+        achieved = value * flops_per_sample / 1e12
+        utilisation = f", MFU {achieved / peak:.1%} of {peak:.0f}" if peak else " (peak unknown: --peak-tflops)"
+        print(f"  {name}: {achieved:.2f} TFLOP/s{utilisation}")
 
 
 if __name__ == "__main__":
