@@ -108,7 +108,7 @@ def train_mode(args, config) -> int:
             "model": "minilm", "epochs": args.epochs, "learning_rate": args.learning_rate,
             "precision": args.precision, "max_length": args.max_length, "batch_size": args.batch_size,
             "max_train_rows": None, "early_stopping_patience": max(1, math.ceil(args.epochs)), "checkpoint_every_steps": 10**9,
-            "warm_start": False})
+            "warm_start": False, "freeze_word_embeddings": args.freeze_word_embeddings})
         run_config = config.model_copy(update={"train": settings})
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
         cpu_started, started = time.process_time(), time.perf_counter()
@@ -137,7 +137,8 @@ def train_mode(args, config) -> int:
 
     budget = f" (budget {args.budget_s:.0f} s: {'within' if train_seconds <= args.budget_s else 'OVER'})"
     print(f"TF-IDF + logistic regression      macro-F1 {anchor_f1:.4f}  (fit {anchor_seconds:.1f} s)")
-    print(f"freshet trainer, MiniLM-L6        macro-F1 {model_f1:.4f}  ({args.epochs} epochs, {args.precision}, "
+    frozen = ", word embeddings frozen" if args.freeze_word_embeddings else ""
+    print(f"freshet trainer, MiniLM-L6        macro-F1 {model_f1:.4f}  ({args.epochs} epochs{frozen}, {args.precision}, "
           f"lr {args.learning_rate}, max_length {args.max_length}: {train_seconds:.0f} s wall, "
           f"{train_cpu / 60:.1f} CPU-min{budget}; {result.metrics.get('samples_per_second', 0):.0f} samples/s)")
     print(f"average of both (weight {weight:.1f} on freshet, from validation) macro-F1 {blend_f1:.4f}")
@@ -160,6 +161,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--budget-s", type=float, default=600.0)
+    parser.add_argument("--freeze-word-embeddings", action="store_true", help="train.freeze_word_embeddings: true")
     args = parser.parse_args()
     os.environ.setdefault("FRESHET_HOME", str(home))
     args.corpus_given = args.corpus is not None

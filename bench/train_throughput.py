@@ -7,7 +7,8 @@ padding, fused AdamW, CPU dropout masks from numpy's PCG64, the word-embedding g
 clipped on the touched rows only, glibc keeping freed memory for reuse, one process with all cores;
 `--compile` adds a torch.compile variant. `--attribution` adds freshet with torch's dropout, freshet
 with autograd's dense embedding gradient, and Trainer's best with freshet's memory setting, to show
-what each lever is worth.
+what each lever is worth. `--frozen-embeddings` adds freshet with the word embeddings frozen: a
+different recipe, not the same training, shown for what it would buy.
 `--ddp` adds the scaling part: freshet under torchrun with 1 vs 2 processes (threads per rank =
 threads / processes, at least 1; global batch = processes x batch), samples/s per variant.
 
@@ -146,9 +147,11 @@ TRAINER_MODES = {"trainer pad-to-max": "pad-to-max", "trainer dynamic padding": 
 TRAINER_WITH_FRESHET_MEMORY = "trainer group_by_length +freed-memory reuse"
 FRESHET_TORCH_DROPOUT = "freshet bucketed, torch dropout"
 FRESHET_DENSE_EMBEDDING_GRAD = "freshet bucketed, dense embedding grad"
+FRESHET_FROZEN_EMBEDDINGS = "freshet, frozen word embeddings (other recipe)"
 # Train settings of each freshet variant that is not the default.
 FRESHET_OVERRIDES = {"freshet bucketed+compile": {"compile": True}, FRESHET_TORCH_DROPOUT: {"fast_cpu_dropout": False},
-                     FRESHET_DENSE_EMBEDDING_GRAD: {"row_sparse_embedding_grad": False}}
+                     FRESHET_DENSE_EMBEDDING_GRAD: {"row_sparse_embedding_grad": False},
+                     FRESHET_FROZEN_EMBEDDINGS: {"freeze_word_embeddings": True}}
 TORCHRUN_PROCESSES = {"freshet torchrun x1": 1, "freshet torchrun x2": 2}
 
 
@@ -217,6 +220,8 @@ def main() -> int:
     parser.add_argument("--attribution", action="store_true",
                         help="add freshet with torch's dropout, freshet with the dense embedding gradient, and Trainer's "
                              "best with freshet's memory setting")
+    parser.add_argument("--frozen-embeddings", action="store_true",
+                        help="add freshet with frozen word embeddings: a different recipe (fewer weights trained)")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads per measurement, split among DDP ranks (default: all cores); on a loaded machine 1 "
                              "avoids the spin-wait collapse of oversubscribed OpenMP threads")
@@ -238,6 +243,8 @@ def main() -> int:
         names.append("freshet bucketed+compile")
     if args.attribution:
         names += [FRESHET_TORCH_DROPOUT, FRESHET_DENSE_EMBEDDING_GRAD, TRAINER_WITH_FRESHET_MEMORY]
+    if args.frozen_embeddings:
+        names.append(FRESHET_FROZEN_EMBEDDINGS)
     if args.ddp:
         names += list(TORCHRUN_PROCESSES)
     measured: dict[str, list[float]] = {name: [] for name in names}

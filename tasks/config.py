@@ -432,6 +432,9 @@ class TrainConfig(_Section):
     # On CPU, one process: the word-embedding gradient zeroed, clipped and scaled only on the rows a
     # step touched (tasks/embedding_rows.py); AdamW still updates every row. false = autograd's dense one.
     row_sparse_embedding_grad: bool = True
+    # A recipe, not a speed-up of the same training: the 30522 x 384 word-embedding matrix (about half
+    # of MiniLM's weights) stays as pretrained, so AdamW updates and stores state for half as much.
+    freeze_word_embeddings: bool = False
     peft: PeftConfig | None = None
     log_every_steps: int = Field(10, ge=1, description="rank 0 progress line (step/total, loss, samples/s)")
     early_stopping_patience: int = Field(2, ge=1, description="epochs without validation gain")

@@ -206,6 +206,8 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
     lengths = [len(ids) for ids in encoded]
 
     model = build_model(settings, labels, init_dir=init_dir)
+    if settings.freeze_word_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
     if settings.peft is not None:
         model = add_lora_adapters(model, settings.peft)
     model = model.to(environment.device)
@@ -374,6 +376,8 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
         restore_dropout()
     if embedding_rows is not None:
         embedding_rows.close()
+    if settings.freeze_word_embeddings and settings.peft is None:
+        model.get_input_embeddings().weight.requires_grad_(True)  # frozen for this run only
     if best_state is not None:
         model.load_state_dict(best_state)
     parameters_total = sum(parameter.numel() for parameter in model.parameters())

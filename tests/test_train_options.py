@@ -62,6 +62,21 @@ def test_lora_trains_only_adapters_and_head_and_saves_a_plain_hf_model(tmp_path,
     assert "bert.embeddings.word_embeddings.weight" in unchanged
 
 
+def test_frozen_word_embeddings_stay_as_initialised_while_the_rest_learns(tmp_path, rows):
+    config, result = train(tmp_path, rows, epochs=4, learning_rate=1e-2, freeze_word_embeddings=True)
+    embedding = result.model.get_input_embeddings().weight
+    assert result.metrics["parameters_trainable"] == result.metrics["parameters_total"] - embedding.numel()
+    assert result.metrics["row_sparse_embedding_grad"] == 0  # nothing to accumulate
+    assert embedding.requires_grad  # frozen for that run only
+    initial = build_model(config.train, LABELS).state_dict()
+    trained = result.model.state_dict()
+    assert torch.equal(initial["bert.embeddings.word_embeddings.weight"], trained["bert.embeddings.word_embeddings.weight"])
+    assert not torch.equal(initial["bert.embeddings.position_embeddings.weight"],
+                           trained["bert.embeddings.position_embeddings.weight"])
+    assert not torch.equal(initial["classifier.weight"], trained["classifier.weight"])
+    assert accuracy(result.model, result.tokenizer, rows[200:]) >= 0.6
+
+
 def test_lora_names_a_missing_target_module(tmp_path, rows):
     from tasks.contract import StepError
 
