@@ -138,7 +138,8 @@ def train_mode(args, config) -> int:
     budget = f" (budget {args.budget_s:.0f} s: {'within' if train_seconds <= args.budget_s else 'OVER'})"
     print(f"TF-IDF + logistic regression      macro-F1 {anchor_f1:.4f}  (fit {anchor_seconds:.1f} s)")
     frozen = ", word embeddings frozen" if args.freeze_word_embeddings else ""
-    print(f"freshet trainer, MiniLM-L6        macro-F1 {model_f1:.4f}  ({args.epochs} epochs{frozen}, {args.precision}, "
+    print(f"freshet trainer, MiniLM-L6        macro-F1 {model_f1:.4f}  ({args.epochs} epochs{frozen}, "
+          f"{args.precision}, "
           f"lr {args.learning_rate}, max_length {args.max_length}: {train_seconds:.0f} s wall, "
           f"{train_cpu / 60:.1f} CPU-min{budget}; {result.metrics.get('samples_per_second', 0):.0f} samples/s)")
     print(f"average of both (weight {weight:.1f} on freshet, from validation) macro-F1 {blend_f1:.4f}")

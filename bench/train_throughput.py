@@ -77,7 +77,8 @@ PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0}
 
 def training_flops_per_token(model: str, sequence_length: int) -> float:
     """6 x non-embedding parameters (forward + backward matmuls) + 12 x layers x hidden x sequence (attention)."""
-    shape = BERT_BASE if model == "bert-base" else {"hidden_size": 384, "num_hidden_layers": 6, "intermediate_size": 1536}
+    minilm = {"hidden_size": 384, "num_hidden_layers": 6, "intermediate_size": 1536}
+    shape = BERT_BASE if model == "bert-base" else minilm
     hidden, layers = shape["hidden_size"], shape["num_hidden_layers"]
     per_layer = 4 * hidden * hidden + 2 * hidden * shape["intermediate_size"]
     return 6 * layers * per_layer + 12 * layers * hidden * sequence_length
@@ -113,7 +114,8 @@ def hf_trainer_samples_per_second(rows, mode: str, steps: int, batch_size: int, 
         batched=True, remove_columns=["text"])
     arguments = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch_size, max_steps=steps,
                      learning_rate=5e-5, save_strategy="no", report_to=[], logging_strategy="no",
-                     use_cpu=not torch.cuda.is_available(), bf16=precision == "bf16", dataloader_num_workers=0, disable_tqdm=True)
+                     use_cpu=not torch.cuda.is_available(), bf16=precision == "bf16", dataloader_num_workers=0,
+                     disable_tqdm=True)
     if mode == "group-by-length":
         arguments["train_sampling_strategy"] = "group_by_length"  # transformers 5 name of group_by_length
     if torch.cuda.is_available():
@@ -133,7 +135,8 @@ def freshet_fit(rows, steps: int, batch_size: int, precision: str, max_length: i
     config = PipelineConfig.model_validate({
         "labels": LABELS, "artifact_root": tempfile.mkdtemp(), "mlflow": {"tracking_uri": "sqlite:///unused.db"},
         "crawl": {"sources": [{"name": "bench", "url": "http://127.0.0.1:1/"}]},
-        "train": {"model": "minilm" if model_name == "minilm" else "tiny", "tiny": BERT_BASE, "batch_size": batch_size, "epochs": 1, "max_length": max_length,
+        "train": {"model": "minilm" if model_name == "minilm" else "tiny", "tiny": BERT_BASE, "batch_size": batch_size,
+                  "epochs": 1, "max_length": max_length,
                   "precision": precision, "checkpoint_every_steps": 10_000, "warmup_fraction": 0.0,
                   "log_every_steps": 10_000, **train_overrides},
     })
@@ -208,7 +211,8 @@ def worker(args) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", help="JSON-lines corpus, or `synthetic` for the demo's toy rows", default=str(Path(os.environ.get("FRESHET_HOME", REPO / ".freshet")) / "demo" / "corpus.jsonl"))
+    parser.add_argument("--corpus", help="JSON-lines corpus, or `synthetic` for the demo's toy rows",
+                        default=str(Path(os.environ.get("FRESHET_HOME", REPO / ".freshet")) / "demo" / "corpus.jsonl"))
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -258,13 +262,15 @@ def main() -> int:
     medians = {name: statistics.median(values) for name, values in measured.items()}
     best_name = max((name for name in medians if name in TRAINER_MODES), key=medians.get)
     best_trainer = medians[best_name]
-    print(f"\n{'MiniLM-L6' if args.model == 'minilm' else 'BERT-base (random init)'}, {args.precision} on both sides, batch {args.batch_size} per process, {args.steps} optimizer "
+    model = "MiniLM-L6" if args.model == "minilm" else "BERT-base (random init)"
+    print(f"\n{model}, {args.precision} on both sides, batch {args.batch_size} per process, {args.steps} optimizer "
           f"steps, {args.threads or len(os.sched_getaffinity(0))} threads, medians of {args.rounds} interleaved rounds")
     width = max(len(name) for name in medians)
     for name, value in medians.items():
         spread = f"{min(measured[name]):.1f}-{max(measured[name]):.1f}"
         # The ratio within each round as well: both sides of a round saw the same machine load.
-        paired = statistics.median(mine / theirs for mine, theirs in zip(measured[name], measured[best_name], strict=True))
+        paired = statistics.median(mine / theirs
+                                   for mine, theirs in zip(measured[name], measured[best_name], strict=True))
         print(f"  {name:<{width}} {value:7.1f} samples/s  (range {spread:>13})   x{value / best_trainer:.2f} vs {best_name}"
               f"  (median of per-round ratios x{paired:.2f})")
     if args.attribution:

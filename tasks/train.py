@@ -5,10 +5,11 @@ validation split and the prior snapshots, from which a replay sample keeps old k
 Warm-starts from the registry's champion. gloo on CPU, NCCL on GPU; length-bucketed batches with
 dynamic padding; fused AdamW; on CPU, dropout masks from numpy's PCG64 (tasks/cpu_dropout.py), the
 word-embedding gradient zeroed and clipped on the touched rows only (tasks/embedding_rows.py, one
-process) and freed memory kept for reuse; optional bf16 autocast, torch.compile and LoRA adapters (peft, merged
-into the weights before saving); checkpoints every N steps and on SIGTERM; a restart resumes from the
-last one. Rank 0 alone writes the model, logs to MLflow and prints the progress lines (step/total,
-loss, samples/s, eta) that the DDP operator streams into the Airflow task log.
+process) and freed memory kept for reuse; optional bf16 autocast, torch.compile, frozen word
+embeddings and LoRA adapters (peft, merged into the weights before saving); checkpoints every N
+steps and on SIGTERM; a restart resumes from the last one. Rank 0 alone writes the model, logs to
+MLflow and prints the progress lines (step/total, loss, samples/s, eta) that the DDP operator
+streams into the Airflow task log.
 """
 
 from __future__ import annotations

@@ -70,7 +70,8 @@ def test_frozen_word_embeddings_stay_as_initialised_while_the_rest_learns(tmp_pa
     assert embedding.requires_grad  # frozen for that run only
     initial = build_model(config.train, LABELS).state_dict()
     trained = result.model.state_dict()
-    assert torch.equal(initial["bert.embeddings.word_embeddings.weight"], trained["bert.embeddings.word_embeddings.weight"])
+    word_embeddings = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(initial[word_embeddings], trained[word_embeddings])
     assert not torch.equal(initial["bert.embeddings.position_embeddings.weight"],
                            trained["bert.embeddings.position_embeddings.weight"])
     assert not torch.equal(initial["classifier.weight"], trained["classifier.weight"])
