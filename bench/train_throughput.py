@@ -84,17 +84,11 @@ def training_flops_per_token(model: str, sequence_length: int) -> float:
     return 6 * layers * per_layer + 12 * layers * hidden * sequence_length
 
 
-def build_bench_model(model: str):
-    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
-
-    from tasks.modeling import pretrained_minilm_path
-
-    if model == "minilm":
-        return AutoModelForSequenceClassification.from_pretrained(str(pretrained_minilm_path()), num_labels=len(LABELS))
-    import torch
-
-    torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(vocab_size=30522, num_labels=len(LABELS), **BERT_BASE))
+def train_settings(model_name: str, batch_size: int, precision: str, max_length: int, **overrides) -> dict:
+    """freshet's train section for a measurement; Trainer gets the model it builds."""
+    return {"model": "minilm" if model_name == "minilm" else "tiny", "tiny": BERT_BASE, "batch_size": batch_size,
+            "epochs": 1, "max_length": max_length, "precision": precision, "checkpoint_every_steps": 10_000,
+            "warmup_fraction": 0.0, "log_every_steps": 10_000, **overrides}
 
 
 def hf_trainer_samples_per_second(rows, mode: str, steps: int, batch_size: int, precision: str, max_length: int,
@@ -103,10 +97,11 @@ def hf_trainer_samples_per_second(rows, mode: str, steps: int, batch_size: int, 
     from datasets import Dataset
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator
 
-    from tasks.modeling import load_tokenizer
+    from tasks.config import TrainConfig
+    from tasks.modeling import build_model, load_tokenizer
 
     tokenizer = load_tokenizer()
-    model = build_bench_model(model_name)
+    model = build_model(TrainConfig.model_validate(train_settings(model_name, batch_size, precision, max_length)), LABELS)
     index = {label: position for position, label in enumerate(LABELS)}
     padding = "max_length" if mode == "pad-to-max" else False
     dataset = Dataset.from_list([{"text": row["text"], "label": index[row["label"]]} for row in rows]).map(
@@ -119,8 +114,8 @@ def hf_trainer_samples_per_second(rows, mode: str, steps: int, batch_size: int, 
     if mode == "group-by-length":
         arguments["train_sampling_strategy"] = "group_by_length"  # transformers 5 name of group_by_length
     if torch.cuda.is_available():
-        # What a GPU user of Trainer would set: fused AdamW and TF32 matmuls for any fp32 left.
-        arguments.update(optim="adamw_torch_fused", tf32=True)
+        # What a GPU user of Trainer would set (its AdamW is already the fused one): TF32 for any fp32 left.
+        arguments["tf32"] = True
     collator = default_data_collator if mode == "pad-to-max" else DataCollatorWithPadding(tokenizer)
     trainer = Trainer(model=model, args=TrainingArguments(**arguments), train_dataset=dataset, data_collator=collator)
     return float(trainer.train().metrics["train_samples_per_second"])
@@ -135,10 +130,7 @@ def freshet_fit(rows, steps: int, batch_size: int, precision: str, max_length: i
     config = PipelineConfig.model_validate({
         "labels": LABELS, "artifact_root": tempfile.mkdtemp(), "mlflow": {"tracking_uri": "sqlite:///unused.db"},
         "crawl": {"sources": [{"name": "bench", "url": "http://127.0.0.1:1/"}]},
-        "train": {"model": "minilm" if model_name == "minilm" else "tiny", "tiny": BERT_BASE, "batch_size": batch_size,
-                  "epochs": 1, "max_length": max_length,
-                  "precision": precision, "checkpoint_every_steps": 10_000, "warmup_fraction": 0.0,
-                  "log_every_steps": 10_000, **train_overrides},
+        "train": train_settings(model_name, batch_size, precision, max_length, **train_overrides),
     })
     data = TrainingData(rows[: steps * batch_size * environment.world_size], [], {})
     return fit(config, data, environment, Path(tempfile.mkdtemp()), None).metrics

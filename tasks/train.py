@@ -222,6 +222,7 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
     if (settings.row_sparse_embedding_grad and environment.device.type == "cpu" and environment.world_size == 1
             and not settings.compile and model.get_input_embeddings().weight.requires_grad):
         embedding_rows = RowSparseEmbeddingGradient(model.get_input_embeddings())
+    clip_grad_norm_ = embedding_rows.clip_grad_norm_ if embedding_rows is not None else torch.nn.utils.clip_grad_norm_
     ddp_model: torch.nn.Module = model
     if environment.world_size > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -302,8 +303,6 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
         usable = len(batches) - len(batches) % accumulation
         while state["batch_in_epoch"] < usable and state["step"] < total_steps:
             optimizer.zero_grad(set_to_none=True)
-            if embedding_rows is not None:
-                embedding_rows.zero_grad()
             for micro in range(accumulation):
                 global_batch = batches[state["batch_in_epoch"] + micro]
                 # A running digest of every sample consumed, in order: a resumed run must end with
@@ -315,8 +314,6 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
                     dropout_stream.at_batch(state["epoch"], state["batch_in_epoch"] + micro)
                 features = pad_batch([encoded[i] for i in indices], pad_id, environment.device)
                 batch_targets = torch.tensor([targets[i] for i in indices], device=environment.device)
-                if embedding_rows is not None:
-                    embedding_rows.touch(features["input_ids"])
                 sync = micro == accumulation - 1 or environment.world_size == 1
                 context = ddp_model.no_sync() if not sync else contextlib.nullcontext()
                 with context, torch.autocast(environment.device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -326,10 +323,7 @@ def fit(config: PipelineConfig, data: TrainingData, environment: DistributedEnv,
                 window_loss += loss.detach()  # no .item() here: a device sync every micro-batch
                 window_micro += 1
                 state["tokens_seen"] += sum(lengths[i] for i in indices) * environment.world_size
-            if embedding_rows is not None:
-                embedding_rows.clip_grad_norm_(model.parameters(), 1.0)
-            else:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             state["step"] += 1
