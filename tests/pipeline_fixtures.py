@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import torch
+
 from tasks.config import PipelineConfig
 from tasks.contract import StepContext, execute
 from tasks.data import RECORD_SCHEMA, record_snapshot, split_of, write_parquet
+from tasks.train import DistributedEnv
 
 LABELS = ["alpha", "beta", "gamma"]
+CPU = DistributedEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+
+
+def max_difference(left: dict[str, torch.Tensor], right: dict[str, torch.Tensor]) -> float:
+    """The largest absolute difference between two state dicts with the same names."""
+    assert left.keys() == right.keys()
+    return max(float((left[name].float() - right[name].float()).abs().max()) for name in left)
 
 
 def tiny_config(root, **train_overrides) -> PipelineConfig:

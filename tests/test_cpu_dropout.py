@@ -13,10 +13,8 @@ import torch
 from tasks.cpu_dropout import ATTENTION, CpuDropout, MaskStream, use_fast_cpu_dropout
 from tasks.demo_corpus import synthetic_corpus
 from tasks.modeling import build_model, load_tokenizer
-from tasks.train import DistributedEnv, TrainingData, fit
-from tests.pipeline_fixtures import LABELS, tiny_config
-
-CPU = DistributedEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+from tasks.train import TrainingData, fit
+from tests.pipeline_fixtures import CPU, LABELS, max_difference, tiny_config
 
 
 def test_masks_keep_one_minus_p_and_scale_by_its_inverse():
@@ -112,7 +110,7 @@ def test_a_run_stopped_by_sigterm_resumes_to_the_uninterrupted_weights_with_drop
     assert resumed.metrics["resumed_from_step"] == 5
     assert resumed.metrics["order_digest"] == uninterrupted.metrics["order_digest"]
     left, right = uninterrupted.model.state_dict(), resumed.model.state_dict()
-    difference = max(float((left[name] - right[name]).abs().max()) for name in left)
+    difference = max_difference(left, right)
     assert difference < 1e-6, difference
 
 

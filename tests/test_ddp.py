@@ -22,7 +22,7 @@ from tasks.contract import read_manifest
 from tasks.demo_corpus import synthetic_corpus
 from tasks.store import ArtifactStore
 from tests.conftest import REPO
-from tests.pipeline_fixtures import LABELS, fake_upstream, tiny_config
+from tests.pipeline_fixtures import LABELS, fake_upstream, max_difference, tiny_config
 
 pytestmark = pytest.mark.slow
 DAY = "2026-11-01"
@@ -58,11 +58,6 @@ def run_to_end(command, env) -> subprocess.CompletedProcess:
 def weights(store: ArtifactStore, run_id: str) -> dict[str, torch.Tensor]:
     manifest = read_manifest(store, run_id, "train")
     return load_file(store.local_path(manifest.output("model").uri) / "model.safetensors")
-
-
-def max_difference(left: dict[str, torch.Tensor], right: dict[str, torch.Tensor]) -> float:
-    assert left.keys() == right.keys()
-    return max(float((left[name].float() - right[name].float()).abs().max()) for name in left)
 
 
 def test_two_gloo_ranks_match_one_process_with_the_global_batch(workspace):

@@ -8,10 +8,8 @@ import torch
 from tasks.demo_corpus import synthetic_corpus
 from tasks.embedding_rows import RowSparseEmbeddingGradient
 from tasks.modeling import build_model, load_tokenizer
-from tasks.train import DistributedEnv, TrainingData, fit
-from tests.pipeline_fixtures import LABELS, tiny_config
-
-CPU = DistributedEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+from tasks.train import TrainingData, fit
+from tests.pipeline_fixtures import CPU, LABELS, max_difference, tiny_config
 
 
 # Words only one step reads: rows a step wrote and the next does not touch must be cleared.
@@ -64,5 +62,5 @@ def test_training_with_row_sparse_gradient_ends_at_the_dense_runs_weights(tmp_pa
     assert results[False].metrics["row_sparse_embedding_grad"] == 0
     assert not results[True].model.get_input_embeddings().sparse
     left, right = results[False].model.state_dict(), results[True].model.state_dict()
-    difference = max(float((left[name] - right[name]).abs().max()) for name in left)
+    difference = max_difference(left, right)
     assert difference < 1e-5, difference

@@ -12,17 +12,16 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 from tasks.contract import read_manifest
 from tasks.data import read_rows
 from tasks.demo_corpus import synthetic_corpus
 from tasks.modeling import predict
 from tasks.store import ArtifactStore
-from tasks.train import DistributedEnv, fit, gather_training_data
-from tests.pipeline_fixtures import LABELS, fake_upstream, tiny_config
+from tasks.train import fit, gather_training_data
+from tests.pipeline_fixtures import CPU, LABELS, fake_upstream, tiny_config
 
-CPU = DistributedEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+
 NEW_CUES = {"alpha": "river", "beta": "stone", "gamma": "cloud"}
 MODEL = {"dropout": 0.0, "learning_rate": 1e-3, "warm_start_learning_rate": 5e-4, "epochs": 5,
          "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4}}

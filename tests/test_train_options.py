@@ -11,10 +11,8 @@ from tasks.contract import read_manifest
 from tasks.demo_corpus import synthetic_corpus
 from tasks.modeling import build_model, load_classifier, predict
 from tasks.store import ArtifactStore
-from tasks.train import DistributedEnv, TrainingData, fit
-from tests.pipeline_fixtures import LABELS, fake_upstream, tiny_config
-
-CPU = DistributedEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+from tasks.train import TrainingData, fit
+from tests.pipeline_fixtures import CPU, LABELS, fake_upstream, max_difference, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +107,7 @@ def test_compiled_model_trains_like_eager(tmp_path, rows):
     _, compiled = train(tmp_path / "compiled", rows, compile=True, **settings)
     assert compiled.metrics["compiled"] == 1 and compiled.metrics["steps"] == eager.metrics["steps"]
     eager_state, compiled_state = eager.model.state_dict(), compiled.model.state_dict()
-    assert max(float((eager_state[name] - compiled_state[name]).abs().max()) for name in eager_state) < 1e-3
+    assert max_difference(eager_state, compiled_state) < 1e-3
 
 
 def test_ddp_operator_streams_rank0_progress_into_the_task_log(tmp_path, rows, capsys):
