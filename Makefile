@@ -23,9 +23,11 @@ demo: venv  ## the whole pipeline for $(DAYS) consecutive days on the embedded d
 	$(PY) -m tasks.demo --days $(DAYS)
 
 learning-curve: venv  ## rebuild the demo's learning-curve report (PNG, Markdown, CSV, MLflow run) from its runs
-	$(PY) -m tasks.learning_curve --config configs/demo.yaml --out $(FRESHET_HOME)/reports
+	$(PY) -m tasks.demo.learning_curve --config configs/demo.yaml --out $(FRESHET_HOME)/reports
 
-test: venv  ## the whole test suite
+test: venv  ## lint (ruff), types (mypy on tasks/ and plugins/), then the whole test suite
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
 lock:  ## re-pin requirements.lock from the current venv (torch stays in requirements-torch.txt)

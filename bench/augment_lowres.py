@@ -1,6 +1,6 @@
 """Does augmentation help when labels are scarce? Macro-F1 with vs without EDA augmentation on the demo corpus.
 
-Corpus: the machine's Debian package synopses for the labels of configs/demo.yaml (`tasks.demo_corpus`).
+Corpus: the machine's Debian package synopses for the labels of configs/demo.yaml (`tasks.demo.corpus`).
 Test set: the whole stable-hash test split (the same for every cell). For each size (training examples
 per class) and seed, a class-balanced sample of the train split is drawn; the "augmented" arm adds
 `--per-row` variants of every sampled row, made by the augment step's own augmenters and seeding
@@ -33,8 +33,8 @@ sys.path.insert(0, str(REPO))
 
 
 def load_corpus(config) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    from tasks.data import split_of
-    from tasks.demo_corpus import parse_debian_packages, read_apt_packages
+    from tasks.demo.corpus import parse_debian_packages, read_apt_packages
+    from tasks.records import split_of
 
     rows = [row for row in parse_debian_packages(read_apt_packages()) if row["label"] in set(config.labels)]
     # The id the crawl gives a record, so the split matches the pipeline's.
@@ -84,7 +84,7 @@ def minilm_model() -> Callable[[list[str], list[str], list[str]], list[str]]:
     from sklearn.linear_model import LogisticRegression
     from transformers import AutoModel, AutoTokenizer
 
-    from tasks.modeling import pretrained_minilm_path
+    from tasks.models.build import pretrained_minilm_path
 
     path = str(pretrained_minilm_path())
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -128,7 +128,7 @@ def main() -> int:
 
     from tasks.augment import default_augmenters
     from tasks.config import AugmentConfig, load_config
-    from tasks.demo_corpus import stratified_sample
+    from tasks.demo.corpus import stratified_sample
 
     config = load_config(args.config)
     has_wordnet = Path(args.wordnet, "index.noun").is_file()

@@ -43,16 +43,25 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("FRESHET_HOME", str(home))
 
-    from sklearn.metrics import f1_score
-
     import random
+
+    from sklearn.metrics import f1_score
 
     from tasks.compress import SERVABLE, _safetensors_size, _saved_size, select_serving_variant
     from tasks.config import load_config
-    from tasks.data import split_of
-    from tasks.modeling import (OnnxClassifier, build_model, build_student, distill, export_onnx, interleaved_latency,
-                                load_classifier, load_tokenizer, predict, prune_magnitude, quantize_int8,
-                                quantize_onnx_int8, teacher_logits, threads_per_rank)
+    from tasks.models.build import build_model, load_classifier, load_tokenizer, quantize_int8
+    from tasks.models.compression import (
+        OnnxClassifier,
+        build_student,
+        distill,
+        export_onnx,
+        prune_magnitude,
+        quantize_onnx_int8,
+        teacher_logits,
+    )
+    from tasks.models.inference import interleaved_latency, predict
+    from tasks.records import split_of
+    from tasks.training.runtime import threads_per_rank
 
     config = load_config(args.config)
     settings = config.compress
@@ -68,11 +77,11 @@ def main() -> int:
     if args.model_dir:
         model_dir, source = Path(args.model_dir), args.model_dir
     else:
-        from tasks import registry
+        from tasks import model_registry
 
-        champion = registry.version_by_alias(config, registry.CHAMPION)
+        champion = model_registry.version_by_alias(config, model_registry.CHAMPION)
         if champion is not None:
-            model_dir = registry.download_model_dir(config, str(champion.version))
+            model_dir = model_registry.download_model_dir(config, str(champion.version))
             source = f"champion v{champion.version}"
         elif args.fine_tune_rows:
             model_dir = work / f"minilm-finetuned-{args.fine_tune_rows}"

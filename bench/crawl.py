@@ -1,6 +1,6 @@
 """Crawl throughput per source kind against a local demo site, politeness delays off.
 
-Serves a synthetic corpus with `tasks.demo_site` on loopback and crawls it through each source
+Serves a synthetic corpus with `tasks.demo.site` on loopback and crawls it through each source
 kind (the real fetch path: robots, guard, conditional GET, byte caps, parsing, de-duplication),
 first cold, then again (every document answers 304). The anchor is a bare `httpx.Client.get` loop
 over the same URLs the cold crawl requested, so the ratio is the cost of our fetch path and parsing.
@@ -34,14 +34,14 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from tasks.demo_corpus import synthetic_corpus, write_corpus
+    from tasks.demo.corpus import synthetic_corpus, write_corpus
 
     work = Path(tempfile.mkdtemp(prefix="freshet-bench-crawl-"))
     corpus = work / "corpus.jsonl"
     write_corpus(synthetic_corpus(args.rows, ["alpha", "beta", "gamma", "delta"], seed=0), corpus)
     last_day = START + dt.timedelta(days=args.days)
     # The site runs in its own process: in this one it would compete with the crawler for the GIL.
-    command = [sys.executable, "-m", "tasks.demo_site", "--corpus", str(corpus), "--start-date", START.isoformat(),
+    command = [sys.executable, "-m", "tasks.demo.site", "--corpus", str(corpus), "--start-date", START.isoformat(),
                "--days", str(args.days), "--port", "0", "--initial-fraction", "0.5"]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO) as process:
         assert process.stdout is not None
@@ -57,8 +57,9 @@ def main() -> int:
 def crawl_site(site_url: str, args: argparse.Namespace, last_day: dt.date) -> None:
     import httpx
 
-    from tasks import crawl
     from tasks.config import CrawlConfig
+    from tasks.sources import crawl_source, fetch
+    from tasks.sources.session import source_location
 
     common = {"allow_private_network": True}
     sources = {
@@ -85,10 +86,10 @@ def crawl_site(site_url: str, args: argparse.Namespace, last_day: dt.date) -> No
             state: dict = {"generation": 0, "pages": {}, "records": {}}
             timings = []
             for _ in range(2):
-                report = crawl.SourceReport(settings.name, crawl.source_location(settings))
-                fetcher = crawl.SourceFetcher(client, config, settings, report, crawl.HostPacer(0.0))
+                report = fetch.SourceReport(settings.name, source_location(settings))
+                fetcher = fetch.SourceFetcher(client, config, settings, report, fetch.HostPacer(0.0))
                 started = time.perf_counter()
-                result = crawl.crawl_source(fetcher, state, last_day, "bench", last_day.isoformat())
+                result = crawl_source(fetcher, state, last_day, "bench", last_day.isoformat())
                 timings.append((time.perf_counter() - started, report, len(result.rows)))
                 state = result.state
             urls = list(state["pages"])

@@ -30,7 +30,7 @@ FAULTS = {"markup": 0.005, "too_short": 0.003, "duplicate_id": 0.002, "duplicate
 
 
 def corpus_rows(labels: list[str]) -> list[dict[str, str]]:
-    from tasks.demo_corpus import CorpusError, parse_debian_packages, read_apt_packages, synthetic_corpus
+    from tasks.demo.corpus import CorpusError, parse_debian_packages, read_apt_packages, synthetic_corpus
 
     try:
         rows = [row for row in parse_debian_packages(read_apt_packages()) if row["label"] in set(labels)]
@@ -42,7 +42,7 @@ def corpus_rows(labels: list[str]) -> list[dict[str, str]]:
 
 
 def make_batch(rows: list[dict[str, str]], size: int, seed: int) -> list[dict[str, str | None]]:
-    from tasks.data import content_hash
+    from tasks.records import content_hash
 
     generator = random.Random(seed)
     by_label: dict[str, list[str]] = {}
@@ -108,7 +108,7 @@ def main() -> int:
     from tasks import clean, validate
     from tasks.config import load_config
     from tasks.contract import StepContext, execute
-    from tasks.data import RECORD_SCHEMA, read_rows, write_parquet
+    from tasks.records import RECORD_SCHEMA, read_rows, write_parquet
     from tasks.store import ArtifactStore
     from tasks.tracking import configure
 

@@ -48,7 +48,7 @@ def anchor_probabilities(anchor, vectorizer, rows, labels):
 
 
 def split_rows(rows, config):
-    from tasks.data import split_of
+    from tasks.records import split_of
 
     source = config.crawl.sources[0].name
     splits = {"train": [], "validation": [], "test": []}
@@ -60,8 +60,9 @@ def split_rows(rows, config):
 def champion_mode(args, config) -> int:
     from sklearn.metrics import f1_score
 
-    from tasks import registry
-    from tasks.modeling import load_classifier, predict
+    from tasks import model_registry
+    from tasks.models.build import load_classifier
+    from tasks.models.inference import predict
 
     rows = [json.loads(line) for line in Path(args.corpus).read_text().splitlines() if line.strip()]
     splits = split_rows([row for row in rows if row["label"] in config.labels], config)
@@ -69,11 +70,11 @@ def champion_mode(args, config) -> int:
     anchor, vectorizer, anchor_seconds = fit_anchor(train, test)
     anchor_f1 = f1_score([row["label"] for row in test], anchor.predict(vectorizer.transform([row["text"] for row in test])),
                          average="macro")
-    champion = registry.version_by_alias(config, registry.CHAMPION)
+    champion = model_registry.version_by_alias(config, model_registry.CHAMPION)
     if champion is None:
         print("no champion in the registry yet: run `make demo` first")
         return 1
-    model, tokenizer = load_classifier(registry.download_model_dir(config, str(champion.version)))
+    model, tokenizer = load_classifier(model_registry.download_model_dir(config, str(champion.version)))
     result = predict(model, tokenizer, [row["text"] for row in test], max_length=config.train.max_length)
     labels = [model.config.id2label[index] for index in result.label_ids]
     model_f1 = f1_score([row["label"] for row in test], labels, average="macro")
@@ -89,8 +90,8 @@ def train_mode(args, config) -> int:
     import torch
     from sklearn.metrics import f1_score
 
-    from tasks.demo_corpus import build_debian_corpus
-    from tasks.modeling import predict
+    from tasks.demo.corpus import build_debian_corpus
+    from tasks.models.inference import predict
     from tasks.train import DistributedEnv, TrainingData, fit
 
     labels = list(config.labels)

@@ -47,7 +47,7 @@ def load_rows(corpus: Path, count: int, fixed_words: int | None = None) -> list[
     import random
 
     if str(corpus) == "synthetic":  # no corpus on the machine (a lent GPU box): the demo's toy rows
-        from tasks.demo_corpus import synthetic_corpus
+        from tasks.demo.corpus import synthetic_corpus
 
         return load_rows_from(synthetic_corpus(count, LABELS, seed=0), count, fixed_words)
     rows = [json.loads(line) for line in corpus.read_text().splitlines() if line.strip()]
@@ -98,7 +98,7 @@ def hf_trainer_samples_per_second(rows, mode: str, steps: int, batch_size: int, 
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator
 
     from tasks.config import TrainConfig
-    from tasks.modeling import build_model, load_tokenizer
+    from tasks.models.build import build_model, load_tokenizer
 
     tokenizer = load_tokenizer()
     model = build_model(TrainConfig.model_validate(train_settings(model_name, batch_size, precision, max_length)), LABELS)
@@ -107,10 +107,10 @@ def hf_trainer_samples_per_second(rows, mode: str, steps: int, batch_size: int, 
     dataset = Dataset.from_list([{"text": row["text"], "label": index[row["label"]]} for row in rows]).map(
         lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length, padding=padding),
         batched=True, remove_columns=["text"])
-    arguments = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch_size, max_steps=steps,
-                     learning_rate=5e-5, save_strategy="no", report_to=[], logging_strategy="no",
-                     use_cpu=not torch.cuda.is_available(), bf16=precision == "bf16", dataloader_num_workers=0,
-                     disable_tqdm=True)
+    arguments = {"output_dir": tempfile.mkdtemp(), "per_device_train_batch_size": batch_size, "max_steps": steps,
+                     "learning_rate": 5e-5, "save_strategy": "no", "report_to": [], "logging_strategy": "no",
+                     "use_cpu": not torch.cuda.is_available(), "bf16": precision == "bf16", "dataloader_num_workers": 0,
+                     "disable_tqdm": True}
     if mode == "group-by-length":
         arguments["train_sampling_strategy"] = "group_by_length"  # transformers 5 name of group_by_length
     if torch.cuda.is_available():
@@ -175,7 +175,7 @@ def worker(args) -> int:
     """One measurement (one rank under torchrun): train, and rank 0 prints samples/s as a JSON line."""
     import torch
 
-    from tasks.modeling import threads_per_rank
+    from tasks.training.runtime import threads_per_rank
 
     torch.set_num_threads(threads_per_rank())
     variant = args.worker
@@ -184,7 +184,7 @@ def worker(args) -> int:
                      args.max_length if args.fixed_length else None)
     one = (args.steps, args.batch_size, args.precision, args.max_length, args.model)
     if variant == TRAINER_WITH_FRESHET_MEMORY:
-        from tasks.modeling import keep_freed_memory
+        from tasks.training.runtime import keep_freed_memory
 
         keep_freed_memory()
         value = hf_trainer_samples_per_second(rows, "group-by-length", *one)

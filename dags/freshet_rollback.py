@@ -5,15 +5,13 @@ with the params `reason` (required) and `requested_by`.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pendulum
 from airflow.sdk import DAG
 
-from freshet_airflow.factory import rollback, rollback_params
+from freshet_airflow import config_path, task
+from freshet_airflow.control import rollback_params
 
-CONFIG = os.environ.get("FRESHET_CONFIG", str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"))
+CONFIG = config_path()
 
 with DAG(
     dag_id="freshet_rollback",
@@ -26,4 +24,4 @@ with DAG(
     params=rollback_params(),
     doc_md=__doc__,
 ) as dag:
-    rollback(CONFIG)
+    task("rollback", CONFIG)

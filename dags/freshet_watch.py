@@ -4,15 +4,13 @@ has not fetched yet updates the sources' Airflow Asset, which starts the `freshe
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pendulum
 from airflow.sdk import DAG
 
-from freshet_airflow.factory import pipeline_config, watch
+from freshet_airflow import config_path, task
+from freshet_airflow.schedule import pipeline_config
 
-CONFIG = os.environ.get("FRESHET_CONFIG", str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"))
+CONFIG = config_path()
 SETTINGS = pipeline_config(CONFIG).schedule
 
 with DAG(
@@ -25,4 +23,4 @@ with DAG(
     tags=["freshet", "continuous-learning"],
     doc_md=__doc__,
 ) as dag:
-    watch(CONFIG)
+    task("watch", CONFIG)

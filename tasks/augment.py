@@ -32,16 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import mlflow
 import pandas as pd
 import pyarrow as pa
 
-from tasks.clean import DATASET_SCHEMA
 from tasks.config import AugmentConfig, ModelAugmenterConfig, PipelineConfig
-from tasks.contract import Manifest, StepContext, StepError, cli, execute
-from tasks.data import content_hash, read_rows, write_parquet
+from tasks.contract import StepContext, cli, execute
 from tasks.lexicon import Lexicon, WordNet
+from tasks.manifest import Manifest, StepError
+from tasks.records import DATASET_SCHEMA, content_hash, read_rows, write_parquet
 from tasks.store import ArtifactStore
-from tasks.tracking import log_dataset, log_manifest, step_run
+from tasks.tracking import log_dataset
 
 STEP = "augment"
 TRAIN_SCHEMA = DATASET_SCHEMA.append(pa.field("augmented_from", pa.string()))
@@ -209,7 +210,7 @@ class BackTranslation:
             encoded = tokenizer(text, return_tensors="pt", truncation=True, max_length=self.max_length)
             with torch.inference_mode():
                 generated = model.generate(**encoded, do_sample=True, top_p=self.top_p, max_length=self.max_length)
-            text = tokenizer.decode(generated[0], skip_special_tokens=True).strip()
+            text = str(tokenizer.decode(generated[0], skip_special_tokens=True)).strip()
             if not text:
                 return None
         return text
@@ -349,24 +350,21 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
             for name in ("real", "augmented", "final"):
                 ctx.metrics[f"rows_{name}.{metric_key(label)}"] = counts[name]
 
-    manifest = execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
-                       config_sections=(STEP, "validate"),
-                       extra_fingerprint={"lexicon": lexicon.digest if isinstance(lexicon, WordNet) else None})
-    if not manifest.reused:
-        import mlflow
+    def track(manifest: Manifest) -> None:
+        mlflow.log_artifact(str(store.local_path(manifest.output("augment_report").uri)))
+        mlflow.set_tags({"freshet.augment.lexicon": lexicon.name if lexicon is not None else "none",
+                         "freshet.augment.model_based": config.augment.model_based.name
+                         if config.augment.model_based else "not configured"})
+        dataset, train = inputs["clean"].output("dataset"), manifest.output("train")
+        log_dataset(pd.read_parquet(store.local_path(dataset.uri)), dataset, name=f"{config.name}.dataset",
+                    context="input")
+        log_dataset(pd.read_parquet(store.local_path(train.uri)), train, name=f"{config.name}.train",
+                    context="output")
 
-        with step_run(config, run_id, STEP, logical_date):
-            log_manifest(manifest)
-            mlflow.log_artifact(str(store.local_path(manifest.output("augment_report").uri)))
-            mlflow.set_tags({"freshet.augment.lexicon": lexicon.name if lexicon is not None else "none",
-                             "freshet.augment.model_based": config.augment.model_based.name
-                             if config.augment.model_based else "not configured"})
-            dataset, train = inputs["clean"].output("dataset"), manifest.output("train")
-            log_dataset(pd.read_parquet(store.local_path(dataset.uri)), dataset, name=f"{config.name}.dataset",
-                        context="input")
-            log_dataset(pd.read_parquet(store.local_path(train.uri)), train, name=f"{config.name}.train",
-                        context="output")
-    return manifest
+    return execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
+                   config_sections=(STEP, "validate"),
+                   extra_fingerprint={"lexicon": lexicon.digest if isinstance(lexicon, WordNet) else None},
+                   track=track)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

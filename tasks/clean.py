@@ -32,28 +32,19 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import mlflow
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.config import CleanConfig, PipelineConfig
-from tasks.contract import Manifest, StepContext, StepError, cli, execute
-from tasks.data import (
-    QUARANTINE_SCHEMA,
-    RECORD_SCHEMA,
-    SPLITS,
-    content_hash,
-    prior_snapshots,
-    read_rows,
-    record_snapshot,
-    split_of,
-    write_parquet,
-)
+from tasks.contract import StepContext, cli, execute
+from tasks.manifest import Manifest, StepError
+from tasks.records import DATASET_SCHEMA, QUARANTINE_SCHEMA, SPLITS, content_hash, read_rows, split_of, write_parquet
+from tasks.snapshots import prior_snapshots, record_snapshot
 from tasks.store import ArtifactStore
-from tasks.tracking import log_dataset, log_manifest, step_run
+from tasks.tracking import log_dataset
 
 STEP = "clean"
-DATASET_SCHEMA = RECORD_SCHEMA.append(pa.field("split", pa.string())).append(pa.field("normalized_hash", pa.string()))
 NORMALISATION_RULES = ("markup_stripped", "unicode_changed", "control_chars_removed", "whitespace_collapsed",
                        "lowercased")
 PII_RULES = ("pii_email", "pii_phone", "pii_ipv4", "pii_ipv6")
@@ -69,11 +60,8 @@ LSH_CANDIDATE_MARGIN = 0.15
 MINHASH_SEED = 1
 
 # Only real HTML element names count as tags, so `<maintainer@debian.org>` or `vector<T>` survive.
-INLINE_TAGS = frozenset("a abbr b bdi bdo cite code data del dfn em font i ins kbd mark q s samp small span strike "
-                        "strong sub sup time tt u var wbr".split())
-BLOCK_TAGS = frozenset("address article aside blockquote body br caption dd details div dl dt figcaption figure "
-                       "footer h1 h2 h3 h4 h5 h6 head header hr html img li main nav ol p pre section summary table "
-                       "tbody td tfoot th thead title tr ul".split())
+INLINE_TAGS = frozenset(["a", "abbr", "b", "bdi", "bdo", "cite", "code", "data", "del", "dfn", "em", "font", "i", "ins", "kbd", "mark", "q", "s", "samp", "small", "span", "strike", "strong", "sub", "sup", "time", "tt", "u", "var", "wbr"])
+BLOCK_TAGS = frozenset(["address", "article", "aside", "blockquote", "body", "br", "caption", "dd", "details", "div", "dl", "dt", "figcaption", "figure", "footer", "h1", "h2", "h3", "h4", "h5", "h6", "head", "header", "hr", "html", "img", "li", "main", "nav", "ol", "p", "pre", "section", "summary", "table", "tbody", "td", "tfoot", "th", "thead", "title", "tr", "ul"])
 TAG = re.compile(r"</?([A-Za-z][A-Za-z0-9]*)\b[^<>]*/?>")
 SCRIPT_OR_STYLE = re.compile(r"<(script|style)\b[^>]*>.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
@@ -388,7 +376,7 @@ def remove_near_duplicates(survivors: Sequence[tuple[Mapping[str, Any], str]], s
         clusters.setdefault(root(position), []).append(position)
 
     history_index = SimilarityIndex(threshold, config.clean)
-    for number, row in enumerate(history.rows):
+    for number in range(len(history.rows)):
         history_index.add(number, history_sketches.shingles[number], history_sketches.minhashes[number])
 
     kept: list[int] = []
@@ -472,25 +460,23 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         # Downstream steps (train, evaluate) find the old data from this manifest alone.
         ctx.facts["prior_snapshots"] = snapshots
 
+    def track(manifest: Manifest) -> None:
+        mlflow.log_artifact(str(store.local_path(manifest.output("clean_report").uri)))
+        mlflow.log_artifact(str(store.local_path(manifest.output("quarantine").uri)))
+        # Same names as validate's output and augment's input, so MLflow links the snapshots.
+        valid, dataset = inputs["validate"].output("valid"), manifest.output("dataset")
+        log_dataset(pd.read_parquet(store.local_path(valid.uri)), valid, name=f"{config.name}.valid",
+                    context="input")
+        log_dataset(pd.read_parquet(store.local_path(dataset.uri)), dataset,
+                    name=f"{config.name}.dataset", context="output")
+
     manifest = execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
                        config_sections=("clean", "split", "validate"),
-                       extra_fingerprint={"prior_snapshots": [snapshot["digest"] for snapshot in snapshots]})
+                       extra_fingerprint={"prior_snapshots": [snapshot["digest"] for snapshot in snapshots]},
+                       track=track)
     dataset = manifest.output("dataset")
     record_snapshot(store, {"run_id": run_id, "logical_date": logical_date, "uri": dataset.uri,
                             "digest": dataset.digest, "rows": dataset.rows})
-    if not manifest.reused:
-        import mlflow
-
-        with step_run(config, run_id, STEP, logical_date):
-            log_manifest(manifest)
-            mlflow.log_artifact(str(store.local_path(manifest.output("clean_report").uri)))
-            mlflow.log_artifact(str(store.local_path(manifest.output("quarantine").uri)))
-            # Same names as validate's output and augment's input, so MLflow links the snapshots.
-            valid = inputs["validate"].output("valid")
-            log_dataset(pd.read_parquet(store.local_path(valid.uri)), valid, name=f"{config.name}.valid",
-                        context="input")
-            log_dataset(pd.read_parquet(store.local_path(dataset.uri)), dataset,
-                        name=f"{config.name}.dataset", context="output")
     return manifest
 
 

@@ -9,7 +9,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from tasks.contract import STEPS
+from tasks.pipeline import STEP_NAMES as STEPS
 
 USAGE = """freshet <command> [args]
 
@@ -24,7 +24,7 @@ USAGE = """freshet <command> [args]
 
 def rollback_main(argv: Sequence[str]) -> int:
     from tasks.config import load_config
-    from tasks.contract import StepError
+    from tasks.manifest import StepError
     from tasks.promote import rollback
 
     parser = argparse.ArgumentParser(prog="freshet rollback")
@@ -41,7 +41,7 @@ def rollback_main(argv: Sequence[str]) -> int:
 
 
 def history_main(argv: Sequence[str]) -> int:
-    from tasks import registry
+    from tasks import model_registry
     from tasks.config import load_config
 
     parser = argparse.ArgumentParser(prog="freshet history",
@@ -51,18 +51,18 @@ def history_main(argv: Sequence[str]) -> int:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
     config = load_config(args.config)
-    client = registry.client(config)
+    client = model_registry.client(config)
     name = config.mlflow.model_name
     if args.at is not None:
         try:
-            version = registry.champion_at(client, name, args.at)
+            version = model_registry.champion_at(client, name, args.at)
         except ValueError as error:
             print(f"freshet history: --at {args.at!r} is not an ISO 8601 time: {error}", file=sys.stderr)
             return 2
         print(json.dumps({"model": name, "at": args.at, "champion": version}) if args.json else
               f"{name}@champion at {args.at}: " + (f"version {version}" if version else "none"))
         return 0
-    timeline = registry.history(client, name)
+    timeline = model_registry.history(client, name)
     if args.json:
         print(json.dumps({"model": name, "timeline": timeline}, indent=2))
         return 0
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"freshet step: name one of {', '.join(STEPS)}", file=sys.stderr)
             return 2
         return importlib.import_module(f"tasks.{rest[0]}").main(rest[1:])
-    modules = {"demo": "tasks.demo", "demo-corpus": "tasks.demo_corpus", "demo-site": "tasks.demo_site"}
+    modules = {"demo": "tasks.demo.runner", "demo-corpus": "tasks.demo.corpus", "demo-site": "tasks.demo.site"}
     if command in modules:
         return importlib.import_module(modules[command]).main(rest)
     if command == "rollback":

@@ -17,17 +17,23 @@ plus compressed checks).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import mlflow
+
 from tasks.config import PipelineConfig
-from tasks.contract import Manifest, StepContext, StepError, cli, execute
-from tasks.evaluate import evaluation_slices, score
-from tasks.gate import Verdict, judge_compressed
+from tasks.contract import StepContext, cli, execute
+from tasks.gate_policy import Verdict, judge_compressed
+from tasks.manifest import Manifest, StepError
+from tasks.models.metrics import score
+from tasks.records import evaluation_slices
 from tasks.store import ArtifactStore
 
 STEP = "compress"
@@ -68,7 +74,7 @@ def select_serving_variant(variants: Mapping[str, Mapping[str, Any]], max_drop: 
     than fp32 is never picked. Sizes within SIZE_TIE of each other tie and latency decides.
     """
     def within(row: Mapping[str, Any]) -> bool:
-        deltas = [delta for delta in row.get("macro_f1_delta", {}).values() if delta == delta]  # NaN: empty slice
+        deltas = [delta for delta in row.get("macro_f1_delta", {}).values() if not math.isnan(delta)]  # NaN: empty slice
         return bool(deltas) and all(-delta <= max_drop + 1e-12 for delta in deltas)
 
     candidates = [(1.0, 1.0, 0, FP32)] + [
@@ -85,7 +91,7 @@ def distillation_rows(config: PipelineConfig, clean: Manifest, store: ArtifactSt
     """
     import random
 
-    from tasks.data import read_rows
+    from tasks.records import read_rows
 
     uris = [entry["uri"] for entry in clean.facts.get("prior_snapshots", [])] + [clean.output("dataset").uri]
     rows: dict[str, dict[str, Any]] = {}
@@ -103,7 +109,7 @@ def distill_student(config: PipelineConfig, teacher, tokenizer, rows: list[dict[
     """The student model and the facts of its training (layers, rows, loss, seconds)."""
     import time
 
-    from tasks.modeling import build_student, distill, teacher_logits
+    from tasks.models.compression import build_student, distill, teacher_logits
 
     if not rows:
         raise StepError("compress: distillation needs train-split rows, and the clean dataset (with its prior "
@@ -126,11 +132,105 @@ def distill_student(config: PipelineConfig, teacher, tokenizer, rows: list[dict[
     return student, facts
 
 
+# --------------------------------------------------------------------------------------- variants
+
+
+class VariantBuild:
+    """What every variant builder reads: the fp32 candidate, its directory and the step's staging area; the
+    ONNX export and the distilled student are built once, for the variants that share them."""
+
+    def __init__(self, config: PipelineConfig, context: StepContext, store: ArtifactStore, model_dir: Path,
+                 fp32_model: Any, tokenizer: Any) -> None:
+        self.config, self.context, self.store = config, context, store
+        self.model_dir, self.fp32_model, self.tokenizer = model_dir, fp32_model, tokenizer
+        self.opset = config.compress.onnx_opset
+
+    @functools.cached_property
+    def onnx_fp32_path(self) -> Path:
+        from tasks.models.compression import export_onnx
+
+        return export_onnx(self.fp32_model, self.tokenizer, self.context.out_dir / ONNX_OUTPUTS[ONNX_FP32][1],
+                           opset=self.opset)
+
+    @functools.cached_property
+    def student(self) -> tuple[Any, dict[str, Any]]:
+        """The distilled student, saved as a step output (safetensors), and the facts of its training."""
+        student, facts = distill_student(self.config, self.fp32_model, self.tokenizer,
+                                         distillation_rows(self.config, self.context.input("clean"), self.store))
+        output, relative = STUDENT_OUTPUT
+        student.save_pretrained(self.context.out_dir / relative)
+        self.tokenizer.save_pretrained(self.context.out_dir / relative)
+        self.context.add_output(output, relative, "model", layers=facts["layers"])
+        return student, facts
+
+    def onnx_variant(self, variant: str, path: Path) -> Any:
+        from tasks.models.compression import OnnxClassifier
+
+        output, relative = ONNX_OUTPUTS[variant]
+        self.context.add_output(output, relative, "file", variant=variant, opset=self.opset)
+        return OnnxClassifier(path, self.fp32_model.config)
+
+
+# A builder returns (model, size in bytes, facts for the compression table).
+Built = tuple[Any, int, dict[str, Any]]
+
+
+def build_int8(build: VariantBuild) -> Built:
+    from tasks.models.build import load_classifier, quantize_int8
+
+    model = quantize_int8(load_classifier(build.model_dir)[0])
+    return model, _saved_size(model), {}  # packed int8 state dict (the recipe is applied at load)
+
+
+def build_onnx_fp32(build: VariantBuild) -> Built:
+    path = build.onnx_fp32_path
+    return build.onnx_variant(ONNX_FP32, path), path.stat().st_size, {}
+
+
+def build_onnx_int8(build: VariantBuild) -> Built:
+    from tasks.models.compression import quantize_onnx_int8
+
+    path = quantize_onnx_int8(build.onnx_fp32_path, build.context.out_dir / ONNX_OUTPUTS[ONNX_INT8][1])
+    return build.onnx_variant(ONNX_INT8, path), path.stat().st_size, {}
+
+
+def build_pruned(build: VariantBuild) -> Built:
+    from tasks.models.build import load_classifier
+    from tasks.models.compression import prune_magnitude
+
+    amount = build.config.compress.prune_amount
+    model, sparsity = prune_magnitude(load_classifier(build.model_dir)[0], amount)
+    return model, _safetensors_size(model), {"sparsity": sparsity, "amount": amount}  # dense: zeros cost as weights
+
+
+def build_distilled(build: VariantBuild) -> Built:
+    student, facts = build.student
+    size = sum(path.stat().st_size for path in (build.context.out_dir / STUDENT_OUTPUT[1]).glob("*.safetensors"))
+    return student, size, facts
+
+
+def build_distilled_onnx_int8(build: VariantBuild) -> Built:
+    from tasks.models.compression import export_onnx, quantize_onnx_int8
+
+    student, facts = build.student
+    student_fp32 = export_onnx(student, build.tokenizer, build.context.out_dir / "onnx/student.onnx", opset=build.opset)
+    path = quantize_onnx_int8(student_fp32, build.context.out_dir / ONNX_OUTPUTS[DISTILLED_ONNX_INT8][1])
+    student_fp32.unlink()  # only the int8 file is a variant
+    return build.onnx_variant(DISTILLED_ONNX_INT8, path), path.stat().st_size, facts
+
+
+# In the order they are built, timed and reported.
+VARIANT_BUILDERS: dict[str, Callable[[VariantBuild], Built]] = {
+    INT8: build_int8, ONNX_FP32: build_onnx_fp32, ONNX_INT8: build_onnx_int8, PRUNED: build_pruned,
+    DISTILLED: build_distilled, DISTILLED_ONNX_INT8: build_distilled_onnx_int8,
+}
+
+
 def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, store: ArtifactStore,
         logical_date: str | None = None) -> Manifest:
     def body(context: StepContext) -> None:
-        from tasks.modeling import (OnnxClassifier, export_onnx, interleaved_latency, load_classifier, predict,
-                                    prune_magnitude, quantize_int8, quantize_onnx_int8)
+        from tasks.models.build import load_classifier
+        from tasks.models.inference import interleaved_latency, predict
 
         labels = list(config.labels)
         model_dir = context.input_path("train", "model")
@@ -138,66 +238,29 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         reference = evaluation["candidate"]
         slices = evaluation_slices(context.input("clean"), store)
         fp32_model, tokenizer = load_classifier(model_dir)
-        settings = dict(max_length=config.train.max_length, batch_size=config.evaluate.batch_size)
+        settings = {"max_length": config.train.max_length, "batch_size": config.evaluate.batch_size}
         sample = [row["text"] for row in (slices["fresh"] or slices["frozen"])[: config.compress.latency_sample_rows]]
         fp32_size = sum(path.stat().st_size for path in Path(model_dir).glob("*.safetensors")) or _saved_size(fp32_model)
         enabled = config.compress.enabled_variants
 
+        build = VariantBuild(config, context, store, model_dir, fp32_model, tokenizer)
         models: dict[str, Any] = {FP32: fp32_model}
         sizes: dict[str, int] = {}
         extra: dict[str, dict[str, Any]] = {}
-        if INT8 in enabled:
-            models[INT8] = quantize_int8(load_classifier(model_dir)[0])
-            sizes[INT8] = _saved_size(models[INT8])  # packed int8 state dict (the recipe is applied at load)
-        if ONNX_FP32 in enabled or ONNX_INT8 in enabled:
-            _, fp32_relative = ONNX_OUTPUTS[ONNX_FP32]
-            fp32_path = export_onnx(fp32_model, tokenizer, context.out_dir / fp32_relative, opset=config.compress.onnx_opset)
-            for variant in (ONNX_FP32, ONNX_INT8):
-                if variant not in enabled:
-                    continue
-                output, relative = ONNX_OUTPUTS[variant]
-                path = fp32_path if variant == ONNX_FP32 else quantize_onnx_int8(fp32_path, context.out_dir / relative)
-                models[variant] = OnnxClassifier(path, fp32_model.config)
-                sizes[variant] = path.stat().st_size
-                context.add_output(output, relative, "file", variant=variant, opset=config.compress.onnx_opset)
-            if ONNX_FP32 not in enabled:
-                fp32_path.unlink()
-        if PRUNED in enabled:
-            models[PRUNED], sparsity = prune_magnitude(load_classifier(model_dir)[0], config.compress.prune_amount)
-            sizes[PRUNED] = _safetensors_size(models[PRUNED])  # dense: zeros cost as much as weights
-            extra[PRUNED] = {"sparsity": sparsity, "amount": config.compress.prune_amount}
-        if DISTILLED in enabled or DISTILLED_ONNX_INT8 in enabled:
-            student, student_facts = distill_student(config, fp32_model, tokenizer,
-                                                     distillation_rows(config, context.input("clean"), store))
-            output, relative = STUDENT_OUTPUT
-            student.save_pretrained(context.out_dir / relative)  # safetensors
-            tokenizer.save_pretrained(context.out_dir / relative)
-            context.add_output(output, relative, "model", layers=student_facts["layers"])
-            if DISTILLED in enabled:
-                models[DISTILLED] = student
-                sizes[DISTILLED] = sum(path.stat().st_size
-                                       for path in (context.out_dir / relative).glob("*.safetensors"))
-                extra[DISTILLED] = student_facts
-            if DISTILLED_ONNX_INT8 in enabled:
-                output, relative = ONNX_OUTPUTS[DISTILLED_ONNX_INT8]
-                student_fp32 = export_onnx(student, tokenizer, context.out_dir / "onnx/student.onnx",
-                                           opset=config.compress.onnx_opset)
-                path = quantize_onnx_int8(student_fp32, context.out_dir / relative)
-                student_fp32.unlink()  # only the int8 file is a variant
-                models[DISTILLED_ONNX_INT8] = OnnxClassifier(path, fp32_model.config)
-                sizes[DISTILLED_ONNX_INT8] = path.stat().st_size
-                extra[DISTILLED_ONNX_INT8] = student_facts
-                context.add_output(output, relative, "file", variant=DISTILLED_ONNX_INT8,
-                                   opset=config.compress.onnx_opset)
+        for variant, builder in VARIANT_BUILDERS.items():
+            if variant in enabled:
+                models[variant], sizes[variant], extra[variant] = builder(build)
+        if "onnx_fp32_path" in vars(build) and ONNX_FP32 not in enabled:
+            build.onnx_fp32_path.unlink()  # exported only to quantize it
 
         latency = interleaved_latency(models, tokenizer, sample, max_length=config.train.max_length,
                                       rounds=config.compress.latency_rounds)
         variants: dict[str, dict[str, Any]] = {}
         checks = []
-        for variant in models:
+        for variant, model in models.items():
             if variant == FP32:
                 continue
-            metrics, _ = score(models[variant], tokenizer, slices, labels, **settings)
+            metrics, _ = score(model, tokenizer, slices, labels, **settings)
             verdict = judge_compressed(config.evaluate.gate, metrics, reference, variant)
             checks.extend(verdict.checks)
             variants[variant] = {
@@ -251,18 +314,12 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
                               "variants": variants,
                               "champion_version": context.input("evaluate").facts.get("champion_version")})
 
-    manifest = execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
-                       config_sections=("compress", "evaluate"))
-    if not manifest.reused:
-        from tasks.tracking import log_manifest, step_run
+    def track(manifest: Manifest) -> None:
+        mlflow.log_artifact(str(store.local_path(manifest.output("compression").uri)), artifact_path="compression")
+        mlflow.log_artifact(str(store.local_path(manifest.output("gate").uri)), artifact_path="gate")
 
-        with step_run(config, run_id, STEP, logical_date):
-            import mlflow
-
-            log_manifest(manifest)
-            mlflow.log_artifact(str(store.local_path(manifest.output("compression").uri)), artifact_path="compression")
-            mlflow.log_artifact(str(store.local_path(manifest.output("gate").uri)), artifact_path="gate")
-    return manifest
+    return execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
+                   config_sections=("compress", "evaluate"), track=track)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
@@ -426,11 +426,11 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     # torch.compile the model (dynamic shapes: bucketed batches vary in length); pays off on long runs.
     compile: bool = False
-    # On CPU, eager: dropout masks from numpy's PCG64 (tasks/cpu_dropout.py), ~3x faster than torch's
+    # On CPU, eager: dropout masks from numpy's PCG64 (tasks/training/cpu_dropout.py), ~3x faster than torch's
     # generator, same Bernoulli(1 - p); false = torch's own dropout.
     fast_cpu_dropout: bool = True
     # On CPU, one process: the word-embedding gradient zeroed, clipped and scaled only on the rows a
-    # step touched (tasks/embedding_rows.py); AdamW still updates every row. false = autograd's dense one.
+    # step touched (tasks/training/embedding_rows.py); AdamW still updates every row. false = autograd's dense one.
     row_sparse_embedding_grad: bool = True
     # A recipe, not a speed-up of the same training: the 30522 x 384 word-embedding matrix (about half
     # of MiniLM's weights) stays as pretrained, so AdamW updates and stores state for half as much.
@@ -500,10 +500,7 @@ CompressionVariant = Literal["int8-dynamic", "onnx-fp32", "onnx-int8", "pruned",
 class CompressConfig(_Section):
     # Evaluated variants; the policy serves the smallest (then fastest) one within
     # `gate.max_compressed_drop` on every slice. `pruned` is measured only (dense storage, not served).
-    variants: list[CompressionVariant] = Field(
-        default_factory=lambda: ["int8-dynamic", "onnx-fp32", "onnx-int8", "pruned", "distilled",
-                                 "distilled-onnx-int8"])
-    quantize_int8: bool = True  # kept for old configs: False drops int8-dynamic from `variants`
+    variants: list[CompressionVariant] = Field(default_factory=lambda: list(get_args(CompressionVariant)))
     onnx_opset: int = Field(17, ge=13)
     prune_amount: float = Field(0.3, gt=0, lt=1, description="fraction of Linear weights zeroed (global magnitude)")
     latency_sample_rows: int = Field(64, ge=1)
@@ -527,7 +524,7 @@ class CompressConfig(_Section):
 
     @property
     def enabled_variants(self) -> list[str]:
-        return [variant for variant in self.variants if self.quantize_int8 or variant != "int8-dynamic"]
+        return list(self.variants)
 
 
 class MlflowConfig(_Section):
@@ -599,10 +596,8 @@ class NotifyConfig(_Section):
 
     @field_validator("webhook_url")
     @classmethod
-    def _http_url(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise ValueError(f"notify.webhook_url must be http(s)://, got {url!r}")
-        return url
+    def _webhook_url(cls, url: str | None) -> str | None:
+        return None if url is None else _http_url(url, "notify.webhook_url")
 
 
 class ApprovalConfig(_Section):

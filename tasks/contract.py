@@ -19,52 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
-
 from tasks.config import ConfigError, PipelineConfig, digest_json, load_config
+from tasks.manifest import ArtifactRef, Manifest, MetricValue, StepError
 from tasks.store import ArtifactStore, digest_path
+from tasks.tracking import log_manifest, step_run
 
 log = logging.getLogger("freshet")
 
-STEPS = ("crawl", "validate", "clean", "augment", "train", "evaluate", "compress", "register", "promote")
-MetricValue = float | int | str | bool | None
-
-
-class StepError(RuntimeError):
-    """A step failed for a reason it can name (source, row, field, expectation, threshold)."""
-
-
-class ArtifactRef(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    uri: str
-    kind: Literal["dataset", "model", "file", "directory", "report"]
-    digest: str
-    rows: int | None = None
-    meta: dict[str, Any] = {}
-
-
-class Manifest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    step: str
-    run_id: str
-    uri: str
-    fingerprint: str
-    config_hash: str
-    logical_date: str | None = None
-    inputs: dict[str, str] = {}  # input name -> upstream manifest fingerprint
-    outputs: dict[str, ArtifactRef] = {}
-    metrics: dict[str, MetricValue] = {}
-    facts: dict[str, Any] = {}  # small structured results (gate checks, registry versions, ...)
-    created_at: str
-    reused: bool = False
-
-    def output(self, name: str) -> ArtifactRef:
-        try:
-            return self.outputs[name]
-        except KeyError as error:
-            raise StepError(f"{self.step} manifest {self.uri} has no output {name!r}; has {sorted(self.outputs)}") from error
 
 
 @dataclass
@@ -147,8 +108,14 @@ def execute(
     logical_date: str | None = None,
     config_sections: Sequence[str] = (),
     extra_fingerprint: Mapping[str, Any] | None = None,
+    track: Callable[[Manifest], None] | None = None,
 ) -> Manifest:
-    """Run a step body once per fingerprint; return the committed manifest."""
+    """Run a step body once per fingerprint; return the committed manifest.
+
+    `track(manifest)` records the step's evidence (artifacts, datasets, tags) in its MLflow run once the
+    manifest is committed; the contract opens the run and logs the manifest's metrics first. A reused
+    manifest was tracked when it was made, so it is not tracked again.
+    """
     fingerprint = step_fingerprint(step, config, inputs, logical_date, config_sections, extra_fingerprint)
     existing = read_manifest(store, run_id, step)
     if existing is not None and existing.fingerprint == fingerprint:
@@ -172,17 +139,34 @@ def execute(
             outputs=context.outputs,
             metrics=context.metrics,
             facts=context.facts,
-            created_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+            created_at=dt.datetime.now(dt.UTC).isoformat(),
         )
         (out_dir / "manifest.json").write_text(manifest.model_dump_json(indent=2))
         store.commit(out_dir, run_id, step)
+    if track is not None:
+        with step_run(config, run_id, step, logical_date):
+            log_manifest(manifest)
+            track(manifest)
     return manifest
 
 
-def read_manifest(store: ArtifactStore, run_id: str, step: str) -> Manifest | None:
-    from tasks.store import _safe
+def logical_day(logical_date: str | None) -> dt.date | None:
+    """The data day of a logical date: the date part of an ISO date or timestamp (an offset is taken in UTC)."""
+    if logical_date is None:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(logical_date)
+    except ValueError as error:
+        raise StepError(f"logical date {logical_date!r} is not an ISO date or timestamp") from error
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC)
+    return moment.date()
 
-    data = store.read_json("runs", _safe(run_id), step, "manifest.json")
+
+def read_manifest(store: ArtifactStore, run_id: str, step: str) -> Manifest | None:
+    from tasks.store import safe_run_id
+
+    data = store.read_json("runs", safe_run_id(run_id), step, "manifest.json")
     return None if data is None else Manifest.model_validate(data)
 
 
@@ -213,23 +197,43 @@ def resolve_inputs(store: ArtifactStore, run_id: str, specs: Sequence[str]) -> d
             with fsspec.open(uri, "r") as handle:
                 manifest = Manifest.model_validate_json(handle.read())
         else:
-            manifest = read_manifest(store, run_id, name)
-            if manifest is None:
+            found = read_manifest(store, run_id, name)
+            if found is None:
                 raise StepError(f"input {name!r}: no manifest for run {run_id!r} at {store.step_uri(run_id, name, 'manifest.json')}")
+            manifest = found
         manifests[name] = manifest
     return manifests
 
 
-def cli(step: str, run: Callable[..., Manifest], argv: Sequence[str] | None = None, description: str = "") -> int:
-    """Shared `__main__`: parse, run, print the manifest as the last stdout line (the XCom value)."""
+def parse_bool(value: str) -> bool:
+    """A command-line boolean as Airflow renders params into templates (True/False), or true/false, 1/0."""
+    normalised = value.strip().lower()
+    if normalised in ("true", "1", "yes"):
+        return True
+    if normalised in ("false", "0", "no", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def cli(step: str, run: Callable[..., Manifest], argv: Sequence[str] | None = None, description: str = "",
+        options: Mapping[str, Mapping[str, Any]] | None = None) -> int:
+    """Shared `__main__`: parse, run, print the manifest as the last stdout line (the XCom value).
+
+    `options` adds step-specific flags ({"--force-training": {"dest": "force", "type": parse_bool, ...}}),
+    passed to `run` as keyword arguments named by their `dest`.
+    """
     logging.basicConfig(level=os.environ.get("FRESHET_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    args = build_parser(step, description).parse_args(argv)
+    parser = build_parser(step, description)
+    for flag, settings in (options or {}).items():
+        parser.add_argument(flag, **settings)
+    args = parser.parse_args(argv)
+    extra = {str(settings["dest"]): getattr(args, str(settings["dest"])) for settings in (options or {}).values()}
     try:
         config = load_config(args.config, args.overrides)
         store = ArtifactStore(config.artifact_root)
         inputs = resolve_inputs(store, args.run_id, args.inputs)
-        manifest = run(config, inputs, run_id=args.run_id, store=store, logical_date=args.logical_date)
+        manifest = run(config, inputs, run_id=args.run_id, store=store, logical_date=args.logical_date, **extra)
     except (ConfigError, StepError) as error:
         print(f"freshet {step}: error: {error}", file=sys.stderr)
         return 2
@@ -239,12 +243,6 @@ def cli(step: str, run: Callable[..., Manifest], argv: Sequence[str] | None = No
         Path(args.xcom_file).write_text(line)
     print(line, flush=True)
     return 0
-
-
-def airflow_identity() -> dict[str, str]:
-    """The Airflow run that launched this step (set by our operators), for MLflow tags."""
-    keys = {"dag_id": "FRESHET_DAG_ID", "dag_run_id": "FRESHET_DAG_RUN_ID", "try_number": "FRESHET_TRY_NUMBER"}
-    return {name: os.environ[var] for name, var in keys.items() if os.environ.get(var)}
 
 
 def dumps(value: Any) -> str:

@@ -19,8 +19,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tasks.config import PipelineConfig
-from tasks.contract import Manifest, StepContext, cli, execute, read_manifest
-from tasks.data import read_history
+from tasks.contract import StepContext, cli, execute, parse_bool, read_manifest
+from tasks.manifest import Manifest
+from tasks.snapshots import read_history
 from tasks.store import ArtifactStore
 
 STEP = "decide"
@@ -67,9 +68,9 @@ def decide(config: PipelineConfig, *, has_champion: bool, new_rows: int, drift: 
 
 
 def has_champion(config: PipelineConfig) -> bool:
-    from tasks import registry
+    from tasks import model_registry
 
-    return registry.version_by_alias(config, registry.CHAMPION) is not None
+    return model_registry.version_by_alias(config, model_registry.CHAMPION) is not None
 
 
 def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, store: ArtifactStore,
@@ -82,7 +83,8 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
 
     def body(context: StepContext) -> None:
         validation = context.input("validate").metrics
-        drift = {name: validation.get(name) for name in DRIFT_METRICS}
+        drift = {name: None if validation.get(name) is None else float(validation[name])  # type: ignore[arg-type]
+                 for name in DRIFT_METRICS}
         new_rows = sum(int(entry.get("rows") or 0) for entry in snapshots)
         train, reason = decide(config, has_champion=champion, new_rows=new_rows, drift=drift, force=force)
         context.facts.update({
@@ -104,8 +106,12 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
                                       "champion": champion, "force": force})
 
 
+FORCE_TRAINING = {"--force-training": {"dest": "force", "type": parse_bool, "default": False, "metavar": "BOOL",
+                                        "help": "train whatever the data volume and drift (the DAG's force_training param)"}}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return cli(STEP, run, argv, __doc__)
+    return cli(STEP, run, argv, __doc__, options=FORCE_TRAINING)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Slices (never containing augmented rows): `frozen` = the test split of the first accepted
 snapshot, `fresh` = this snapshot's test split, `old` = the test splits of every earlier snapshot
-(forgetting). The champion is scored on the same rows; the gate policy decides (tasks.gate).
+(forgetting). The champion is scored on the same rows; the gate policy decides (tasks.gate_policy).
 """
 
 from __future__ import annotations
@@ -13,48 +13,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tasks.config import PipelineConfig
-from tasks.contract import Manifest, StepContext, cli, execute
-from tasks.data import read_rows, write_parquet
-from tasks.config import GatePolicy
-from tasks.gate import BOOTSTRAP_METRICS, BestScore, PairedComparison, Verdict, compare_paired, judge_candidate
-from tasks.metrics import classification_metrics, expected_calibration_error
+import mlflow
+
+from tasks.config import GatePolicy, PipelineConfig
+from tasks.contract import StepContext, cli, execute
+from tasks.gate_policy import BOOTSTRAP_METRICS, BestScore, PairedComparison, Verdict, compare_paired, judge_candidate
+from tasks.manifest import Manifest
+from tasks.models.metrics import score
+from tasks.records import evaluation_slices, write_parquet
 from tasks.store import ArtifactStore
 
 STEP = "evaluate"
 log = logging.getLogger("freshet.evaluate")
-
-
-def evaluation_slices(clean: Manifest, store: ArtifactStore) -> dict[str, list[dict[str, Any]]]:
-    """frozen / fresh / old test rows, from the clean manifest alone."""
-    current = [row for row in read_rows(store.local_path(clean.output("dataset").uri)) if row["split"] == "test"]
-    prior = clean.facts.get("prior_snapshots", [])
-    old: list[dict[str, Any]] = []
-    for entry in prior:
-        old.extend(row for row in read_rows(store.local_path(entry["uri"])) if row["split"] == "test")
-    frozen = ([row for row in read_rows(store.local_path(prior[0]["uri"])) if row["split"] == "test"]
-              if prior else current)
-    slices = {"frozen": frozen, "fresh": current}
-    if old:
-        slices["old"] = old
-    return slices
-
-
-def score(model, tokenizer, slices: Mapping[str, Sequence[dict[str, Any]]], labels: Sequence[str], *,
-          max_length: int, batch_size: int, calibration_bins: int = 15,
-          ) -> tuple[dict[str, dict[str, Any]], dict[str, list[int]]]:
-    """Metrics per slice (with ECE) and the per-row predicted label ids (for paired gate statistics)."""
-    from tasks.modeling import predict
-
-    index = {label: position for position, label in enumerate(labels)}
-    metrics, predicted = {}, {}
-    for name, rows in slices.items():
-        result = predict(model, tokenizer, [row["text"] for row in rows], max_length=max_length, batch_size=batch_size)
-        truth = [index[row["label"]] for row in rows]
-        metrics[name] = classification_metrics(truth, result.label_ids, labels)
-        metrics[name]["ece"] = expected_calibration_error(truth, result.probabilities, calibration_bins)
-        predicted[name] = [int(value) for value in result.label_ids]
-    return metrics, predicted
 
 
 def paired_comparisons(policy: GatePolicy, slices: Mapping[str, Sequence[dict[str, Any]]], labels: Sequence[str],
@@ -135,33 +105,35 @@ def best_champion_so_far(recorded: tuple[float, str] | None, champion: Mapping[s
 
 def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, store: ArtifactStore,
         logical_date: str | None = None) -> Manifest:
-    from tasks import registry
+    from tasks import model_registry
 
-    champion = registry.version_by_alias(config, registry.CHAMPION)
+    champion = model_registry.version_by_alias(config, model_registry.CHAMPION)
     champion_version = str(champion.version) if champion else None
     policy = config.evaluate.gate
     recorded_best = None
     if champion_version is not None and policy.max_drop_below_best is not None:
-        recorded_best = registry.best_champion_score(registry.client(config), config.mlflow.model_name,
+        recorded_best = model_registry.best_champion_score(model_registry.client(config), config.mlflow.model_name,
                                                      f"candidate.frozen.{policy.primary_metric}")
 
     def body(context: StepContext) -> None:
-        from tasks.modeling import load_classifier, measure_latency, model_size_bytes
+        from tasks.models.build import load_classifier, model_size_bytes
+        from tasks.models.inference import measure_latency
 
         labels = list(config.labels)
         slices = evaluation_slices(context.input("clean"), store)
         candidate_model, tokenizer = load_classifier(context.input_path("train", "model"))
-        settings = dict(max_length=config.train.max_length, batch_size=config.evaluate.batch_size,
-                        calibration_bins=config.evaluate.calibration_bins)
+        settings = {"max_length": config.train.max_length, "batch_size": config.evaluate.batch_size,
+                        "calibration_bins": config.evaluate.calibration_bins}
         candidate, candidate_predicted = score(candidate_model, tokenizer, slices, labels, **settings)
         champion_metrics, champion_predicted, paired = None, None, {}
         if champion_version is not None:
-            champion_model, champion_tokenizer = load_classifier(registry.download_model_dir(config, champion_version))
+            champion_model, champion_tokenizer = load_classifier(model_registry.download_model_dir(config, champion_version))
             champion_metrics, champion_predicted = score(champion_model, champion_tokenizer, slices, labels, **settings)
             del champion_model
             paired = paired_comparisons(policy, slices, labels, candidate_predicted, champion_predicted)
 
         sample = [row["text"] for row in slices["fresh"][:16]] or [row["text"] for row in slices["frozen"][:16]]
+        model_size = model_size_bytes(candidate_model)
         latency = measure_latency(candidate_model, tokenizer, sample, max_length=config.train.max_length)
         best_frozen = best_champion_so_far(recorded_best, champion_metrics, champion_version, policy.primary_metric)
         verdict = judge_candidate(policy, candidate, champion_metrics, paired=paired, latency=latency,
@@ -169,7 +141,7 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         evaluation = {"candidate": candidate, "champion": champion_metrics, "champion_version": champion_version,
                       "best_frozen": best_frozen.model_dump() if best_frozen else None,
                       "paired": {name: comparison.model_dump() for name, comparison in paired.items()},
-                      "latency": latency, "size_bytes": model_size_bytes(candidate_model)}
+                      "latency": latency, "size_bytes": model_size}
         (context.out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
         (context.out_dir / "gate.json").write_text(json.dumps(verdict.summary(), indent=2))
         (context.out_dir / "report.md").write_text(
@@ -201,22 +173,18 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
                 context.metrics[f"paired.{name}.ci_high"] = paired[name].ci_high
                 context.metrics[f"paired.{name}.mcnemar_p"] = paired[name].mcnemar_p_value
         context.metrics.update(latency)
-        context.metrics["size_bytes"] = evaluation["size_bytes"]
+        context.metrics["size_bytes"] = model_size
         context.metrics["gate_passed"] = verdict.passed
         context.facts.update({"gate": verdict.summary(), "champion_version": champion_version})
 
+    def track(manifest: Manifest) -> None:
+        for name in ("evaluation", "gate", "report", "confusion_matrix"):
+            mlflow.log_artifact(str(store.local_path(manifest.output(name).uri)), artifact_path="evaluation")
+
     manifest = execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
                        config_sections=("evaluate", "train"),
-                       extra_fingerprint={"champion_version": champion_version, "recorded_best": recorded_best})
-    if not manifest.reused:
-        from tasks.tracking import log_manifest, step_run
-
-        with step_run(config, run_id, STEP, logical_date):
-            import mlflow
-
-            log_manifest(manifest)
-            for name in ("evaluation", "gate", "report", "confusion_matrix"):
-                mlflow.log_artifact(str(store.local_path(manifest.output(name).uri)), artifact_path="evaluation")
+                       extra_fingerprint={"champion_version": champion_version, "recorded_best": recorded_best},
+                       track=track)
     verdict = manifest.facts["gate"]
     log.info("gate: %s%s", "PASS" if verdict["passed"] else "REJECT",
              "" if verdict["passed"] else " - " + "; ".join(verdict["reasons"]))

@@ -17,7 +17,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from tasks.contract import StepError
+from tasks.manifest import StepError
 
 PARTS_OF_SPEECH = ("noun", "verb", "adj", "adv")
 # WordNet's detachment rules (morph.c): inflected suffix -> base suffix, tried in order.
@@ -29,16 +29,7 @@ SUFFIX_RULES = {
     "adv": (),
 }
 # Function words: replacing or inserting them changes structure, not wording (the EDA stop list).
-STOP_WORDS = frozenset("""
-a about above after again against ain all also am an and any are aren as at be because been before being below
-between both but by can cannot could couldn did didn do does doesn doing don down during each either else ever few
-for from further get had hadn has hasn have haven having he her here hers herself him himself his how however i if
-in into is isn it its itself just let ll may me might mightn more most must mustn my myself needn no nor not now o
-of off on once only or other ought our ours ourselves out over own re s same shall shan she should shouldn so some
-such t than that the their theirs them themselves then there these they this those through to too under until up
-upon us ve very via was wasn we were weren what when where which while who whom why will with within without won
-would wouldn y yet you your yours yourself yourselves
-""".split())
+STOP_WORDS = frozenset(["a", "about", "above", "after", "again", "against", "ain", "all", "also", "am", "an", "and", "any", "are", "aren", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "cannot", "could", "couldn", "did", "didn", "do", "does", "doesn", "doing", "don", "down", "during", "each", "either", "else", "ever", "few", "for", "from", "further", "get", "had", "hadn", "has", "hasn", "have", "haven", "having", "he", "her", "here", "hers", "herself", "him", "himself", "his", "how", "however", "i", "if", "in", "into", "is", "isn", "it", "its", "itself", "just", "let", "ll", "may", "me", "might", "mightn", "more", "most", "must", "mustn", "my", "myself", "needn", "no", "nor", "not", "now", "o", "of", "off", "on", "once", "only", "or", "other", "ought", "our", "ours", "ourselves", "out", "over", "own", "re", "s", "same", "shall", "shan", "she", "should", "shouldn", "so", "some", "such", "t", "than", "that", "the", "their", "theirs", "them", "themselves", "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "upon", "us", "ve", "very", "via", "was", "wasn", "we", "were", "weren", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with", "within", "without", "won", "would", "wouldn", "y", "yet", "you", "your", "yours", "yourself", "yourselves"])
 
 
 class Lexicon(Protocol):

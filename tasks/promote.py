@@ -4,7 +4,7 @@ Check-and-set: if the champion changed since the gate compared against it, promo
 rather than overwrite. A rejected candidate is never promoted (the DAG skips this step; called
 anyway, it records why and moves nothing). Version tags record each tenure of a version as
 `champion` (since, until, who, why, promotion or rollback), so "which version was champion at time T"
-is answerable from MLflow alone (`tasks.registry.champion_at`, `freshet history --at T`).
+is answerable from MLflow alone (`tasks.model_registry.champion_at`, `freshet history --at T`).
 `rollback` is the pure function behind `freshet rollback` (and for a DAG task to call).
 """
 
@@ -13,9 +13,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from tasks import registry
+from tasks import model_registry
 from tasks.config import PipelineConfig
-from tasks.contract import Manifest, StepContext, StepError, airflow_identity, cli, execute
+from tasks.contract import StepContext, cli, execute
+from tasks.manifest import Manifest, StepError, airflow_identity
 from tasks.store import ArtifactStore
 
 STEP = "promote"
@@ -35,9 +36,9 @@ def _identity() -> str:
 def move_champion(config: PipelineConfig, version: str, expected_champion: str | None, reason: str,
                   who: str | None = None) -> dict[str, str | None]:
     """Point `champion` at `version` if the champion is still `expected_champion`; keep `previous`."""
-    client = registry.client(config)
+    client = model_registry.client(config)
     name = config.mlflow.model_name
-    current = registry.version_by_alias(config, registry.CHAMPION)
+    current = model_registry.version_by_alias(config, model_registry.CHAMPION)
     current_version = str(current.version) if current else None
     if current_version == version:
         return {"champion": version, "previous": None, "changed": "no"}
@@ -46,13 +47,13 @@ def move_champion(config: PipelineConfig, version: str, expected_champion: str |
             f"promote: champion of {name} is version {current_version} but the gate compared the candidate "
             f"against {expected_champion}; refusing to overwrite a champion the gate never saw (re-run evaluate)"
         )
-    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    now = dt.datetime.now(dt.UTC).isoformat()
     who = who or _identity()
     if current_version is not None:
-        client.set_registered_model_alias(name, registry.PREVIOUS, current_version)
-        registry.end_tenure(client, name, current_version, now, ended_by=f"promotion of version {version} by {who}")
-    client.set_registered_model_alias(name, registry.CHAMPION, version)
-    registry.start_tenure(client, name, version, now, kind="promotion", by=who, why=reason)
+        client.set_registered_model_alias(name, model_registry.PREVIOUS, current_version)
+        model_registry.end_tenure(client, name, current_version, now, ended_by=f"promotion of version {version} by {who}")
+    client.set_registered_model_alias(name, model_registry.CHAMPION, version)
+    model_registry.start_tenure(client, name, version, now, kind="promotion", by=who, why=reason)
     client.set_model_version_tag(name, version, "freshet.promotion_reason", reason)
     for key, value in airflow_identity().items():
         client.set_model_version_tag(name, version, f"freshet.promoted_by.airflow.{key}", value)
@@ -73,7 +74,7 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
                               reason=f"passed the gate in run {run_id}")
         context.facts.update({"promoted": True, **moved})
         context.metrics["promoted"] = True
-        context.metrics["champion_version"] = int(moved["champion"])
+        context.metrics["champion_version"] = int(str(moved["champion"]))
         log.info("promote: %s@champion -> version %s (previous: %s)", config.mlflow.model_name, moved["champion"], moved["previous"])
 
     return execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
@@ -91,25 +92,25 @@ def rollback(config: PipelineConfig, who: str, why: str, expected_champion: str 
     """
     if not who.strip() or not why.strip():
         raise StepError("rollback: say who rolls back and why (both are recorded on the versions)")
-    client = registry.client(config)
+    client = model_registry.client(config)
     name = config.mlflow.model_name
-    champion = registry.version_by_alias(config, registry.CHAMPION)
-    previous = registry.version_by_alias(config, registry.PREVIOUS)
+    champion = model_registry.version_by_alias(config, model_registry.CHAMPION)
+    previous = model_registry.version_by_alias(config, model_registry.PREVIOUS)
     if champion is None or previous is None:
         raise StepError(f"rollback: {name} needs both a champion and a previous version "
                         f"(champion={champion and champion.version}, previous={previous and previous.version})")
     if expected_champion is not None and str(champion.version) != str(expected_champion):
         raise StepError(f"rollback: champion of {name} is version {champion.version}, not {expected_champion}; "
                         f"refusing to roll back a champion the caller did not mean")
-    now = dt.datetime.now(dt.timezone.utc).isoformat()
-    client.set_registered_model_alias(name, registry.CHAMPION, previous.version)
-    client.delete_registered_model_alias(name, registry.PREVIOUS)
-    registry.end_tenure(client, name, str(champion.version), now, ended_by=f"rollback by {who}: {why}")
+    now = dt.datetime.now(dt.UTC).isoformat()
+    client.set_registered_model_alias(name, model_registry.CHAMPION, previous.version)
+    client.delete_registered_model_alias(name, model_registry.PREVIOUS)
+    model_registry.end_tenure(client, name, str(champion.version), now, ended_by=f"rollback by {who}: {why}")
     client.set_model_version_tag(name, champion.version, "freshet.rolled_back", f"{now} by {who}: {why}")
     client.set_model_version_tag(name, champion.version, "freshet.rolled_back_by", who)
     client.set_model_version_tag(name, champion.version, "freshet.rolled_back_why", why)
     client.set_model_version_tag(name, champion.version, "freshet.rolled_back_at", now)
-    registry.start_tenure(client, name, str(previous.version), now, kind="rollback", by=who, why=why)
+    model_registry.start_tenure(client, name, str(previous.version), now, kind="rollback", by=who, why=why)
     client.set_model_version_tag(name, previous.version, "freshet.promotion_reason", f"rollback by {who}: {why}")
     for key, value in (airflow_identity() if identity is None else identity).items():
         client.set_model_version_tag(name, champion.version, f"freshet.rolled_back_by.airflow.{key}", value)

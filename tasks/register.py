@@ -24,9 +24,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tasks import registry
+from tasks import model_registry
 from tasks.config import PipelineConfig
-from tasks.contract import Manifest, StepContext, StepError, airflow_identity, cli, execute, step_fingerprint
+from tasks.contract import StepContext, cli, execute, step_fingerprint
+from tasks.manifest import Manifest, StepError, airflow_identity
 from tasks.store import ArtifactStore
 
 STEP = "register"
@@ -78,9 +79,9 @@ def evidence_tags(config: PipelineConfig, inputs: dict[str, Manifest], run_id: s
     }
     for name, value in airflow_identity().items():
         tags[f"airflow.{name}"] = value
-    for key, value in inputs["evaluate"].metrics.items():
+    for key, metric in inputs["evaluate"].metrics.items():
         if key.startswith(("candidate.", "champion.")):
-            tags[f"metric.{key}"] = f"{value:.4f}" if isinstance(value, float) else str(value)
+            tags[f"metric.{key}"] = f"{metric:.4f}" if isinstance(metric, float) else str(metric)
     return tags
 
 
@@ -139,7 +140,7 @@ def check_serving(config: PipelineConfig, model_uri: str, sample: dict[str, Any]
                    MLFLOW_REGISTRY_URI=config.mlflow.tracking_uri)
         # cwd outside the repository: the model must load from what the registry holds.
         process = subprocess.run([sys.executable, "-c", SERVING_CHECK_SCRIPT, model_uri, str(source), str(target)],
-                                 cwd=directory, env=env, capture_output=True, text=True, timeout=timeout_s)
+                                 cwd=directory, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
         if process.returncode != 0:
             tail = process.stderr.strip().splitlines()[-5:]
             return {"passed": False, "rows": len(sample["texts"]), "max_abs_diff": float("nan"), "mismatches": [],
@@ -159,7 +160,7 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
 
         from tasks.tracking import step_run
 
-        client = registry.client(config)
+        client = model_registry.client(config)
         name = config.mlflow.model_name
         tags = evidence_tags(config, inputs, run_id, fingerprint)
         version = find_version(client, name, run_id, fingerprint)
@@ -167,7 +168,7 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
             compress_facts = inputs["compress"].facts
             gate = compress_facts["gate"]
             variant = gate.get("serving_variant", "fp32")
-            artifacts = {registry.HF_ARTIFACT: str(context.input_path("train", "model"))}
+            artifacts = {model_registry.HF_ARTIFACT: str(context.input_path("train", "model"))}
             if compress_facts.get("serving_artifact"):  # the ONNX file the chosen variant serves
                 artifacts["onnx_model"] = str(context.input_path("compress", compress_facts["serving_artifact"]))
             if compress_facts.get("serving_model"):  # the distilled student's HF directory
@@ -177,7 +178,7 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
             with step_run(config, run_id, STEP, logical_date):
                 info = mlflow.pyfunc.log_model(
                     name="model",
-                    python_model=str(Path(__file__).with_name("serving.py")),
+                    python_model=str(Path(__file__).parent / "models" / "serving.py"),
                     artifacts=artifacts,
                     code_paths=[str(Path(__file__).resolve().parent)],
                     model_config={"variant": variant, "max_length": config.train.max_length},
@@ -193,7 +194,7 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         else:
             log.info("register: run %s already registered as version %s", run_id, version.version)
         check = serving_check(config, context, client, name, str(version.version))
-        client.set_registered_model_alias(name, registry.CHALLENGER, version.version)
+        client.set_registered_model_alias(name, model_registry.CHALLENGER, version.version)
         (context.out_dir / "registration.json").write_text(json.dumps({"name": name, "version": str(version.version),
                                                                        "tags": tags}, indent=2))
         context.add_output("registration", "registration.json", "report")

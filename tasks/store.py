@@ -68,10 +68,10 @@ class ArtifactStore:
         return f"file://{path}" if self.is_local else self.fs.unstrip_protocol(path)
 
     def step_prefix(self, run_id: str, step: str) -> str:
-        return self._join("runs", _safe(run_id), step)
+        return self._join("runs", safe_run_id(run_id), step)
 
     def step_uri(self, run_id: str, step: str, *parts: str) -> str:
-        return self.uri("runs", _safe(run_id), step, *parts)
+        return self.uri("runs", safe_run_id(run_id), step, *parts)
 
     def read_json(self, *parts: str) -> Any | None:
         path = self._join(*parts)
@@ -92,7 +92,7 @@ class ArtifactStore:
     @contextmanager
     def staging(self, run_id: str, step: str) -> Iterator[Path]:
         """A fresh local directory to write a step's outputs into; removed if the step fails."""
-        base = Path(self._join("runs", _safe(run_id))) if self.is_local else None
+        base = Path(self._join("runs", safe_run_id(run_id))) if self.is_local else None
         if base is not None:
             base.mkdir(parents=True, exist_ok=True)
         staged = Path(tempfile.mkdtemp(prefix=f".{step}.staging-", dir=base))
@@ -133,10 +133,10 @@ class ArtifactStore:
     def work_dir(self, run_id: str, step: str) -> Path:
         """Scratch space that survives a process restart (checkpoints); outside the step prefix."""
         if self.is_local:
-            path = Path(self._join("runs", _safe(run_id), f"{step}.work"))
+            path = Path(self._join("runs", safe_run_id(run_id), f"{step}.work"))
         else:
             cache = Path(os.environ.get("FRESHET_CACHE", Path(tempfile.gettempdir()) / "freshet-cache"))
-            path = cache / "work" / hashlib.sha256(self.root_url.encode()).hexdigest()[:12] / _safe(run_id) / step
+            path = cache / "work" / hashlib.sha256(self.root_url.encode()).hexdigest()[:12] / safe_run_id(run_id) / step
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -153,6 +153,6 @@ class ArtifactStore:
         return target
 
 
-def _safe(run_id: str) -> str:
+def safe_run_id(run_id: str) -> str:
     """Airflow run ids contain ':' and '+'; keep them readable but filesystem- and URL-safe."""
     return "".join(char if char.isalnum() or char in "-_." else "_" for char in run_id)

@@ -6,6 +6,7 @@ Nothing here resolves a tracking server at import time; the URI comes from the c
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from collections.abc import Iterator, Mapping
@@ -13,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from tasks.config import PipelineConfig
-from tasks.contract import ArtifactRef, Manifest, airflow_identity
+from tasks.manifest import ArtifactRef, Manifest, airflow_identity
 
 log = logging.getLogger("freshet.tracking")
 
@@ -33,7 +34,10 @@ def configure(config: PipelineConfig):
         return client.create_experiment(config.mlflow.experiment, artifact_location=config.mlflow.artifact_location)
     except mlflow.exceptions.MlflowException:
         # Another step created it concurrently.
-        return client.get_experiment_by_name(config.mlflow.experiment).experiment_id
+        created = client.get_experiment_by_name(config.mlflow.experiment)
+        if created is None:
+            raise
+        return created.experiment_id
 
 
 def _find_run(client, experiment_id: str, tags: Mapping[str, str]) -> str | None:
@@ -61,11 +65,12 @@ def step_run(config: PipelineConfig, run_id: str, step: str, logical_date: str |
         parent_id = parent.info.run_id
     step_tags = {"freshet.run_id": run_id, "freshet.step": step}
     existing = _find_run(client, experiment_id, step_tags)
-    with mlflow.start_run(run_id=parent_id, log_system_metrics=False):
-        with mlflow.start_run(run_id=existing, experiment_id=experiment_id, run_name=None if existing else step, nested=True,
-                              tags={**step_tags, "mlflow.parentRunId": parent_id,
-                                    **{f"airflow.{k}": v for k, v in airflow_identity().items()}}) as run:
-            yield run
+    step_run_tags = {**step_tags, "mlflow.parentRunId": parent_id,
+                     **{f"airflow.{k}": v for k, v in airflow_identity().items()}}
+    with (mlflow.start_run(run_id=parent_id, log_system_metrics=False),
+          mlflow.start_run(run_id=existing, experiment_id=experiment_id, run_name=None if existing else step,
+                           nested=True, tags=step_run_tags) as run):
+        yield run
 
 
 def log_manifest(manifest: Manifest) -> None:
@@ -73,7 +78,7 @@ def log_manifest(manifest: Manifest) -> None:
     import mlflow
 
     numeric = {key: float(value) for key, value in manifest.metrics.items()
-               if isinstance(value, int | float) and not isinstance(value, bool) and value == value}
+               if isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)}
     if numeric:
         mlflow.log_metrics(numeric)
     # Tags, not params: a retried step with new inputs must be able to overwrite them.
@@ -93,6 +98,7 @@ def log_dataset(frame: Any, ref: ArtifactRef, name: str, context: str) -> None:
     with warnings.catch_warnings():
         # MLflow registers its local source under two schemes and warns that a file:// URI is ambiguous.
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
-        dataset = mlflow.data.from_pandas(frame, source=ref.uri, name=name,
+        # mlflow.data re-exports from_pandas lazily, which mypy cannot see.
+        dataset = mlflow.data.from_pandas(frame, source=ref.uri, name=name,  # type: ignore[attr-defined]
                                           digest=ref.digest.removeprefix("sha256:")[:_MLFLOW_DIGEST_CHARS])
     mlflow.log_input(dataset, context=context, tags={"freshet.digest": ref.digest})

@@ -34,14 +34,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.config import PipelineConfig, digest_json
-from tasks.contract import ArtifactRef, Manifest, StepContext, StepError, cli, execute, read_manifest
-from tasks.data import QUARANTINE_SCHEMA, RECORD_COLUMNS, RECORD_SCHEMA, prior_snapshots, read_rows, write_parquet
+from tasks.contract import StepContext, cli, execute, read_manifest
+from tasks.manifest import ArtifactRef, Manifest, StepError
+from tasks.records import QUARANTINE_SCHEMA, RECORD_COLUMNS, RECORD_SCHEMA, read_rows, write_parquet
+from tasks.snapshots import prior_snapshots
 from tasks.store import ArtifactStore, digest_path
 from tasks.tracking import log_dataset, log_manifest, step_run
 
@@ -435,8 +438,8 @@ def render_report(result: Mapping[str, Any], failures: Sequence[Failure], rows: 
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(config.name)} validate {html.escape(run_id)}: {verdict}</title>",
         f"<style>{REPORT_STYLE}</style></head><body>",
-        f"<h1>Validation of run <code>{html.escape(run_id)}</code>: "
-        f'<span class="{"failed" if problems else "passed"}">{verdict}</span></h1>',
+        (f"<h1>Validation of run <code>{html.escape(run_id)}</code>: "
+        f'<span class="{"failed" if problems else "passed"}">{verdict}</span></h1>'),
         "<p>" + ", ".join(f"{name.replace('_', ' ')}: <b>{_cell(metrics.get(name))}</b>" for name in (
             "rows_in", "rows_valid", "rows_quarantined", "rows_quarantined_by_crawl", "quarantine_fraction")) + "</p>",
     ]
@@ -514,7 +517,7 @@ def persist_rejected_batch(ctx: StepContext, quarantine_table: pa.Table, result:
             step=FAILED_STEP, run_id=ctx.run_id, uri=store.step_uri(ctx.run_id, FAILED_STEP, "manifest.json"),
             fingerprint=digest_json({"step": FAILED_STEP, "inputs": inputs, "config": ctx.config.section_hash(STEP)}),
             config_hash=ctx.config.config_hash, logical_date=ctx.logical_date, inputs=inputs, outputs=outputs,
-            metrics=dict(metrics), facts={"error": message}, created_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+            metrics=dict(metrics), facts={"error": message}, created_at=dt.datetime.now(dt.UTC).isoformat(),
         )
         (staged / "manifest.json").write_text(manifest.model_dump_json(indent=2))
         store.commit(staged, ctx.run_id, FAILED_STEP)
@@ -529,7 +532,7 @@ def batch_problems(outcomes: Sequence[ExpectationOutcome], metrics: Mapping[str,
         unknown = [rows[number].get("label") for outcome in outcomes
                    if outcome.expectation == "expect_column_values_to_be_in_set" for number in outcome.failing_rows]
         if unknown:
-            problems.append(f"unknown labels {sorted(set(unknown))} in {len(unknown)} rows "
+            problems.append(f"unknown labels {sorted(set(map(str, unknown)))} in {len(unknown)} rows "
                             f"(validate.new_labels=reject; add them to labels or set new_labels=quarantine)")
     for check in checks:
         if check.status == "failed":
@@ -628,29 +631,27 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         if extra_columns:
             ctx.facts["ignored_columns"] = extra_columns
 
+    def track(manifest: Manifest) -> None:
+        mlflow.set_tag("freshet.status", "valid")
+        for name in ("gx_result", "validation_report", "quarantine"):
+            mlflow.log_artifact(str(store.local_path(manifest.output(name).uri)))
+        log_snapshots(config, store, inputs["crawl"].output("records"), manifest.output("valid"))
+
     try:
         manifest = execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
                            config_sections=(STEP,),
-                           extra_fingerprint={"reference_snapshots": [item["digest"] for item in snapshots]})
+                           extra_fingerprint={"reference_snapshots": [item["digest"] for item in snapshots]},
+                           track=track)
     except BatchRejected as rejection:
-        import mlflow
-
         # Raised inside the MLflow run so it ends FAILED, with the evidence attached.
         with step_run(config, run_id, STEP, logical_date):
-            log_manifest(read_manifest(store, run_id, FAILED_STEP))
+            failed = read_manifest(store, run_id, FAILED_STEP)
+            if failed is not None:
+                log_manifest(failed)
             mlflow.set_tag("freshet.status", "rejected")
             mlflow.log_artifacts(str(store.local_path(rejection.failed_uri)), artifact_path=FAILED_STEP)
             log_snapshots(config, store, inputs["crawl"].output("records"))
             raise
-    if not manifest.reused:
-        import mlflow
-
-        with step_run(config, run_id, STEP, logical_date):
-            log_manifest(manifest)
-            mlflow.set_tag("freshet.status", "valid")
-            for name in ("gx_result", "validation_report", "quarantine"):
-                mlflow.log_artifact(str(store.local_path(manifest.output(name).uri)))
-            log_snapshots(config, store, inputs["crawl"].output("records"), manifest.output("valid"))
     return manifest
 
 

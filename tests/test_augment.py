@@ -14,13 +14,13 @@ import pytest
 import yaml
 
 from tasks import augment
-from tasks.clean import DATASET_SCHEMA
 from tasks.config import AugmentConfig, ModelAugmenterConfig, PipelineConfig
-from tasks.contract import Manifest, StepContext, StepError, execute
-from tasks.data import content_hash, read_rows, write_parquet
+from tasks.contract import StepContext, execute
 from tasks.lexicon import WordNet
+from tasks.manifest import Manifest, StepError
+from tasks.records import DATASET_SCHEMA, content_hash, read_rows, write_parquet
 from tasks.store import ArtifactStore
-from tests.pipeline_fixtures import dataset_inputs, step_mlflow_run
+from tests.pipeline_support import dataset_inputs, step_mlflow_run
 
 LABELS = ["libs", "utils", "net"]
 
@@ -274,14 +274,6 @@ DATASET = [
 
 
 @pytest.fixture(scope="module")
-def tracking(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One MLflow database per pytest session, shared by the step test modules (creating one costs seconds)."""
-    directory = tmp_path_factory.getbasetemp() / "mlflow"
-    directory.mkdir(exist_ok=True)
-    return directory
-
-
-@pytest.fixture(scope="module")
 def step(tmp_path_factory: pytest.TempPathFactory, tracking: Path) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("augmented")
     config = make_config(root, tracking)
@@ -423,7 +415,7 @@ def tiny_seq2seq(directory: Path) -> Path:
     from tokenizers.pre_tokenizers import Whitespace
     from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
 
-    words = ["<pad>", "<s>", "</s>", "[UNK]", *"fast library tool for parsing files quick archive data".split()]
+    words = ["<pad>", "<s>", "</s>", "[UNK]", *["fast", "library", "tool", "for", "parsing", "files", "quick", "archive", "data"]]
     backend = Tokenizer(WordLevel({word: number for number, word in enumerate(words)}, unk_token="[UNK]"))
     backend.pre_tokenizer = Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>",
@@ -444,5 +436,5 @@ def test_back_translation_runs_two_local_models_seeded(tmp_path: Path) -> None:
         name="back_translation", forward_model=str(directory), backward_model=str(directory), max_length=12))
     outputs = [translate.augment("fast library tool for files", random.Random(seed)) for seed in (1, 1, 2)]
     assert outputs[0] == outputs[1] and outputs[0] != outputs[2]  # a function of the row's generator
-    vocabulary = set("fast library tool for parsing files quick archive data [UNK]".split())
+    vocabulary = {"fast", "library", "tool", "for", "parsing", "files", "quick", "archive", "data", "[UNK]"}
     assert all(set(text.split()) <= vocabulary for text in outputs if text)

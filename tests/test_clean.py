@@ -13,10 +13,12 @@ import yaml
 
 from tasks import clean
 from tasks.config import CleanConfig, PipelineConfig
-from tasks.contract import Manifest, StepContext, StepError, execute
-from tasks.data import RECORD_SCHEMA, content_hash, read_history, read_rows, record_snapshot, split_of, write_parquet
+from tasks.contract import StepContext, execute
+from tasks.manifest import Manifest, StepError
+from tasks.records import RECORD_SCHEMA, content_hash, read_rows, split_of, write_parquet
+from tasks.snapshots import read_history, record_snapshot
 from tasks.store import ArtifactStore
-from tests.pipeline_fixtures import dataset_inputs, step_mlflow_run
+from tests.pipeline_support import dataset_inputs, step_mlflow_run
 
 LABELS = ["libs", "utils", "net"]
 
@@ -46,14 +48,6 @@ def validate_manifest(config: PipelineConfig, store: ArtifactStore, run_id: str,
 
     return execute("validate", body, config, {}, run_id=run_id, store=store, logical_date=logical_date,
                    extra_fingerprint={"rows": str(rows)})
-
-
-@pytest.fixture(scope="module")
-def tracking(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One MLflow database per pytest session, shared by the step test modules (creating one costs seconds)."""
-    directory = tmp_path_factory.getbasetemp() / "mlflow"
-    directory.mkdir(exist_ok=True)
-    return directory
 
 
 # ------------------------------------------------------------------------------- normalisation

@@ -7,17 +7,25 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tasks.compress import (DISTILLED, DISTILLED_ONNX_INT8, FP32, INT8, ONNX_FP32, ONNX_INT8, PRUNED,
-                            select_serving_variant)
+from tasks.compress import (
+    DISTILLED,
+    DISTILLED_ONNX_INT8,
+    FP32,
+    INT8,
+    ONNX_FP32,
+    ONNX_INT8,
+    PRUNED,
+    select_serving_variant,
+)
 from tasks.config import TrainConfig
-from tests.pipeline_fixtures import LABELS
+from tests.pipeline_support import LABELS
 
 TEXTS = ["alpha0 alpha1 alpha2", "gamma3", "a somewhat longer text with more tokens in it", "beta"]
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    from tasks.modeling import build_model, load_tokenizer
+    from tasks.models.build import build_model, load_tokenizer
 
     directory = tmp_path_factory.mktemp("tiny_model")
     build_model(TrainConfig(model="tiny", max_length=16), LABELS).save_pretrained(directory)
@@ -27,7 +35,8 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def onnx_files(tiny_model_dir, tmp_path_factory):
-    from tasks.modeling import export_onnx, load_classifier, quantize_onnx_int8
+    from tasks.models.build import load_classifier
+    from tasks.models.compression import export_onnx, quantize_onnx_int8
 
     model, tokenizer = load_classifier(tiny_model_dir)
     directory = tmp_path_factory.mktemp("onnx")
@@ -36,14 +45,16 @@ def onnx_files(tiny_model_dir, tmp_path_factory):
 
 
 def reference(tiny_model_dir):
-    from tasks.modeling import load_classifier, predict
+    from tasks.models.build import load_classifier
+    from tasks.models.inference import predict
 
     model, tokenizer = load_classifier(tiny_model_dir)
     return predict(model, tokenizer, TEXTS, max_length=16)
 
 
 def test_onnx_fp32_matches_torch_on_every_batch_shape(tiny_model_dir, onnx_files):
-    from tasks.modeling import load_serving_model, predict
+    from tasks.models.compression import load_serving_model
+    from tasks.models.inference import predict
 
     expected = reference(tiny_model_dir)
     model, tokenizer = load_serving_model(tiny_model_dir, ONNX_FP32, onnx_files[ONNX_FP32])
@@ -53,7 +64,8 @@ def test_onnx_fp32_matches_torch_on_every_batch_shape(tiny_model_dir, onnx_files
 
 
 def test_onnx_int8_is_smaller_and_predicts(tiny_model_dir, onnx_files):
-    from tasks.modeling import load_serving_model, predict
+    from tasks.models.compression import load_serving_model
+    from tasks.models.inference import predict
 
     assert onnx_files[ONNX_INT8].stat().st_size < 0.5 * onnx_files[ONNX_FP32].stat().st_size
     model, tokenizer = load_serving_model(tiny_model_dir, ONNX_INT8, onnx_files[ONNX_INT8])
@@ -66,7 +78,9 @@ def test_onnx_int8_is_smaller_and_predicts(tiny_model_dir, onnx_files):
 def test_int8_dynamic_and_pruned_variants_predict(tiny_model_dir):
     import torch
 
-    from tasks.modeling import load_classifier, load_serving_model, predict, prune_magnitude
+    from tasks.models.build import load_classifier
+    from tasks.models.compression import load_serving_model, prune_magnitude
+    from tasks.models.inference import predict
 
     int8, tokenizer = load_serving_model(tiny_model_dir, INT8)
     assert predict(int8, tokenizer, TEXTS, max_length=16).probabilities.shape == (len(TEXTS), len(LABELS))
@@ -78,7 +92,7 @@ def test_int8_dynamic_and_pruned_variants_predict(tiny_model_dir):
 
 
 def test_onnx_variant_needs_its_file(tiny_model_dir):
-    from tasks.modeling import load_serving_model
+    from tasks.models.compression import load_serving_model
 
     with pytest.raises(ValueError, match="needs an ONNX file"):
         load_serving_model(tiny_model_dir, ONNX_INT8)
@@ -95,7 +109,7 @@ def test_onnx_variant_needs_its_file(tiny_model_dir):
 def test_pyfunc_serves_the_configured_variant(tiny_model_dir, onnx_files, model_config, with_onnx, expected_type):
     import pandas as pd
 
-    from tasks.serving import TextClassifier
+    from tasks.models.serving import TextClassifier
 
     artifacts = {"hf_model": str(tiny_model_dir)} | ({"onnx_model": str(onnx_files[ONNX_INT8])} if with_onnx else {})
     served = TextClassifier()
@@ -137,7 +151,7 @@ def test_selection_policy(table, expected):
 def deep_teacher(tmp_path_factory):
     """A tiny 4-layer teacher, so a 2-layer student has layers to choose."""
     from tasks.config import TinyModelConfig
-    from tasks.modeling import build_model, load_tokenizer
+    from tasks.models.build import build_model, load_tokenizer
 
     directory = tmp_path_factory.mktemp("deep_teacher")
     config = TrainConfig(model="tiny", max_length=16, tiny=TinyModelConfig(num_hidden_layers=4))
@@ -149,7 +163,9 @@ def deep_teacher(tmp_path_factory):
 def test_student_copies_embeddings_head_and_evenly_spread_layers(deep_teacher, tmp_path):
     import torch
 
-    from tasks.modeling import build_student, load_classifier, predict
+    from tasks.models.build import load_classifier
+    from tasks.models.compression import build_student
+    from tasks.models.inference import predict
 
     teacher, tokenizer = load_classifier(deep_teacher)
     student = build_student(teacher, 2)
@@ -170,7 +186,9 @@ def test_student_copies_embeddings_head_and_evenly_spread_layers(deep_teacher, t
 
 
 def test_student_shape_errors_and_narrow_student(deep_teacher):
-    from tasks.modeling import build_student, load_classifier, predict
+    from tasks.models.build import load_classifier
+    from tasks.models.compression import build_student
+    from tasks.models.inference import predict
 
     teacher, tokenizer = load_classifier(deep_teacher)
     with pytest.raises(ValueError, match="within 1..4"):
@@ -183,7 +201,8 @@ def test_student_shape_errors_and_narrow_student(deep_teacher):
 def test_distillation_moves_the_student_towards_the_teacher(deep_teacher):
     import torch
 
-    from tasks.modeling import build_student, distill, load_classifier, teacher_logits
+    from tasks.models.build import load_classifier
+    from tasks.models.compression import build_student, distill, teacher_logits
 
     teacher, tokenizer = load_classifier(deep_teacher)
     texts = [f"{word}{index} filler {word}" for index in range(24) for word in ("alpha", "beta", "gamma")]
@@ -207,8 +226,10 @@ def test_distillation_moves_the_student_towards_the_teacher(deep_teacher):
 def test_pyfunc_serves_the_distilled_student(deep_teacher, tmp_path):
     import pandas as pd
 
-    from tasks.modeling import build_student, export_onnx, load_classifier, predict, quantize_onnx_int8
-    from tasks.serving import TextClassifier
+    from tasks.models.build import load_classifier
+    from tasks.models.compression import build_student, export_onnx, quantize_onnx_int8
+    from tasks.models.inference import predict
+    from tasks.models.serving import TextClassifier
 
     teacher, tokenizer = load_classifier(deep_teacher)
     student = build_student(teacher, 2)
@@ -229,3 +250,27 @@ def test_pyfunc_serves_the_distilled_student(deep_teacher, tmp_path):
         result = served.predict(None, pd.DataFrame({"text": TEXTS}))
         np.testing.assert_allclose(result["probability"], expected.probabilities.max(axis=1),
                                    atol=0.1 if "int8" in variant else 1e-5)
+
+
+# ------------------------------------------------- the compress step on the model steps' two rounds
+
+
+def test_int8_variant_is_re_evaluated_and_smaller(two_rounds):
+    _, _, first, _ = two_rounds
+    variant = first["compress"].facts["variants"]["int8-dynamic"]
+    assert 0 < variant["size_ratio"] < 1
+    assert set(variant["macro_f1_delta"]) >= {"frozen", "fresh"}
+
+
+def test_distilled_variants_are_trained_stored_safely_and_re_evaluated(two_rounds):
+    _, store, first, _ = two_rounds
+    manifest = first["compress"]
+    variants = manifest.facts["variants"]
+    for name in ("distilled", "distilled-onnx-int8"):
+        row = variants[name]
+        assert row["servable"] and set(row["macro_f1_delta"]) >= {"frozen", "fresh"}
+        assert row["layers"] == 1 and row["teacher_layers"] == 2 and row["distill_rows"] > 0
+    assert variants["distilled-onnx-int8"]["size_ratio"] < variants["onnx-int8"]["size_ratio"]
+    student = store.local_path(manifest.output("distilled_model").uri)
+    assert list(student.glob("*.safetensors")) and not list(student.glob("*.bin")) and not list(student.glob("*.pt"))
+    assert store.local_path(manifest.output("distilled_onnx_int8").uri).suffix == ".onnx"

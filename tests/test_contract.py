@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import yaml
 
 from tasks.config import ConfigError, load_config
-from tasks.contract import StepContext, StepError, execute, read_manifest
+from tasks.contract import StepContext, execute, read_manifest
+from tasks.manifest import StepError
 from tasks.store import ArtifactStore
 
 BASE = {

@@ -10,11 +10,11 @@ import signal
 import pytest
 import torch
 
-from tasks.cpu_dropout import ATTENTION, CpuDropout, MaskStream, use_fast_cpu_dropout
-from tasks.demo_corpus import synthetic_corpus
-from tasks.modeling import build_model, load_tokenizer
+from tasks.demo.corpus import synthetic_corpus
+from tasks.models.build import build_model, load_tokenizer
 from tasks.train import TrainingData, fit
-from tests.pipeline_fixtures import CPU, LABELS, max_difference, tiny_config
+from tasks.training.cpu_dropout import ATTENTION, CpuDropout, MaskStream, use_fast_cpu_dropout
+from tests.pipeline_support import CPU, LABELS, max_difference, tiny_config
 
 
 def test_masks_keep_one_minus_p_and_scale_by_its_inverse():

@@ -21,11 +21,13 @@ import yaml
 
 from tasks import crawl
 from tasks.config import PipelineConfig
-from tasks.contract import Manifest, StepError, read_manifest
-from tasks.crawl import address_refusal
-from tasks.data import read_rows
-from tasks.demo_corpus import synthetic_corpus, write_corpus
-from tasks.demo_site import PRIVATE_PATH, DemoSite, serve
+from tasks.contract import read_manifest
+from tasks.demo.corpus import synthetic_corpus, write_corpus
+from tasks.demo.site import PRIVATE_PATH, DemoSite, serve
+from tasks.manifest import Manifest, StepError
+from tasks.records import read_rows
+from tasks.sources import fetch
+from tasks.sources.fetch import address_refusal
 from tasks.store import ArtifactStore
 
 LABELS = ["alpha", "beta", "gamma"]
@@ -39,17 +41,11 @@ NDJSON = "application/x-ndjson"
 # ------------------------------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    # One tracking database for the module: creating a fresh one costs seconds per test.
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
-
-
 @pytest.fixture(autouse=True)
 def pauses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Backoff and pacing delays the crawler asked for; recorded instead of slept."""
     recorded: list[float] = []
-    monkeypatch.setattr(crawl, "pause", recorded.append)
+    monkeypatch.setattr(fetch, "pause", recorded.append)
     return recorded
 
 
@@ -222,7 +218,7 @@ def test_a_day_with_nothing_new_ends_the_run_green_at_new_data(tmp_path: Path, m
                                                                 site: DemoSite) -> None:
     """A backfill of an already-crawled day (or a quiet day) finds nothing: the DAG's `new_data`
     ShortCircuit stops there with the reason, instead of validate failing on an empty batch."""
-    from freshet_airflow.factory import crawl_found_data
+    from freshet_airflow.control import crawl_found_data
 
     config = make_config(tmp_path, mlflow_uri, [demo_source(site)])
     store = ArtifactStore(config.artifact_root)

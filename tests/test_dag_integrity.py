@@ -3,13 +3,15 @@ settings from the config, and parse fast."""
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
 
 from tests.conftest import REPO
 
-EXPECTED_ORDER = ["crawl", "new_data", "validate", "clean", "augment", "decide", "train", "evaluate", "compress",
+EXPECTED_ORDER = ["crawl", "new_data", "validate", "clean", "augment", "decide", "should_train", "train", "evaluate",
+                  "compress",
                   "register", "gate", "promote"]
 
 
@@ -32,7 +34,7 @@ def test_pipeline_has_every_step_in_order_with_tags(dagbag):
     bag, _ = dagbag
     dag = bag.dags["freshet"]
     assert set(dag.task_ids) == set(EXPECTED_ORDER)
-    for upstream, downstream in zip(EXPECTED_ORDER, EXPECTED_ORDER[1:]):
+    for upstream, downstream in itertools.pairwise(EXPECTED_ORDER):
         assert downstream in dag.get_task(upstream).downstream_task_ids, f"{upstream} -> {downstream} missing"
     assert {"freshet", "continuous-learning"} <= set(dag.tags)
     assert dag.max_active_runs == 1
@@ -59,7 +61,8 @@ def test_training_is_pooled_and_only_network_steps_retry(dagbag):
     for task_id in ("crawl", "register", "promote"):
         task = dag.get_task(task_id)
         assert task.retries == 3 and task.retry_exponential_backoff, task_id
-    for task_id in ("new_data", "validate", "clean", "augment", "decide", "evaluate", "compress", "gate"):
+    for task_id in ("new_data", "validate", "clean", "augment", "decide", "should_train", "evaluate", "compress",
+                    "gate"):
         assert dag.get_task(task_id).retries == 0, task_id
     assert bag.dags["freshet_rollback"].get_task("rollback").retries == 0
 

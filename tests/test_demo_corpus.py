@@ -1,4 +1,4 @@
-"""tasks.demo_corpus: Debian control-file parsing, corpus building and the synthetic corpus."""
+"""tasks.demo.corpus: Debian control-file parsing, corpus building and the synthetic corpus."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import demo_corpus
-from tasks.demo_corpus import (
+from tasks.demo import corpus as demo_corpus
+from tasks.demo.corpus import (
     CorpusError,
     build_debian_corpus,
     parse_debian_packages,

@@ -1,4 +1,4 @@
-"""tasks.demo_site: day-by-day publication over real HTTP, validators, robots, poisoning, CLI."""
+"""tasks.demo.site: day-by-day publication over real HTTP, validators, robots, poisoning, CLI."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tasks.demo_corpus import synthetic_corpus, write_corpus
-from tasks.demo_site import PRIVATE_PATH, DemoSite, publication_day, serve
+from tasks.demo.corpus import synthetic_corpus, write_corpus
+from tasks.demo.site import PRIVATE_PATH, DemoSite, publication_day, serve
 
 START = dt.date(2025, 1, 1)
 DAYS = 4
@@ -114,7 +114,7 @@ def test_corrupt_labels_shift_labels_from_the_given_day(corpus_path: Path, http:
 
 
 def test_cli_serves_until_sigterm(corpus_path: Path) -> None:
-    command = [sys.executable, "-m", "tasks.demo_site", "--corpus", str(corpus_path), "--start-date", "2025-01-01",
+    command = [sys.executable, "-m", "tasks.demo.site", "--corpus", str(corpus_path), "--start-date", "2025-01-01",
                "--days", "2", "--port", "0"]
     environment = {**os.environ, "PYTHONPATH": str(REPOSITORY_ROOT)}
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -135,10 +135,10 @@ def test_cli_serves_until_sigterm(corpus_path: Path) -> None:
 def test_other_views_carry_the_same_day_records(site: DemoSite, http: httpx.Client) -> None:
     import gzip
     import lzma
-    import xml.etree.ElementTree as ElementTree
+    from xml.etree import ElementTree
 
-    from tasks.demo_corpus import iter_control_stanzas
-    from tasks.demo_site import page_path
+    from tasks.demo.site import page_path
+    from tasks.sources.debian_index import iter_control_stanzas
 
     date = START + dt.timedelta(days=1)
     records = {record["id"]: record for record in _page_records(http, site, date)}

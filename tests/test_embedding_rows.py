@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from tasks.demo_corpus import synthetic_corpus
-from tasks.embedding_rows import RowSparseEmbeddingGradient
-from tasks.modeling import build_model, load_tokenizer
+from tasks.demo.corpus import synthetic_corpus
+from tasks.models.build import build_model, load_tokenizer
 from tasks.train import TrainingData, fit
-from tests.pipeline_fixtures import CPU, LABELS, max_difference, tiny_config
-
+from tasks.training.embedding_rows import RowSparseEmbeddingGradient
+from tests.pipeline_support import CPU, LABELS, max_difference, tiny_config
 
 # Words only one step reads: rows a step wrote and the next does not touch must be cleared.
 STEP_WORDS = ["alpha beta gamma", "river mountain forest", "piano violin trumpet"]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tasks.config import GatePolicy
-from tasks.gate import BestScore, compare_paired, judge_candidate
-from tasks.metrics import classification_metrics, expected_calibration_error
+from tasks.gate_policy import BestScore, compare_paired, judge_candidate
+from tasks.models.metrics import classification_metrics, expected_calibration_error
 
 LABELS = ["a", "b", "c"]
 

@@ -9,10 +9,10 @@ import pytest
 
 from tasks import compress, decide, evaluate, learning_curve, promote, register, train
 from tasks.config import CompressConfig, ScheduleConfig
-from tasks.demo_corpus import synthetic_corpus
+from tasks.demo.corpus import synthetic_corpus
 from tasks.store import ArtifactStore
-from tests.pipeline_fixtures import LABELS, tiny_config
-from tests.schedule_fixtures import ingest
+from tests.pipeline_support import LABELS, tiny_config
+from tests.schedule_support import ingest
 
 DAYS = {"run-1": "2026-11-01", "run-2": "2026-11-02", "run-3": "2026-11-03"}
 

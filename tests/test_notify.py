@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from freshet_airflow import factory
+from freshet_airflow import control, schedule
 from freshet_airflow.notify import WebhookNotifier
-from tests.airflow_fixtures import WebhookReceiver, migrate_airflow_db
+from tests.airflow_support import WebhookReceiver, migrate_airflow_db
 
 
 @pytest.fixture()
@@ -28,7 +28,7 @@ def write_config(tmp_path, webhook_url: str | None) -> str:
         "crawl": {"sources": [{"name": "s", "url": "https://example.org/feed/"}]},
         "notify": {"webhook_url": webhook_url, "headers": {"X-Token": "t0k"}},
     }))
-    factory.pipeline_config.cache_clear()
+    schedule.pipeline_config.cache_clear()
     return str(path)
 
 
@@ -36,7 +36,7 @@ def test_notifier_posts_run_identity_and_reason(receiver):
     ti = SimpleNamespace(dag_id="freshet", run_id="scheduled__2026-11-02", task_id="crawl", try_number=2)
     notifier = WebhookNotifier(receiver.url, pipeline="demo", headers={"X-Token": "t0k"})
     notifier({"ti": ti, "exception": RuntimeError("source http://x/ answered HTTP 503"),
-              "logical_date": dt.datetime(2026, 11, 2, tzinfo=dt.timezone.utc)})
+              "logical_date": dt.datetime(2026, 11, 2, tzinfo=dt.UTC)})
     (payload,) = receiver.events("task_failed")
     assert payload == {"event": "task_failed", "pipeline": "demo", "dag_id": "freshet", "run_id": "scheduled__2026-11-02",
                        "task_id": "crawl", "try_number": 2, "logical_date": "2026-11-02 00:00:00+00:00",
@@ -61,19 +61,19 @@ def _rejected_manifest() -> dict:
 def test_gate_rejection_is_notified_and_still_short_circuits(tmp_path, receiver):
     config_path = write_config(tmp_path, receiver.url)
     ti = SimpleNamespace(dag_id="freshet", run_id="scheduled__2026-11-02", task_id="gate", try_number=1)
-    assert factory._gate(_rejected_manifest(), config_path, ti=ti) is False
+    assert control.gate_outcome(_rejected_manifest(), config_path, ti=ti) is False
     (rejection,) = receiver.events("gate_rejected")
     assert rejection["run_id"] == "scheduled__2026-11-02" and rejection["task_id"] == "gate"
     assert rejection["reason"] == "frozen.macro_f1 0.21 < floor 0.5"
     assert [check["name"] for check in rejection["checks"]] == ["floor:frozen.macro_f1"]
     passed = {"facts": {"gate": {"passed": True, "reasons": [], "checks": []}}}
-    assert factory._gate(passed, config_path, ti=ti) is True
+    assert control.gate_outcome(passed, config_path, ti=ti) is True
     assert len(receiver.received) == 1, "a passing gate must not notify"
 
 
 def test_dead_webhook_does_not_turn_a_rejection_into_a_failure(tmp_path):
     config_path = write_config(tmp_path, "http://127.0.0.1:9/unreachable")
-    assert factory._gate(_rejected_manifest(), config_path, ti=SimpleNamespace(dag_id="d", run_id="r", task_id="gate",
+    assert control.gate_outcome(_rejected_manifest(), config_path, ti=SimpleNamespace(dag_id="d", run_id="r", task_id="gate",
                                                                                try_number=1)) is False
 
 
@@ -87,7 +87,7 @@ def test_failed_task_notifies_from_a_real_dag_run(tmp_path, receiver, monkeypatc
     migrate_airflow_db()
     monkeypatch.setenv("FRESHET_CONFIG", write_config(tmp_path, receiver.url))
     dag = DagBag(dag_folder=str(REPO / "dags" / "freshet_rollback.py")).dags["freshet_rollback"]
-    run = dag.test(logical_date=dt.datetime(2026, 11, 3, tzinfo=dt.timezone.utc),
+    run = dag.test(logical_date=dt.datetime(2026, 11, 3, tzinfo=dt.UTC),
                    run_conf={"reason": "bad outputs in prod", "requested_by": "oncall"})
     assert {ti.task_id: ti.state for ti in run.get_task_instances()} == {"rollback": "failed"}
     (failure,) = receiver.events("task_failed")
@@ -97,5 +97,5 @@ def test_failed_task_notifies_from_a_real_dag_run(tmp_path, receiver, monkeypatc
 
 
 def test_no_webhook_configured_means_no_callbacks(tmp_path):
-    settings = factory.pipeline_dag_settings(write_config(tmp_path, None))
+    settings = schedule.pipeline_dag_settings(write_config(tmp_path, None))
     assert settings["default_args"]["on_failure_callback"] == []

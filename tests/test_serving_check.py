@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tasks.register import check_serving, compare_serving
-from tests.pipeline_fixtures import tiny_config
+from tests.pipeline_support import tiny_config
 
 
 def sample(labels, probabilities, tolerance=1e-3):

@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 
 from tasks.contract import read_manifest
-from tasks.data import read_rows
-from tasks.demo_corpus import synthetic_corpus
-from tasks.modeling import predict
+from tasks.demo.corpus import synthetic_corpus
+from tasks.models.inference import predict
+from tasks.records import read_rows
 from tasks.store import ArtifactStore
 from tasks.train import fit, gather_training_data
-from tests.pipeline_fixtures import CPU, LABELS, fake_upstream, tiny_config
-
+from tests.pipeline_support import CPU, LABELS, fake_upstream, tiny_config
 
 NEW_CUES = {"alpha": "river", "beta": "stone", "gamma": "cloud"}
 MODEL = {"dropout": 0.0, "learning_rate": 1e-3, "warm_start_learning_rate": 5e-4, "epochs": 5,

@@ -8,11 +8,12 @@ import torch
 import yaml
 
 from tasks.contract import read_manifest
-from tasks.demo_corpus import synthetic_corpus
-from tasks.modeling import build_model, load_classifier, predict
+from tasks.demo.corpus import synthetic_corpus
+from tasks.models.build import build_model, load_classifier
+from tasks.models.inference import predict
 from tasks.store import ArtifactStore
 from tasks.train import TrainingData, fit
-from tests.pipeline_fixtures import CPU, LABELS, fake_upstream, max_difference, tiny_config
+from tests.pipeline_support import CPU, LABELS, fake_upstream, max_difference, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_frozen_word_embeddings_stay_as_initialised_while_the_rest_learns(tmp_pa
 
 
 def test_lora_names_a_missing_target_module(tmp_path, rows):
-    from tasks.contract import StepError
+    from tasks.manifest import StepError
 
     with pytest.raises(StepError, match=r"target_modules: \['q_proj'\]"):
         train(tmp_path, rows, epochs=1, peft={"target_modules": ["q_proj"]})
@@ -102,7 +103,7 @@ def test_bf16_autocast_on_cpu_converges(tmp_path, rows, caplog):
 
 @pytest.mark.slow
 def test_compiled_model_trains_like_eager(tmp_path, rows):
-    settings = dict(epochs=2, optimizer="sgd", learning_rate=0.1, dropout=0.0)
+    settings = {"epochs": 2, "optimizer": "sgd", "learning_rate": 0.1, "dropout": 0.0}
     _, eager = train(tmp_path / "eager", rows, **settings)
     _, compiled = train(tmp_path / "compiled", rows, compile=True, **settings)
     assert compiled.metrics["compiled"] == 1 and compiled.metrics["steps"] == eager.metrics["steps"]

@@ -15,10 +15,12 @@ import yaml
 
 from tasks import validate
 from tasks.config import PipelineConfig
-from tasks.contract import Manifest, StepContext, StepError, execute, read_manifest
-from tasks.data import QUARANTINE_SCHEMA, RECORD_SCHEMA, read_rows, record_snapshot, write_parquet
+from tasks.contract import StepContext, execute, read_manifest
+from tasks.manifest import Manifest, StepError
+from tasks.records import QUARANTINE_SCHEMA, RECORD_SCHEMA, read_rows, write_parquet
+from tasks.snapshots import record_snapshot
 from tasks.store import ArtifactStore
-from tests.pipeline_fixtures import dataset_inputs
+from tests.pipeline_support import dataset_inputs
 
 LABELS = ["libs", "utils", "net"]
 

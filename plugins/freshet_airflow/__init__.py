@@ -1,10 +1,48 @@
-"""freshet's Airflow side: the step-runner factory and the DDP training operator.
+"""freshet's Airflow side: every DAG task is `task(name, config_path)`; the pieces live by what they do.
+
+- `runners`: one task per step (`tasks.pipeline`), run locally, in our image or in a pod; training under torchrun.
+- `control`: ShortCircuits over a step's manifest (new_data, should_train, gate), approval, watch, rollback.
+- `schedule`: the config path, the DAG's schedule and run settings, retries, the training pool, notifications.
+- `operators`, `kubeflow`, `notify`: the operators and the notifier those use.
 
 Airflow adds `plugins/` to `sys.path`, so DAG files import `freshet_airflow` directly; the package
 is also installed with the project (pyproject) for tests and containers.
 """
 
-from freshet_airflow.factory import gate, gate_passed, step, train_step
-from freshet_airflow.operators import DDPTrainOperator, FreshetStepOperator
+from __future__ import annotations
 
-__all__ = ["DDPTrainOperator", "FreshetStepOperator", "gate", "gate_passed", "step", "train_step"]
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from freshet_airflow import control
+from freshet_airflow.runners import step
+from freshet_airflow.schedule import config_path, pipeline_dag_settings, pipeline_schedule
+from tasks.pipeline import STEP_NAMES
+
+CONTROL_TASKS: dict[str, Callable[..., BaseOperator | None]] = {
+    "new_data": control.new_data,
+    "should_train": control.should_train,
+    "gate": control.gate,
+    "approve": control.approve,
+    "watch": control.watch,
+    "rollback": control.rollback,
+}
+
+
+def task(name: str, config_path: str, **operator_kwargs: Any) -> BaseOperator | None:
+    """The task `name`: a step of tasks.pipeline or a control task; None for one the config switches off."""
+    if name in STEP_NAMES:
+        return step(name, config_path, **operator_kwargs)
+    if name in CONTROL_TASKS:
+        return CONTROL_TASKS[name](config_path, **operator_kwargs)
+    raise KeyError(f"unknown task {name!r}: steps {', '.join(STEP_NAMES)}; control tasks {', '.join(CONTROL_TASKS)}")
+
+
+def tasks(config_path: str, names: Iterable[str]) -> list[BaseOperator]:
+    """The tasks in order, leaving out those the config switches off (approval when not required)."""
+    return [built for name in names if (built := task(name, config_path)) is not None]
+
+
+__all__ = ["CONTROL_TASKS", "config_path", "pipeline_dag_settings", "pipeline_schedule", "task", "tasks"]

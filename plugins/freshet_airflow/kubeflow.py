@@ -111,7 +111,7 @@ class PyTorchJobOperator(KubernetesCreateResourceOperator):
         self.poll_interval_s = poll_interval_s
         self._job: tuple[str, str, str, str, str] | None = None
 
-    def execute(self, context: Any) -> dict[str, str]:
+    def execute(self, context: Any) -> dict[str, str]:  # type: ignore[override]  # the job's state goes to XCom
         super().execute(context)
         body = yaml.safe_load(self.yaml_conf)
         group, version, namespace, plural = self.get_crd_fields(body)

@@ -17,7 +17,6 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-
 # Asset-triggered runs have no logical date in Airflow 3: their data day is the day they run.
 LOGICAL_DAY = "{{ ds if ds is defined else dag_run.run_after | ds }}"
 

@@ -1,0 +1,99 @@
+"""Schedule and run settings from the pipeline config: where the config is, the DAG's schedule (daily, or
+also on new source pages, an Airflow Asset), retries, the training pool, failure notifications."""
+
+from __future__ import annotations
+
+import functools
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from tasks.config import PipelineConfig, load_config
+from tasks.pipeline import step as pipeline_step
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def config_path() -> str:
+    """The pipeline config every DAG file builds from: FRESHET_CONFIG, else the embedded demo's."""
+    return os.environ.get("FRESHET_CONFIG") or str(REPO / "configs" / "demo.yaml")
+
+
+@functools.lru_cache(maxsize=8)
+def pipeline_config(path: str) -> PipelineConfig:
+    return load_config(path)
+
+
+def retry_policy(config: PipelineConfig, name: str) -> dict[str, Any]:
+    """Exponential backoff for steps that talk to the network (tasks.pipeline says which); none where the same
+    inputs fail the same way."""
+    settings = config.schedule
+    if not pipeline_step(name).network:
+        return {"retries": 0}
+    return {"retries": settings.retries, "retry_delay": timedelta(seconds=settings.retry_delay_s),
+            "retry_exponential_backoff": True, "max_retry_delay": timedelta(seconds=settings.max_retry_delay_s)}
+
+
+def source_asset(config):
+    """The Asset the watcher updates when a source lists pages the crawler has not fetched yet."""
+    from airflow.sdk import Asset
+
+    return Asset(name=f"freshet.{config.name}.source_pages", group="freshet",
+                 extra={"sources": [source.url for source in config.crawl.sources]})
+
+
+def webhook(config, *, event: str = "task_failed", reason: str | None = None, details: dict | None = None):
+    from freshet_airflow.notify import WebhookNotifier
+
+    return WebhookNotifier(config.notify.webhook_url, event=event, pipeline=config.name, reason=reason,
+                           headers=config.notify.headers, timeout_s=config.notify.timeout_s, details=details)
+
+
+def failure_callbacks(config) -> list:
+    return [webhook(config)] if config.notify.webhook_url and config.notify.on_failure else []
+
+
+def pipeline_schedule(config_path: str) -> Any:
+    """Daily, or also on new source pages (the watcher's Asset). A data-interval timetable: the run for day D
+    starts after D ends and crawls pages dated up to D."""
+    from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable
+
+    config = pipeline_config(config_path)
+    settings = config.schedule
+    timetable = CronDataIntervalTimetable(settings.cron, timezone="UTC")
+    if settings.watch_source:
+        return AssetOrTimeSchedule(timetable=timetable, assets=[source_asset(config)])
+    return timetable
+
+
+def pipeline_dag_settings(config_path: str) -> dict[str, Any]:
+    """DAG(...) keyword arguments from the config besides the schedule: start, catch-up, one active run,
+    retries off by default (steps opt in), failure notifications, the `force_training` param."""
+    import pendulum
+    from airflow.sdk import Param
+
+    config = pipeline_config(config_path)
+    settings = config.schedule
+    start = settings.start_date
+    return {
+        "start_date": pendulum.datetime(start.year, start.month, start.day, tz="UTC"),
+        "catchup": settings.catchup,
+        "max_active_runs": settings.max_active_runs,
+        "default_args": {"retries": 0, "on_failure_callback": failure_callbacks(config)},
+        "params": {"force_training": Param(False, type="boolean",
+                                           description="train even without enough new rows or drift")},
+    }
+
+
+def training_settings(config_path: str) -> dict[str, Any]:
+    """Operator kwargs for the training task: the pool that serialises GPU work, resume-friendly retries."""
+    settings = pipeline_config(config_path).schedule
+    kwargs: dict[str, Any] = {"retries": settings.train_retries,
+                              "retry_delay": timedelta(seconds=settings.retry_delay_s),
+                              "execution_timeout": timedelta(hours=6)}
+    if settings.training_pool:
+        kwargs.update(pool=settings.training_pool, pool_slots=1)
+    return kwargs
+
+

@@ -1,0 +1,3 @@
+from tasks.demo.runner import main
+
+raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""The shape of the house: tasks/ imports no Airflow, has no import circles (lazy imports count), nothing
+outside the demo package imports it, and every step of the registry is a module with run and main."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+from tasks.pipeline import STEPS
+from tests.conftest import REPO
+
+TASKS = REPO / "tasks"
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+
+
+MODULES = {module_name(path): path for path in sorted(TASKS.rglob("*.py")) if path.name != "__main__.py"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every tasks module `path` imports, at the top or inside a function."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+        elif isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+    return {name for name in names if name in MODULES}
+
+
+def test_importing_every_tasks_module_imports_no_airflow():
+    script = ("import importlib, sys\n"
+              f"for name in {sorted(MODULES)!r}:\n"
+              "    importlib.import_module(name)\n"
+              "loaded = sorted(name for name in sys.modules if name == 'airflow' or name.startswith('airflow.'))\n"
+              "print(loaded[:5])\n"
+              "raise SystemExit(1 if loaded else 0)\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert result.returncode == 0, f"tasks imports Airflow: {result.stdout}{result.stderr[-2000:]}"
+
+
+def test_no_import_circles_among_tasks_modules():
+    edges = {name: imported_modules(path) - {name} for name, path in MODULES.items()}
+    # A package imports its own submodules; a submodule importing its package's registry back would circle.
+    circles: list[list[str]] = []
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        path.append(node)
+        for neighbour in sorted(edges[node]):
+            if state.get(neighbour) == 1:
+                circles.append([*path[path.index(neighbour):], neighbour])
+            elif not state.get(neighbour):
+                visit(neighbour, path)
+        path.pop()
+        state[node] = 2
+
+    for name in sorted(edges):
+        if not state.get(name):
+            visit(name, [])
+    assert circles == [], "import circles: " + "; ".join(" -> ".join(circle) for circle in circles)
+
+
+def test_nothing_outside_the_demo_package_imports_it():
+    importers = {name: sorted(target for target in imported_modules(path) if target.startswith("tasks.demo"))
+                 for name, path in MODULES.items() if not name.startswith("tasks.demo")}
+    # bench/ may: the benchmarks measure on the demo corpus, the anchors' data.
+    for folder in ("plugins", "dags"):
+        for path in (REPO / folder).rglob("*.py"):
+            names = {node.module for node in ast.walk(ast.parse(path.read_text()))
+                     if isinstance(node, ast.ImportFrom) and node.module}
+            importers[str(path.relative_to(REPO))] = sorted(n for n in names if n.startswith("tasks.demo"))
+    assert {name: targets for name, targets in importers.items() if targets} == {}
+
+
+def test_every_registered_step_is_a_module_with_run_and_main():
+    for step in STEPS:
+        module = importlib.import_module(step.module)
+        assert callable(module.run) and callable(module.main), step.name
+        assert getattr(module, "STEP", step.name) == step.name
+        assert set(step.inputs) <= {other.name for other in STEPS}, step.name

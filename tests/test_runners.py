@@ -1,0 +1,164 @@
+"""The step runners build the same step command for local, docker and kubernetes runners."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from freshet_airflow import control, runners, schedule
+from freshet_airflow.operators import DDPTrainOperator, FreshetStepOperator, parse_manifest, resolve_nproc
+
+
+def write_config(tmp_path, mode: str, gpus: int = 0) -> str:
+    path = tmp_path / f"{mode}.yaml"
+    path.write_text(yaml.safe_dump({
+        "labels": ["a", "b"], "artifact_root": str(tmp_path / "artifacts"),
+        "mlflow": {"tracking_uri": "http://mlflow:5000"},
+        "crawl": {"sources": [{"name": "s", "url": "https://example.org/feed/"}]},
+        "runner": {"mode": mode, "image": "freshet:test", "gpus": gpus, "env": {"MLFLOW_TRACKING_URI": "http://mlflow:5000"},
+                   "container_config_path": "/opt/freshet/configs/pipeline.yaml"},
+        "train": {"nproc_per_node": "auto", "cpu_processes": 2},
+    }))
+    schedule.pipeline_config.cache_clear()
+    return str(path)
+
+
+def test_local_runner_runs_the_step_module_in_the_worker(tmp_path):
+    operator = runners.step("clean", write_config(tmp_path, "local"))
+    assert isinstance(operator, FreshetStepOperator)
+    assert operator.command()[1:3] == ["-m", "tasks.clean"]
+    assert operator.arguments[operator.arguments.index("--input") + 1] == "validate"
+    assert "{{ run_id }}" in operator.arguments
+
+
+def test_docker_runner_runs_the_same_command_in_our_image(tmp_path):
+    from airflow.providers.docker.operators.docker import DockerOperator
+
+    operator = runners.step("clean", write_config(tmp_path, "docker"))
+    assert isinstance(operator, DockerOperator)
+    assert operator.image == "freshet:test"
+    assert operator.command[:3] == ["python", "-m", "tasks.clean"]
+    assert "/opt/freshet/configs/pipeline.yaml" in operator.command
+    assert operator.environment["FRESHET_DAG_RUN_ID"] == "{{ run_id }}"
+
+
+def test_docker_train_requests_gpus_and_launches_torchrun(tmp_path):
+    operator = runners.train_step(write_config(tmp_path, "docker", gpus=1))
+    assert operator.command[:3] == ["python", "-m", "torch.distributed.run"]
+    assert "--nproc-per-node=gpu" in operator.command
+    assert operator.device_requests[0].count == 1
+
+
+def test_kubernetes_runner_writes_the_manifest_where_the_pod_sidecar_reads_it(tmp_path):
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    operator = runners.step("evaluate", write_config(tmp_path, "kubernetes"))
+    assert isinstance(operator, KubernetesPodOperator)
+    assert operator.cmds == ["python"]
+    assert operator.arguments[:2] == ["-m", "tasks.evaluate"]
+    assert operator.arguments[-2:] == ["--xcom-file", "/airflow/xcom/return.json"]
+    assert operator.do_xcom_push
+
+
+def test_ddp_operator_divides_cores_among_ranks(tmp_path):
+    operator = runners.train_step(write_config(tmp_path, "local"))
+    assert isinstance(operator, DDPTrainOperator)
+    operator.env["FRESHET_DAG_RUN_ID"] = "manual__x"
+    command = operator.command()
+    nproc = resolve_nproc("auto", 2)
+    assert f"--nproc-per-node={nproc}" in command and "--standalone" in command
+    assert command[command.index("-m", 2) + 1] == "tasks.train"
+    threads = int(operator.process_env()["OMP_NUM_THREADS"])
+    assert threads == max(1, len(os.sched_getaffinity(0)) // nproc)
+
+
+def test_manifest_is_the_last_manifest_line_of_the_output():
+    output = 'log line\n{"step": "clean", "run_id": "r"}\nmore log\n'
+    assert parse_manifest(output, "clean")["run_id"] == "r"
+    with pytest.raises(ValueError, match="printed no manifest"):
+        parse_manifest("only logs\n", "clean")
+
+
+def test_gate_callable_short_circuits_on_rejection():
+    rejected = {"facts": {"gate": {"passed": False, "reasons": ["floor"], "checks": []}}}
+    assert control.gate_passed(rejected) is False
+    assert control.gate_passed({"facts": {"gate": {"passed": True, "reasons": [], "checks": []}}}) is True
+
+
+def test_on_kill_ends_the_whole_process_group(tmp_path):
+    marker = tmp_path / "child.pid"
+    script = (f"import subprocess,sys,time; p=subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)']);"
+              f"open('{marker}','w').write(str(p.pid)); time.sleep(60)")
+    operator = FreshetStepOperator(task_id="sleepy", step="noop", arguments=[])
+    operator.command = lambda: [sys.executable, "-c", script]
+    operator._process = subprocess.Popen(operator.command(), start_new_session=True)
+    for _ in range(100):
+        if marker.exists() and marker.read_text():
+            break
+        time.sleep(0.05)
+    grandchild = int(marker.read_text())
+    operator.on_kill()
+    time.sleep(0.2)
+    assert operator._process.poll() is not None
+    assert not _alive(grandchild), "the step's own child outlived the killed task"
+
+
+def _alive(pid: int) -> bool:
+    """Running or sleeping; a zombie (killed, not yet reaped by init) counts as dead."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_only_network_steps_retry_with_backoff_whatever_the_runner(tmp_path):
+    for mode in ("local", "docker"):
+        config_path = write_config(tmp_path, mode)
+        crawl = runners.step("crawl", config_path)
+        assert crawl.retries == 3 and crawl.retry_exponential_backoff
+        assert crawl.retry_delay.total_seconds() == 30 and crawl.max_retry_delay.total_seconds() == 600
+        assert runners.step("evaluate", config_path).retries == 0
+    # An explicit choice in the DAG file still wins.
+    assert runners.step("register", write_config(tmp_path, "local"), retries=7).retries == 7
+
+
+def test_training_runs_in_the_configured_pool(tmp_path):
+    config_path = write_config(tmp_path, "local")
+    assert "pool" not in schedule.training_settings(config_path)  # no pool unless one is configured (it must exist)
+    with open(config_path) as handle:
+        data = yaml.safe_load(handle)
+    data["schedule"] = {"training_pool": "freshet_training"}
+    with open(config_path, "w") as handle:
+        yaml.safe_dump(data, handle)
+    schedule.pipeline_config.cache_clear()
+    operator = runners.train_step(config_path, **schedule.training_settings(config_path))
+    assert operator.pool == "freshet_training" and operator.pool_slots == 1 and operator.retries == 1
+
+
+def test_decide_is_a_step_like_the_others_and_its_verdict_drives_a_short_circuit(tmp_path):
+    from freshet_airflow import task
+
+    config_path = write_config(tmp_path, "docker")
+    decide = task("decide", config_path)
+    assert decide.command[:3] == ["python", "-m", "tasks.decide"]
+    assert "--force-training={{ params.force_training }}" in decide.command
+    should_train = task("should_train", config_path)
+    assert type(should_train).__name__ == "ShortCircuitOperator" and should_train.retries == 0
+    assert control.training_decided({"facts": {"train": False, "reason": "only 3 new rows"}}) == (False,
+                                                                                                 "only 3 new rows")
+
+
+def test_the_cli_runs_every_registered_step_decide_included(capsys):
+    from tasks.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["step", "decide", "--help"])
+    assert exited.value.code == 0
+    assert "--force-training" in capsys.readouterr().out
+    assert main(["step", "nonsense"]) == 2
