@@ -323,23 +323,23 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
     lexicon_used = lexicon.describe() if lexicon is not None else "none"
     model_used = config.augment.model_based.model_dump() if config.augment.model_based else NOT_CONFIGURED
 
-    def body(ctx: StepContext) -> None:
-        train_rows = [row for row in read_rows(ctx.input_path("clean", "dataset")) if row["split"] == "train"]
+    def body(context: StepContext) -> None:
+        train_rows = [row for row in read_rows(context.input_path("clean", "dataset")) if row["split"] == "train"]
         augmenters = default_augmenters(config.augment, lexicon, model_augmenter(config.augment.model_based))
         result = augment_rows(train_rows, config.labels, config.augment, augmenters,
                               min_text_chars=config.validate_.min_text_chars)
 
-        write_parquet(result.rows, ctx.out_dir / "train.parquet", schema=TRAIN_SCHEMA)
+        write_parquet(result.rows, context.out_dir / "train.parquet", schema=TRAIN_SCHEMA)
         rows_augmented = len(result.rows) - len(train_rows)
         report = {"classes": result.classes, "by_augmenter": result.by_augmenter, "skipped": result.skipped,
                   "rows_real": len(train_rows), "rows_augmented": rows_augmented,
                   "augmenters": [augmenter.name for augmenter in augmenters],
                   "lexicon": lexicon_used, "model_based": model_used}
-        ctx.facts.update({"augmenters": report["augmenters"], "lexicon": lexicon_used, "model_based": model_used})
-        (ctx.out_dir / "augment_report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
-        ctx.add_output("train", "train.parquet", "dataset", rows=len(result.rows), rows_augmented=rows_augmented)
-        ctx.add_output("augment_report", "augment_report.json", "report")
-        ctx.metrics.update({
+        context.facts.update({"augmenters": report["augmenters"], "lexicon": lexicon_used, "model_based": model_used})
+        (context.out_dir / "augment_report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+        context.add_output("train", "train.parquet", "dataset", rows=len(result.rows), rows_augmented=rows_augmented)
+        context.add_output("augment_report", "augment_report.json", "report")
+        context.metrics.update({
             "rows_real": len(train_rows),
             "rows_augmented": rows_augmented,
             "rows_skipped": result.skipped,
@@ -348,7 +348,7 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         })
         for label, counts in result.classes.items():
             for name in ("real", "augmented", "final"):
-                ctx.metrics[f"rows_{name}.{metric_key(label)}"] = counts[name]
+                context.metrics[f"rows_{name}.{metric_key(label)}"] = counts[name]
 
     def track(manifest: Manifest) -> None:
         mlflow.log_artifact(str(store.local_path(manifest.output("augment_report").uri)))

@@ -438,27 +438,27 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         logical_date: str | None = None) -> Manifest:
     snapshots = prior_snapshots(store, run_id, logical_date)
 
-    def body(ctx: StepContext) -> None:
-        rows = read_rows(ctx.input_path("validate", "valid"))
+    def body(context: StepContext) -> None:
+        rows = read_rows(context.input_path("validate", "valid"))
         result = clean_rows(rows, config, load_history(store, snapshots, config.clean))
 
-        write_parquet(result.dataset, ctx.out_dir / "dataset.parquet", schema=DATASET_SCHEMA)
-        write_parquet(result.quarantine, ctx.out_dir / "quarantine.parquet", schema=QUARANTINE_SCHEMA)
+        write_parquet(result.dataset, context.out_dir / "dataset.parquet", schema=DATASET_SCHEMA)
+        write_parquet(result.quarantine, context.out_dir / "quarantine.parquet", schema=QUARANTINE_SCHEMA)
         report = {"rows_in": len(rows), "rows_out": len(result.dataset), "counts": result.counts,
                   "examples": result.examples, "prior_snapshots": len(snapshots),
                   "near_duplicate_threshold": config.clean.near_duplicate_threshold,
                   "leakage_threshold": config.clean.leakage_threshold, "shingles": config.clean.shingles}
-        (ctx.out_dir / "clean_report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+        (context.out_dir / "clean_report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
         rows_per_split = {split: sum(row["split"] == split for row in result.dataset) for split in SPLITS}
-        ctx.add_output("dataset", "dataset.parquet", "dataset", rows=len(result.dataset), splits=rows_per_split)
-        ctx.add_output("quarantine", "quarantine.parquet", "dataset", rows=len(result.quarantine))
-        ctx.add_output("clean_report", "clean_report.json", "report")
-        ctx.metrics.update({"rows_in": len(rows), "rows_out": len(result.dataset),
+        context.add_output("dataset", "dataset.parquet", "dataset", rows=len(result.dataset), splits=rows_per_split)
+        context.add_output("quarantine", "quarantine.parquet", "dataset", rows=len(result.quarantine))
+        context.add_output("clean_report", "clean_report.json", "report")
+        context.metrics.update({"rows_in": len(rows), "rows_out": len(result.dataset),
                             "rows_quarantined": len(result.quarantine),
                             **{f"rows_{split}": count for split, count in rows_per_split.items()},
                             **result.counts})
         # Downstream steps (train, evaluate) find the old data from this manifest alone.
-        ctx.facts["prior_snapshots"] = snapshots
+        context.facts["prior_snapshots"] = snapshots
 
     def track(manifest: Manifest) -> None:
         mlflow.log_artifact(str(store.local_path(manifest.output("clean_report").uri)))

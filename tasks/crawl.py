@@ -69,7 +69,7 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
     until = logical_day(logical_date)
     report: dict[str, Any] = {}
 
-    def body(ctx: StepContext) -> None:
+    def body(context: StepContext) -> None:
         http = client or open_client(config.crawl)
         pacer = HostPacer(config.crawl.min_interval_s)
         crawls: list[SourceCrawl] = []
@@ -85,22 +85,22 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         rows = sorted((row for crawl in crawls for row in crawl.rows.values()), key=lambda row: row["id"])
         quarantined = [row for crawl in crawls for row in crawl.quarantined]
         sources = [crawl.report.source for crawl in crawls]
-        write_parquet(rows, ctx.out_dir / "records.parquet", schema=RECORD_SCHEMA)
-        ctx.add_output("records", "records.parquet", "dataset", rows=len(rows), sources=sources)
-        write_parquet(quarantined, ctx.out_dir / "quarantine.parquet", schema=QUARANTINE_SCHEMA)
-        ctx.add_output("quarantine", "quarantine.parquet", "dataset", rows=len(quarantined), sources=sources)
+        write_parquet(rows, context.out_dir / "records.parquet", schema=RECORD_SCHEMA)
+        context.add_output("records", "records.parquet", "dataset", rows=len(rows), sources=sources)
+        write_parquet(quarantined, context.out_dir / "quarantine.parquet", schema=QUARANTINE_SCHEMA)
+        context.add_output("quarantine", "quarantine.parquet", "dataset", rows=len(quarantined), sources=sources)
         for crawl in crawls:
-            state_path = ctx.out_dir / "crawl_state" / f"{crawl.report.source}.json"
+            state_path = context.out_dir / "crawl_state" / f"{crawl.report.source}.json"
             state_path.parent.mkdir(parents=True, exist_ok=True)
             state_path.write_text(json.dumps(crawl.state, sort_keys=True))
-        ctx.add_output("crawl_state", "crawl_state", "directory", sources=sources)
+        context.add_output("crawl_state", "crawl_state", "directory", sources=sources)
         report.update(run_id=run_id, logical_date=logical_date,
                       sources={crawl.report.source: crawl.report.to_dict() for crawl in crawls})
-        (ctx.out_dir / "crawl_report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
-        ctx.add_output("report", "crawl_report.json", "report")
+        (context.out_dir / "crawl_report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+        context.add_output("report", "crawl_report.json", "report")
 
         reports = [crawl.report for crawl in crawls]
-        ctx.metrics.update(
+        context.metrics.update(
             rows_new=len(rows),
             rows_quarantined=len(quarantined),
             pages_fetched=sum(item.pages_fetched for item in reports),
@@ -115,7 +115,7 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         # Errors by kind as their own metrics (errors.too_large, ...), so MLflow can chart and compare them.
         for item in reports:
             for kind, count in item.errors_by_kind.items():
-                ctx.metrics[f"errors.{kind}"] = int(ctx.metrics.get(f"errors.{kind}") or 0) + count
+                context.metrics[f"errors.{kind}"] = int(context.metrics.get(f"errors.{kind}") or 0) + count
         for item in reports:
             log.info("crawl %s: fetched %d, not modified %d, skipped by robots %d, refused by guard %d, "
                      "errors %s, records new %d changed %d quarantined %d", item.source, item.pages_fetched,

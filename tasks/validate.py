@@ -497,31 +497,31 @@ def read_batch(path: Path) -> tuple[pa.Table, list[str]]:
     return table, extra_columns
 
 
-def persist_rejected_batch(ctx: StepContext, quarantine_table: pa.Table, result: Mapping[str, Any],
+def persist_rejected_batch(context: StepContext, quarantine_table: pa.Table, result: Mapping[str, Any],
                            metrics: Mapping[str, Any], message: str, report: str) -> str:
     """Keep what a rejected batch produced under `runs/<run_id>/validate.failed/` (its own manifest last)."""
-    store = ctx.store
-    with store.staging(ctx.run_id, FAILED_STEP) as staged:
+    store = context.store
+    with store.staging(context.run_id, FAILED_STEP) as staged:
         write_parquet(quarantine_table, staged / "quarantine.parquet")
         (staged / "gx_result.json").write_text(json.dumps(result, indent=2, allow_nan=False))
         (staged / REPORT_FILE).write_text(report)
         outputs = {
-            name: ArtifactRef(uri=store.step_uri(ctx.run_id, FAILED_STEP, file), kind=kind,
+            name: ArtifactRef(uri=store.step_uri(context.run_id, FAILED_STEP, file), kind=kind,
                               digest=digest_path(staged / file), rows=rows)
             for name, file, kind, rows in (("quarantine", "quarantine.parquet", "dataset", quarantine_table.num_rows),
                                            ("gx_result", "gx_result.json", "report", None),
                                            ("validation_report", REPORT_FILE, "report", None))
         }
-        inputs = {name: manifest.fingerprint for name, manifest in ctx.inputs.items()}
+        inputs = {name: manifest.fingerprint for name, manifest in context.inputs.items()}
         manifest = Manifest(
-            step=FAILED_STEP, run_id=ctx.run_id, uri=store.step_uri(ctx.run_id, FAILED_STEP, "manifest.json"),
-            fingerprint=digest_json({"step": FAILED_STEP, "inputs": inputs, "config": ctx.config.section_hash(STEP)}),
-            config_hash=ctx.config.config_hash, logical_date=ctx.logical_date, inputs=inputs, outputs=outputs,
+            step=FAILED_STEP, run_id=context.run_id, uri=store.step_uri(context.run_id, FAILED_STEP, "manifest.json"),
+            fingerprint=digest_json({"step": FAILED_STEP, "inputs": inputs, "config": context.config.section_hash(STEP)}),
+            config_hash=context.config.config_hash, logical_date=context.logical_date, inputs=inputs, outputs=outputs,
             metrics=dict(metrics), facts={"error": message}, created_at=dt.datetime.now(dt.UTC).isoformat(),
         )
         (staged / "manifest.json").write_text(manifest.model_dump_json(indent=2))
-        store.commit(staged, ctx.run_id, FAILED_STEP)
-    return store.step_uri(ctx.run_id, FAILED_STEP)
+        store.commit(staged, context.run_id, FAILED_STEP)
+    return store.step_uri(context.run_id, FAILED_STEP)
 
 
 def batch_problems(outcomes: Sequence[ExpectationOutcome], metrics: Mapping[str, Any], config: PipelineConfig,
@@ -573,9 +573,9 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
     # The drift reference is accepted history, so it is an input: a new snapshot recomputes the step.
     snapshots = prior_snapshots(store, run_id, logical_date)
 
-    def body(ctx: StepContext) -> None:
-        crawl = ctx.input("crawl")
-        table, extra_columns = read_batch(ctx.input_path("crawl", "records"))
+    def body(context: StepContext) -> None:
+        crawl = context.input("crawl")
+        table, extra_columns = read_batch(context.input_path("crawl", "records"))
         rows = table.to_pylist()
         frame = table.to_pandas()
         frame[ROW_NUMBER] = np.arange(len(frame), dtype=np.int64)
@@ -589,7 +589,7 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         quarantined_numbers = {number for _, numbers in failures for number in numbers}
         valid = [row for number, row in enumerate(rows) if number not in quarantined_numbers]
         carried = upstream_quarantine(
-            ctx.input_path("crawl", "quarantine") if "quarantine" in crawl.outputs else None)
+            context.input_path("crawl", "quarantine") if "quarantine" in crawl.outputs else None)
         quarantine_table = pa.Table.from_pylist(carried + quarantined, schema=QUARANTINE_SCHEMA)
 
         has_schema = all(outcome.success for outcome in outcomes if outcome.expectation == COLUMNS_EXPECTATION)
@@ -597,11 +597,11 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
             has_schema and snapshots) else None
         checks = [duplicate_check(outcomes, config), *drift_checks(valid, reference, config, has_schema)]
         result["freshet_batch_checks"] = json_safe([check.__dict__ for check in checks])
-        ctx.facts["batch_checks"] = result["freshet_batch_checks"]
-        ctx.facts["drift_reference"] = {"snapshots": reference.snapshots if reference else [],
+        context.facts["batch_checks"] = result["freshet_batch_checks"]
+        context.facts["drift_reference"] = {"snapshots": reference.snapshots if reference else [],
                                         "rows": len(reference.labels) if reference else 0}
 
-        ctx.metrics.update({
+        context.metrics.update({
             "rows_in": len(rows),
             "rows_valid": len(valid),
             "rows_quarantined": len(quarantined_numbers),
@@ -611,25 +611,25 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
             # None (not logged to MLflow) when a check was skipped.
             **{check.check: check.observed for check in checks},
         })
-        problems = batch_problems(outcomes, ctx.metrics, config, rows, checks)
-        report = render_report(result, failures, rows, checks, ctx.metrics, problems, run_id=run_id, config=config)
+        problems = batch_problems(outcomes, context.metrics, config, rows, checks)
+        report = render_report(result, failures, rows, checks, context.metrics, problems, run_id=run_id, config=config)
         if problems:
             message = (f"batch rejected: {'; '.join(problems)}. "
                        f"Failed expectations: {describe_failures(failures, rows)}.")
-            failed_uri = persist_rejected_batch(ctx, quarantine_table, result, ctx.metrics, message, report)
+            failed_uri = persist_rejected_batch(context, quarantine_table, result, context.metrics, message, report)
             raise BatchRejected(f"{message} Quarantine and GX result kept in {failed_uri}", failed_uri)
 
-        write_parquet(valid, ctx.out_dir / "valid.parquet", schema=RECORD_SCHEMA)
-        write_parquet(quarantine_table, ctx.out_dir / "quarantine.parquet")
-        (ctx.out_dir / "gx_result.json").write_text(json.dumps(result, indent=2, allow_nan=False))
-        (ctx.out_dir / REPORT_FILE).write_text(report)
-        ctx.add_output("valid", "valid.parquet", "dataset", rows=len(valid))
-        ctx.add_output("quarantine", "quarantine.parquet", "dataset", rows=quarantine_table.num_rows)
-        ctx.add_output("gx_result", "gx_result.json", "report", success=bool(result["success"]))
-        ctx.add_output("validation_report", REPORT_FILE, "report")
-        ctx.facts["failed_expectations"] = {outcome.name: len(numbers) for outcome, numbers in failures}
+        write_parquet(valid, context.out_dir / "valid.parquet", schema=RECORD_SCHEMA)
+        write_parquet(quarantine_table, context.out_dir / "quarantine.parquet")
+        (context.out_dir / "gx_result.json").write_text(json.dumps(result, indent=2, allow_nan=False))
+        (context.out_dir / REPORT_FILE).write_text(report)
+        context.add_output("valid", "valid.parquet", "dataset", rows=len(valid))
+        context.add_output("quarantine", "quarantine.parquet", "dataset", rows=quarantine_table.num_rows)
+        context.add_output("gx_result", "gx_result.json", "report", success=bool(result["success"]))
+        context.add_output("validation_report", REPORT_FILE, "report")
+        context.facts["failed_expectations"] = {outcome.name: len(numbers) for outcome, numbers in failures}
         if extra_columns:
-            ctx.facts["ignored_columns"] = extra_columns
+            context.facts["ignored_columns"] = extra_columns
 
     def track(manifest: Manifest) -> None:
         mlflow.set_tag("freshet.status", "valid")

@@ -7,8 +7,9 @@ import csv
 
 import pytest
 
-from tasks import compress, decide, evaluate, learning_curve, promote, register, train
+from tasks import compress, decide, evaluate, promote, register, train
 from tasks.config import CompressConfig, ScheduleConfig
+from tasks.demo import learning_curve
 from tasks.demo.corpus import synthetic_corpus
 from tasks.store import ArtifactStore
 from tests.pipeline_support import LABELS, tiny_config
