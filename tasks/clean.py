@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from tasks.config import CleanConfig, PipelineConfig
 from tasks.contract import StepContext, cli, execute
+from tasks.inbox import accept_batches
 from tasks.manifest import Manifest, StepError
 from tasks.records import DATASET_SCHEMA, QUARANTINE_SCHEMA, SPLITS, content_hash, read_rows, split_of, write_parquet
 from tasks.snapshots import prior_snapshots, record_snapshot
@@ -477,6 +478,9 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
     dataset = manifest.output("dataset")
     record_snapshot(store, {"run_id": run_id, "logical_date": logical_date, "uri": dataset.uri,
                             "digest": dataset.digest, "rows": dataset.rows})
+    # The snapshot holds this run's batch and the stranded ones validate took in: accepted, once.
+    accept_batches(store, [run_id, *(batch["run_id"] for batch in inputs["validate"].facts.get("inbox_batches", []))],
+                   run_id)
     return manifest
 
 

@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any, Literal
 from tasks.config import ConfigError, PipelineConfig, digest_json, load_config
 from tasks.manifest import ArtifactRef, Manifest, MetricValue, StepError
 from tasks.store import ArtifactStore, digest_path
-from tasks.tracking import log_manifest, step_run
+from tasks.tracking import is_tracked, log_manifest, mark_tracked, step_run
 
 log = logging.getLogger("freshet")
 
@@ -120,6 +121,10 @@ def execute(
     existing = read_manifest(store, run_id, step)
     if existing is not None and existing.fingerprint == fingerprint:
         log.info("%s: inputs unchanged since %s, reusing manifest %s", step, existing.created_at, existing.uri)
+        if track is not None and not is_tracked(config, run_id, step, fingerprint):
+            # Killed after the commit, before its MLflow record was complete: finish the record, once.
+            log.info("%s: completing the MLflow record of the committed manifest", step)
+            _record(config, run_id, step, logical_date, existing, track)
         return existing.model_copy(update={"reused": True})
 
     with store.staging(run_id, step) as out_dir:
@@ -142,12 +147,33 @@ def execute(
             created_at=dt.datetime.now(dt.UTC).isoformat(),
         )
         (out_dir / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+        fault_drill(step, "staged")
         store.commit(out_dir, run_id, step)
     if track is not None:
-        with step_run(config, run_id, step, logical_date):
-            log_manifest(manifest)
-            track(manifest)
+        _record(config, run_id, step, logical_date, manifest, track)
     return manifest
+
+
+def _record(config: PipelineConfig, run_id: str, step: str, logical_date: str | None, manifest: Manifest,
+            track: Callable[[Manifest], None]) -> None:
+    with step_run(config, run_id, step, logical_date):
+        log_manifest(manifest)
+        track(manifest)
+        fault_drill(step, "tracked")
+        mark_tracked(manifest.fingerprint)
+
+
+FAULT_DRILL = "FRESHET_FAULT_DRILL"
+FAULT_POINTS = ("staged", "tracked")  # outputs written but not committed; committed, its MLflow run still open
+
+
+def fault_drill(step: str, point: str) -> None:
+    """Fault drill: `FRESHET_FAULT_DRILL=<step>:<point>` SIGKILLs this step's process group there, as a lost
+    machine or an OOM kill would, so an operator (and tests/test_kill_anywhere.py) can check that a rerun
+    finishes the work with nothing lost or doubled."""
+    if os.environ.get(FAULT_DRILL) == f"{step}:{point}":
+        log.warning("fault drill: killing %s at %s", step, point)
+        os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
 def logical_day(logical_date: str | None) -> dt.date | None:

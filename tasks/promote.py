@@ -40,8 +40,9 @@ def move_champion(config: PipelineConfig, version: str, expected_champion: str |
     name = config.mlflow.model_name
     current = model_registry.version_by_alias(config, model_registry.CHAMPION)
     current_version = str(current.version) if current else None
-    if current_version == version:
-        return {"champion": version, "previous": None, "changed": "no"}
+    if current_version == version:  # a retry after the move: the same outcome, nothing moved twice
+        previous = model_registry.version_by_alias(config, model_registry.PREVIOUS)
+        return {"champion": version, "previous": str(previous.version) if previous else None, "changed": "no"}
     if current_version != expected_champion:
         raise StepError(
             f"promote: champion of {name} is version {current_version} but the gate compared the candidate "

@@ -1,9 +1,12 @@
 """Register every candidate as a model version with alias `challenger`, whatever the verdict.
 
-The version holds a pyfunc (tasks/serving.py) over the candidate's Hugging Face directory, with a
+The version holds a pyfunc (tasks/models/serving.py) over the candidate's Hugging Face directory, with a
 signature and an input example, and carries the evidence as tags: gate verdict and reasons, data
 digests, the GX result digest, config hash, git commit and the Airflow dag/run/try ids. A retry of
-the same run finds its version by tag and creates no second one.
+the same run finds its version by tag and creates no second one. The version's source run (this step's
+run) also holds the evidence itself: the candidate's metrics per slice, the gate verdict and report with
+the confusion matrix, the compression table, the validation report, the data snapshots as dataset
+inputs and the Airflow run's tags, so the version page reaches all of it in one hop.
 
 Serving check: the new version is loaded by its `models:/<name>/<version>` URI in a fresh Python
 process (nothing of this process's imports or state) and must reproduce the compress step's
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -27,7 +31,7 @@ from typing import Any
 from tasks import model_registry
 from tasks.config import PipelineConfig
 from tasks.contract import StepContext, cli, execute, step_fingerprint
-from tasks.manifest import Manifest, StepError, airflow_identity
+from tasks.manifest import ArtifactRef, Manifest, StepError, airflow_identity
 from tasks.store import ArtifactStore
 
 STEP = "register"
@@ -75,6 +79,9 @@ def evidence_tags(config: PipelineConfig, inputs: dict[str, Manifest], run_id: s
         "freshet.data.validated_digest": inputs["validate"].output("valid").digest,
         "freshet.data.clean_digest": inputs["clean"].output("dataset").digest,
         "freshet.model_digest": inputs["train"].output("model").digest,
+        # The label set of this version, in the order of the classifier's rows (it grows with new_labels: extend).
+        "freshet.labels": json.dumps(version_labels(config, inputs)),
+        "freshet.model_source": str(inputs["train"].facts.get("model", {}).get("source", config.train.model)),
         "freshet.gx_result_digest": inputs["validate"].output("gx_result").digest,
     }
     for name, value in airflow_identity().items():
@@ -83,6 +90,52 @@ def evidence_tags(config: PipelineConfig, inputs: dict[str, Manifest], run_id: s
         if key.startswith(("candidate.", "champion.")):
             tags[f"metric.{key}"] = f"{metric:.4f}" if isinstance(metric, float) else str(metric)
     return tags
+
+
+# What the version's run holds so an auditor reaches it from the version page in one hop:
+# (input step, output name, artifact folder in the run).
+EVIDENCE_ARTIFACTS = (
+    ("evaluate", "evaluation", "evidence/evaluation"),
+    ("evaluate", "report", "evidence/evaluation"),
+    ("evaluate", "confusion_matrix", "evidence/evaluation"),
+    ("compress", "gate", "evidence/gate"),
+    ("compress", "compression", "evidence/compression"),
+    ("validate", "validation_report", "evidence/validation"),
+    ("validate", "gx_result", "evidence/validation"),
+)
+
+
+def log_evidence(config: PipelineConfig, store: ArtifactStore, inputs: dict[str, Manifest]) -> None:
+    """Into the active (register) run, which the model version names as its source: the candidate's metrics
+    per slice, the final gate verdict and report with the confusion matrix, the compression table, the
+    validation report, and the data snapshots it was trained and tested on as dataset inputs."""
+    import mlflow
+    import pandas as pd
+
+    from tasks.tracking import log_dataset
+
+    metrics = {f"{step}.{key}": float(value) for step in ("evaluate", "compress")
+               for key, value in inputs[step].metrics.items()
+               if isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)}
+    mlflow.log_metrics(metrics)
+    for step, output, folder in EVIDENCE_ARTIFACTS:
+        if output in inputs[step].outputs:
+            mlflow.log_artifact(str(store.local_path(inputs[step].output(output).uri)), artifact_path=folder)
+    dataset = inputs["clean"].output("dataset")  # this day's train/validation/test splits
+    log_dataset(pd.read_parquet(store.local_path(dataset.uri)), dataset, name=f"{config.name}.dataset",
+                context="training")
+    for entry in inputs["clean"].facts.get("prior_snapshots", []):  # replayed, and the old test slices
+        ref = ArtifactRef(uri=entry["uri"], kind="dataset", digest=entry["digest"], rows=entry.get("rows"))
+        log_dataset(pd.read_parquet(store.local_path(ref.uri)), ref, name=f"{config.name}.dataset",
+                    context=f"earlier snapshot {entry.get('logical_date') or entry['run_id']}")
+    mlflow.set_tags({"freshet.evidence": "metrics, evidence/ artifacts and dataset inputs of this run",
+                     **{f"freshet.manifest.{step}": inputs[step].uri for step in inputs}})
+
+
+def version_labels(config: PipelineConfig, inputs: dict[str, Manifest]) -> list[str]:
+    """The labels the candidate was trained on (train's manifest; older manifests: the configured labels)."""
+    train = inputs["train"]
+    return list(train.facts.get("labels") or train.output("model").meta.get("labels") or config.labels)
 
 
 def find_version(client, name: str, run_id: str, fingerprint: str):
@@ -174,14 +227,17 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
             if compress_facts.get("serving_model"):  # the distilled student's HF directory
                 artifacts["student_model"] = str(context.input_path("compress", compress_facts["serving_model"]))
             example = pd.DataFrame({"text": ["a sample text to classify", "another one"]})
-            signature = infer_signature(example, pd.DataFrame({"label": [config.labels[0]] * 2, "probability": [0.5, 0.5]}))
+            signature = infer_signature(example, pd.DataFrame({"label": [config.labels[0]] * 2,
+                                                               "probability": [0.5, 0.5]}))
             with step_run(config, run_id, STEP, logical_date):
+                log_evidence(config, store, inputs)
                 info = mlflow.pyfunc.log_model(
                     name="model",
                     python_model=str(Path(__file__).parent / "models" / "serving.py"),
                     artifacts=artifacts,
                     code_paths=[str(Path(__file__).resolve().parent)],
-                    model_config={"variant": variant, "max_length": config.train.max_length},
+                    model_config={"variant": variant, "max_length": config.train.max_length,
+                                  **({"trust_remote_code": True} if config.train.trust_remote_code else {})},
                     signature=signature,
                     input_example=example,
                     pip_requirements=serving_requirements(),

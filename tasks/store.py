@@ -95,6 +95,9 @@ class ArtifactStore:
         base = Path(self._join("runs", safe_run_id(run_id))) if self.is_local else None
         if base is not None:
             base.mkdir(parents=True, exist_ok=True)
+            # A step killed mid-write (SIGKILL, a lost machine) leaves its staging behind: the retry sweeps it.
+            for stale in [*base.glob(f".{step}.staging-*"), *base.glob(f".{step}.retired-*")]:
+                shutil.rmtree(stale, ignore_errors=True)
         staged = Path(tempfile.mkdtemp(prefix=f".{step}.staging-", dir=base))
         try:
             yield staged

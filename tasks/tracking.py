@@ -73,6 +73,28 @@ def step_run(config: PipelineConfig, run_id: str, step: str, logical_date: str |
         yield run
 
 
+TRACKED_TAG = "freshet.tracked"  # the manifest fingerprint whose record is complete in this run
+
+
+def mark_tracked(fingerprint: str) -> None:
+    import mlflow
+
+    mlflow.set_tag(TRACKED_TAG, fingerprint)
+
+
+def is_tracked(config: PipelineConfig, run_id: str, step: str, fingerprint: str) -> bool:
+    """Whether the step's MLflow run holds the complete record of this manifest (and was ended)."""
+    import mlflow
+
+    experiment_id = configure(config)
+    client = mlflow.MlflowClient()
+    found = _find_run(client, experiment_id, {"freshet.run_id": run_id, "freshet.step": step})
+    if found is None:
+        return False
+    run = client.get_run(found)
+    return run.data.tags.get(TRACKED_TAG) == fingerprint and run.info.status == "FINISHED"
+
+
 def log_manifest(manifest: Manifest) -> None:
     """Log a step's numeric metrics and its manifest to the active MLflow run."""
     import mlflow

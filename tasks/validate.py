@@ -7,7 +7,8 @@ quarantine row per failed expectation, so a row failing two checks appears twice
 
 Batch-level checks reject the batch: missing columns, fewer than `validate.min_rows` rows, a
 quarantined fraction above `validate.max_quarantine_fraction`, a duplicate-text fraction above
-`validate.max_duplicate_fraction`, unknown labels when `validate.new_labels` is `reject`, and drift of
+`validate.max_duplicate_fraction`, unknown labels when `validate.new_labels` is `reject` (with `extend`
+they are accepted and join the label set: facts `labels`, `labels_new`), and drift of
 the valid rows against a reference profile of the accepted history: the population stability index
 (PSI) of the label distribution and of the text-length distribution (bins at the reference's
 quantiles). Drift is skipped, and reported so, on the first run (no history) and for batches smaller
@@ -42,6 +43,7 @@ import pyarrow.parquet as pq
 
 from tasks.config import PipelineConfig, digest_json
 from tasks.contract import StepContext, cli, execute, read_manifest
+from tasks.inbox import pending_batches, set_aside, taken_elsewhere
 from tasks.manifest import ArtifactRef, Manifest, StepError
 from tasks.records import QUARANTINE_SCHEMA, RECORD_COLUMNS, RECORD_SCHEMA, read_rows, write_parquet
 from tasks.snapshots import prior_snapshots
@@ -49,6 +51,7 @@ from tasks.store import ArtifactStore, digest_path
 from tasks.tracking import log_dataset, log_manifest, step_run
 
 STEP = "validate"
+log = logging.getLogger("freshet.validate")
 FAILED_STEP = "validate.failed"
 # Position in records.parquet: names a row even when its id is null or duplicated.
 ROW_NUMBER = "row_number"
@@ -130,7 +133,9 @@ def build_expectations(config: PipelineConfig) -> list[Any]:
             column="text", min_value=bounds.min_text_chars, max_value=bounds.max_text_chars),
         expectations.ExpectColumnValuesToBeBetween(
             column=PRINTABLE_RATIO, min_value=bounds.min_printable_ratio, max_value=1.0),
-        expectations.ExpectColumnValuesToBeInSet(column="label", value_set=list(config.labels)),
+        # new_labels=extend: any label is welcome (it joins the label set), so there is no set to check against.
+        *([] if bounds.new_labels == "extend" else [
+            expectations.ExpectColumnValuesToBeInSet(column="label", value_set=list(config.labels))]),
         # Batch-level: duplicate fraction = 1 - unique proportion (of non-null texts).
         expectations.ExpectColumnProportionOfUniqueValuesToBeBetween(
             column="text", min_value=1.0 - bounds.max_duplicate_fraction, max_value=1.0),
@@ -373,12 +378,21 @@ def drift_checks(valid: Sequence[Mapping[str, Any]], reference: Reference | None
     if skipped_because or reference is None:
         return [BatchCheck(name, setting, "skipped", bound=bound, detail=skipped_because or "")
                 for name, setting, bound in checks]
+    batch_labels = [row["label"] for row in valid]
+    new_note = ""
+    if bounds.new_labels == "extend":
+        # A label joining the set is a decision the config already made, not drift: PSI over the known ones.
+        known = set(reference.labels)
+        new = sorted({label for label in batch_labels if label not in known})
+        if new:
+            batch_labels = [label for label in batch_labels if label in known]
+            new_note = f"; new labels {new} (validate.new_labels=extend) left out of the label PSI"
     observed = {
-        "drift.label_psi": label_psi(reference.labels, [row["label"] for row in valid]),
+        "drift.label_psi": label_psi(reference.labels, batch_labels),
         "drift.length_psi": length_psi(reference.lengths, np.asarray([len(row["text"]) for row in valid]),
                                        bounds.drift_length_bins),
     }
-    detail = f"{len(valid)} valid rows vs {len(reference.labels)} reference rows"
+    detail = f"{len(valid)} valid rows vs {len(reference.labels)} reference rows{new_note}"
     return [BatchCheck(name, setting, "passed" if observed[name] <= bound else "failed", observed[name], bound, detail)
             for name, setting, bound in checks]
 
@@ -572,10 +586,28 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         logical_date: str | None = None) -> Manifest:
     # The drift reference is accepted history, so it is an input: a new snapshot recomputes the step.
     snapshots = prior_snapshots(store, run_id, logical_date)
+    taken = taken_elsewhere(store, run_id)
+    if taken is not None:
+        by = taken["accepted_by"] or taken["rejected_by"]
+        raise StepError(f"{STEP}: run {run_id}'s crawl batch was already {'accepted' if taken['accepted_by'] else 'set aside'}"
+                        f" by run {by} (state/inbox.json); nothing of it is taken in twice. Nothing to do for this run.")
+    # Batches committed by earlier runs that never got them accepted (a run that died after its crawl); taken in
+    # with a batch that has the record columns (a batch without them is rejected, and must not take them along).
+    own_columns = pq.read_schema(store.local_path(inputs["crawl"].output("records").uri)).names
+    stranded = [entry for entry in pending_batches(store, run_id) if entry["run_id"] != run_id
+                and set(RECORD_COLUMNS) <= set(own_columns)]
 
     def body(context: StepContext) -> None:
         crawl = context.input("crawl")
         table, extra_columns = read_batch(context.input_path("crawl", "records"))
+        if stranded:
+            earlier = [read_batch(store.local_path(entry["records"]))[0] for entry in stranded]
+            table = pa.concat_tables([*(part.select(list(RECORD_COLUMNS)) for part in earlier),
+                                      table.select(list(RECORD_COLUMNS))])
+            log.info("validate: taking in %d rows from %d earlier run(s) whose batches were never accepted: %s",
+                     sum(part.num_rows for part in earlier), len(stranded), [entry["run_id"] for entry in stranded])
+        context.facts["inbox_batches"] = [{key: entry[key] for key in ("run_id", "logical_date", "rows", "digest")}
+                                          for entry in stranded]
         rows = table.to_pylist()
         frame = table.to_pandas()
         frame[ROW_NUMBER] = np.arange(len(frame), dtype=np.int64)
@@ -590,6 +622,8 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         valid = [row for number, row in enumerate(rows) if number not in quarantined_numbers]
         carried = upstream_quarantine(
             context.input_path("crawl", "quarantine") if "quarantine" in crawl.outputs else None)
+        for entry in stranded:
+            carried += upstream_quarantine(store.local_path(entry["quarantine"]) if entry["quarantine"] else None)
         quarantine_table = pa.Table.from_pylist(carried + quarantined, schema=QUARANTINE_SCHEMA)
 
         has_schema = all(outcome.success for outcome in outcomes if outcome.expectation == COLUMNS_EXPECTATION)
@@ -606,6 +640,7 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
             "rows_valid": len(valid),
             "rows_quarantined": len(quarantined_numbers),
             "rows_quarantined_by_crawl": len(carried),
+            "rows_from_earlier_runs": sum(int(entry["rows"] or 0) for entry in stranded),
             "quarantine_fraction": len(quarantined_numbers) / len(rows) if rows else 0.0,
             **failure_metrics(outcomes, failures),
             # None (not logged to MLflow) when a check was skipped.
@@ -628,6 +663,13 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         context.add_output("gx_result", "gx_result.json", "report", success=bool(result["success"]))
         context.add_output("validation_report", REPORT_FILE, "report")
         context.facts["failed_expectations"] = {outcome.name: len(numbers) for outcome, numbers in failures}
+        if config.validate_.new_labels == "extend":
+            from tasks.label_set import extend_labels, snapshot_labels
+
+            before = extend_labels(config.labels, (snapshot_labels(store, entry["uri"]) for entry in snapshots))
+            after = extend_labels(before, [{str(row["label"]) for row in valid}])
+            context.facts.update({"labels": after, "labels_new": after[len(before):]})
+            context.metrics["labels_new"] = len(after) - len(before)
         if extra_columns:
             context.facts["ignored_columns"] = extra_columns
 
@@ -640,9 +682,12 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
     try:
         manifest = execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
                            config_sections=(STEP,),
-                           extra_fingerprint={"reference_snapshots": [item["digest"] for item in snapshots]},
+                           extra_fingerprint={"reference_snapshots": [item["digest"] for item in snapshots],
+                                              "inbox": [entry["digest"] for entry in stranded]},
                            track=track)
     except BatchRejected as rejection:
+        # Set aside, so the next run does not take a rejected batch in again (and fail the same way).
+        set_aside(store, [run_id, *(entry["run_id"] for entry in stranded)], run_id, str(rejection))
         # Raised inside the MLflow run so it ends FAILED, with the evidence attached.
         with step_run(config, run_id, STEP, logical_date):
             failed = read_manifest(store, run_id, FAILED_STEP)

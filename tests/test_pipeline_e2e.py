@@ -82,12 +82,18 @@ def test_clean_day_runs_every_task_and_becomes_champion(pipeline):
     config, runs = pipeline
     first = runs[DAYS[0]]
     assert set(first["states"].values()) == {"success"}, f"{first['states']} (log: {first['log']})"
-    assert len(first["states"]) == 12
+    assert len(first["states"]) == 13  # 10 steps and the new_data, should_train and gate control tasks
     champion = model_registry.version_by_alias(config, model_registry.CHAMPION)
     assert champion is not None and str(champion.version) == "1"
     assert champion.tags["freshet.gate"] == "passed"
     assert champion.tags["airflow.dag_id"] == "freshet"
     assert champion.tags["airflow.dag_run_id"] == first["run_id"]
+    # The audit trail from the version page: its source run names the Airflow run too.
+    source = model_registry.client(config).get_run(champion.run_id)
+    assert source.data.tags["airflow.dag_run_id"] == first["run_id"]
+    assert "evaluate.candidate.frozen.macro_f1" in source.data.metrics
+    evidence = {item.path for item in model_registry.client(config).list_artifacts(champion.run_id, "evidence/validation")}
+    assert "evidence/validation/validation_report.html" in evidence
     assert champion.tags["freshet.data.clean_digest"].startswith("sha256:")
 
 

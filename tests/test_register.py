@@ -53,3 +53,34 @@ def test_register_fails_when_the_registered_model_does_not_reproduce_the_evaluat
     client = model_registry.client(config)
     assert client.get_model_version(config.mlflow.model_name, "3").tags["freshet.serving_check"] == "failed"
     assert model_registry.version_by_alias(config, model_registry.CHALLENGER).version == challenger  # not moved
+
+
+def test_the_champion_version_page_reaches_every_piece_of_evidence_in_one_hop(two_rounds):
+    """An auditor with the stock MLflow client and `models:/<name>@champion` alone: the version names its
+    source run, and that run holds the metrics, gate verdict and report, confusion matrix, compression
+    table, validation report and the data snapshots."""
+    import mlflow
+
+    config, _, _, second = two_rounds
+    mlflow.set_tracking_uri(config.mlflow.tracking_uri)
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias(config.mlflow.model_name, "champion")
+    source = client.get_run(version.run_id)  # the one hop
+
+    assert {"evaluate.candidate.frozen.macro_f1", "evaluate.candidate.fresh.macro_f1"} <= set(source.data.metrics)
+    assert any(key.startswith("compress.") and key.endswith("size_ratio") for key in source.data.metrics)
+    folders = ("evidence/evaluation", "evidence/gate", "evidence/compression", "evidence/validation")
+    artifacts = {item.path for folder in folders for item in client.list_artifacts(source.info.run_id, folder)}
+    assert {"evidence/evaluation/evaluation.json", "evidence/evaluation/report.md", "evidence/gate/gate.json",
+            "evidence/compression/compression.json"} <= artifacts, artifacts
+    # The fixture's validate is a stand-in (its GX result only); the e2e test checks the real report.
+    assert any(path.startswith("evidence/validation/") for path in artifacts)
+    assert any(path.endswith(".png") for path in artifacts), "the confusion matrix"
+    gate = client.download_artifacts(source.info.run_id, "evidence/gate/gate.json")
+    with open(gate) as handle:
+        assert "passed" in handle.read()
+    names = {dataset_input.dataset.name for dataset_input in source.inputs.dataset_inputs}
+    assert f"{config.name}.dataset" in names
+    digests = {tag.value for dataset_input in source.inputs.dataset_inputs for tag in dataset_input.tags
+               if tag.key == "freshet.digest"}
+    assert second["clean"].output("dataset").digest in digests

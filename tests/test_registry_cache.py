@@ -19,7 +19,7 @@ def register_marker(config, marker: str, directory: Path) -> str:
     (hf_dir / "marker.txt").write_text(marker)
     mlflow.set_experiment(experiment_id=configure(config))
     with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(name="model", python_model=str(Path(model_registry.__file__).with_name("serving.py")),
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(Path(model_registry.__file__).parent / "models" / "serving.py"),
                                        artifacts={model_registry.HF_ARTIFACT: str(hf_dir)})
     return str(mlflow.register_model(info.model_uri, config.mlflow.model_name).version)
 

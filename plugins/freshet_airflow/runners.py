@@ -62,14 +62,14 @@ def step(name: str, config_path: str, *, overrides: Sequence[str] = (), **operat
         return train_step(config_path, overrides=overrides, **operator_kwargs)
     config = pipeline_config(config_path)
     inputs = pipeline_step(name).inputs
-    arguments = [*STEP_OPTIONS.get(name, ()), *overrides]
+    options = list(STEP_OPTIONS.get(name, ()))
     for key, value in retry_policy(config, name).items():
         operator_kwargs.setdefault(key, value)
     if config.runner.mode == "local":
-        return FreshetStepOperator(task_id=name, step=name, arguments=step_arguments(name, config_path, inputs, arguments),
+        return FreshetStepOperator(task_id=name, step=name, arguments=[*step_arguments(name, config_path, inputs, overrides), *options],
                                    env=config.runner.env, **operator_kwargs)
     command = ["python", "-m", f"tasks.{name}",
-               *step_arguments(name, config.runner.container_config_path, inputs, arguments)]
+               *step_arguments(name, config.runner.container_config_path, inputs, overrides), *options]
     return _container_operator(config, name, command, **operator_kwargs)
 
 

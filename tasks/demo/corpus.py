@@ -21,6 +21,7 @@ import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from tasks.sources.debian_index import TextMode, description_text, iter_control_stanzas
 from tasks.store import atomic_write_text
@@ -126,13 +127,36 @@ def stratified_sample(rows: Sequence[dict[str, str]], max_rows: int, seed: int) 
     return sample
 
 
-def write_corpus(rows: Sequence[dict[str, str]], out_path: str | Path) -> Counter[str]:
-    """Write JSON lines sorted by id (atomically); returns the row count per label."""
+def write_corpus(rows: Sequence[Mapping[str, Any]], out_path: str | Path) -> Counter[str]:
+    """Write JSON lines sorted by id (atomically); returns the row count per label. A row's `day` (the demo
+    day it is published on, see tasks.demo.site) is kept when it has one."""
     ordered = sorted(rows, key=lambda row: row["id"])
-    lines = "".join(json.dumps({key: row[key] for key in ("id", "text", "label")}, ensure_ascii=False) + "\n"
-                    for row in ordered)
+    lines = "".join(json.dumps({key: row[key] for key in ("id", "text", "label", "day") if key in row},
+                               ensure_ascii=False) + "\n" for row in ordered)
     atomic_write_text(Path(out_path), lines)
     return Counter(row["label"] for row in ordered)
+
+
+def extend_debian_corpus(out_path: str | Path, labels: Sequence[str], *, rows_per_day: int, first_day: int,
+                         days: int, seed: int = 0, source_text: str | None = None) -> int:
+    """Add `days` days of `rows_per_day` packages that the corpus does not hold yet, each tagged with the day
+    it is published on (`first_day`, `first_day + 1`, ...). Rows already there keep their text and day, so
+    a demo that goes on publishes new packages instead of spreading the old ones over more days. Returns the
+    rows added: fewer than asked (maybe none) once the index has no unpublished packages left."""
+    path = Path(out_path)
+    existing = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
+        if path.exists() else []
+    known = {row["id"] for row in existing}
+    wanted = set(labels)
+    control_text = source_text if source_text is not None else read_apt_packages()
+    unpublished = [row for row in parse_debian_packages(control_text) if row["label"] in wanted and row["id"] not in known]
+    if not existing and not unpublished:
+        raise CorpusError(f"no packages in section(s) {sorted(wanted)}; check the labels against `apt-cache dumpavail`")
+    sample = stratified_sample(unpublished, rows_per_day * days, seed + first_day)
+    random.Random(seed + first_day).shuffle(sample)  # the sample is grouped by label; every day gets the mix
+    added = [{**row, "day": first_day + position // rows_per_day} for position, row in enumerate(sample)]
+    write_corpus([*existing, *added], path)
+    return len(added)
 
 
 def build_debian_corpus(

@@ -16,16 +16,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from tasks.config import PipelineConfig, load_config
 from tasks.contract import read_manifest
 from tasks.manifest import Manifest
 from tasks.pipeline import STEP_NAMES
-from tasks.store import ArtifactStore
+from tasks.store import ArtifactStore, atomic_write_text
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "freshet"
 
 
@@ -48,21 +50,66 @@ def airflow_env(home: Path, config_path: Path) -> dict[str, str]:
     }
 
 
-def ensure_corpus(config: PipelineConfig, path: Path, max_rows: int) -> None:
-    from tasks.demo.corpus import CorpusError, build_debian_corpus
+@dataclass(frozen=True)
+class DemoPlan:
+    """Which demo days this invocation runs: a home remembers how far earlier invocations got."""
 
-    if path.exists():
-        return
+    start_date: dt.date
+    rows_per_day: int
+    first_day: int  # days already run in this home
+    days: int
+
+    def logical_date(self, day: int) -> dt.date:
+        return self.start_date + dt.timedelta(days=day)
+
+
+def plan_days(home: Path, start_date: dt.date, rows_per_day: int, days: int) -> DemoPlan:
+    """Go on after the days this home has run, at the same daily volume; refuse a home it cannot go on."""
+    state = read_demo_state(home)
+    if state is None:
+        if (home / "demo" / "corpus.jsonl").exists():
+            raise DemoError(f"{home} holds a demo corpus from an older freshet without a record of its days; "
+                            "start over with --fresh")
+        return DemoPlan(start_date, rows_per_day, 0, days)
+    if state["rows_per_day"] != rows_per_day or state["start_date"] != start_date.isoformat():
+        raise DemoError(f"{home} runs a demo from {state['start_date']} at {state['rows_per_day']} packages a day; "
+                        f"go on with the same --start-date and --rows-per-day, or start over with --fresh")
+    return DemoPlan(start_date, rows_per_day, int(state["days_run"]), days)
+
+
+def read_demo_state(home: Path) -> dict[str, Any] | None:
+    path = home / "demo" / "state.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_demo_state(home: Path, plan: DemoPlan, days_run: int) -> None:
+    state = {"start_date": plan.start_date.isoformat(), "rows_per_day": plan.rows_per_day, "days_run": days_run}
+    atomic_write_text(home / "demo" / "state.json", json.dumps(state, indent=2))
+
+
+class DemoError(RuntimeError):
+    """The demo cannot run on this home; the message says how to go on."""
+
+
+def extend_corpus(config: PipelineConfig, path: Path, plan: DemoPlan) -> int:
+    """The corpus holds every day up to this invocation's last: new packages for the new days."""
+    from tasks.demo.corpus import CorpusError, extend_debian_corpus
+
     path.parent.mkdir(parents=True, exist_ok=True)
+    def extend() -> int:
+        return extend_debian_corpus(path, config.labels, rows_per_day=plan.rows_per_day, first_day=plan.first_day,
+                                    days=plan.days)
+
     try:
-        counts = build_debian_corpus(path, config.labels, max_rows=max_rows)
+        added = extend()
     except CorpusError:
         if os.geteuid() != 0:
             raise
         # A fresh machine may have empty apt lists; as root we can fill them once.
         subprocess.run(["apt-get", "update", "-qq"], check=True)
-        counts = build_debian_corpus(path, config.labels, max_rows=max_rows)
-    print(f"demo corpus: {sum(counts.values())} packages in {len(counts)} sections -> {path}")
+        added = extend()
+    print(f"demo corpus: {added} new packages for day(s) {plan.first_day + 1}..{plan.first_day + plan.days} -> {path}")
+    return added
 
 
 def prepare_airflow(env: dict[str, str], config: PipelineConfig) -> None:
@@ -81,11 +128,13 @@ def run_dag(env: dict[str, str], logical_date: dt.date, log_path: Path) -> int:
         return subprocess.run(command, check=False, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
-def find_run(store: ArtifactStore, logical_date: dt.date) -> str | None:
-    """The run id whose crawl ran for this logical date (Airflow names manual runs itself)."""
+def find_run(store: ArtifactStore, logical_date: dt.date, since: str) -> str | None:
+    """The run this invocation made for the logical date: its crawl committed after `since` (ISO time).
+    Airflow names manual runs itself, and an earlier invocation's run of the date must not be reported."""
     for directory in store.run_directories():
         manifest = store.read_json("runs", directory, "crawl", "manifest.json")
-        if manifest and (manifest.get("logical_date") or "")[:10] == logical_date.isoformat():
+        if (manifest and (manifest.get("logical_date") or "")[:10] == logical_date.isoformat()
+                and manifest.get("created_at", "") >= since):
             return manifest["run_id"]
     return None
 
@@ -97,6 +146,9 @@ def _f1(value) -> str:
 def summarize_run(store: ArtifactStore, run_id: str) -> list[str]:
     manifests: dict[str, Manifest] = {step: m for step in STEP_NAMES if (m := read_manifest(store, run_id, step))}
     lines = [f"run {run_id}: steps completed: {', '.join(manifests) or 'none'}"]
+    crawl = manifests.get("crawl")
+    if crawl is not None and not crawl.metrics.get("rows_new") and not crawl.metrics.get("rows_quarantined"):
+        lines.append("  ended at new_data: the crawl found nothing new")
     if "crawl" in manifests:
         lines.append(f"  rows crawled {manifests['crawl'].metrics.get('rows_new')}"
                      f" (pages fetched {manifests['crawl'].metrics.get('pages_fetched')},"
@@ -113,6 +165,8 @@ def summarize_run(store: ArtifactStore, run_id: str) -> list[str]:
     decision = read_manifest(store, run_id, "decide")
     if decision is not None:
         lines.append(f"  training: {'yes' if decision.facts['train'] else 'no'} - {decision.facts['reason']}")
+        if not decision.facts["train"]:
+            lines.append("  ended at should_train")
     if "train" in manifests:
         metrics = manifests["train"].metrics
         lines.append(f"  trained {metrics.get('steps')} steps on {metrics.get('rows_train')} rows"
@@ -176,18 +230,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.fresh and home.exists():
         shutil.rmtree(home)
     home.mkdir(parents=True, exist_ok=True)
+    try:
+        plan = plan_days(home, args.start_date, args.rows_per_day, args.days)
+    except DemoError as error:
+        print(f"freshet demo: {error}", file=sys.stderr)
+        return 2
     os.environ["FRESHET_HOME"] = str(home)
     config_path = Path(args.config).resolve()
     config = load_config(config_path)
     store = ArtifactStore(config.artifact_root)
     env = airflow_env(home, config_path)
     started = time.perf_counter()
+    since = dt.datetime.now(dt.UTC).isoformat()
 
     # Every day publishes about the same number of packages, the first included: the model starts from
-    # little data and each day adds as much again, so the learning curve has room to rise.
-    publication_days = max(args.days, 1)
+    # little data and each day adds as much again, so the learning curve has room to rise. A home that
+    # already ran days goes on with the next ones.
     corpus = home / "demo" / "corpus.jsonl"
-    ensure_corpus(config, corpus, args.rows_per_day * publication_days)
+    if extend_corpus(config, corpus, plan) == 0:
+        print(f"freshet demo: nothing new: every package of the demo's sections was published in the "
+              f"{plan.first_day} day(s) this home has run ({home}). Start over with `python -m tasks.demo --fresh`"
+              " (or `make demo` after `make clean`).")
+        return 0
     prepare_airflow(env, config)
 
     from tasks.demo.site import serve
@@ -195,20 +259,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = urlsplit(config.crawl.sources[0].url)
     summary: list[str] = []
     run_ids: list[str] = []
-    # One day: everything is published on it (days=0), whatever the fraction.
-    initial_fraction = 1 / publication_days if publication_days > 1 else 0.0
-    with serve(corpus, args.start_date, days=publication_days - 1, initial_fraction=initial_fraction,
+    last_day = plan.first_day + plan.days - 1
+    # Every corpus row names its day, so the site publishes exactly the planned days.
+    with serve(corpus, plan.start_date, days=last_day, initial_fraction=0.0,
                host=str(source.hostname or "127.0.0.1"), port=source.port or 80) as site:
-        print(f"demo site: {site.url} publishing about {args.rows_per_day} packages a day from {args.start_date}"
-              f" for {publication_days} day(s)")
-        for offset in range(args.days):
-            logical_date = args.start_date + dt.timedelta(days=offset)
+        print(f"demo site: {site.url} publishing about {plan.rows_per_day} packages a day from {plan.start_date}"
+              f"; this run: day(s) {plan.first_day + 1}..{last_day + 1}")
+        for day in range(plan.first_day, last_day + 1):
+            logical_date = plan.logical_date(day)
             log_path = home / "logs" / f"dag-{logical_date}.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
             day_started = time.perf_counter()
             print(f"running DAG {DAG_ID} for {logical_date} (log: {log_path}) ...", flush=True)
             code = run_dag(env, logical_date, log_path)
-            run_id = find_run(store, logical_date)
+            write_demo_state(home, plan, day + 1)
+            run_id = find_run(store, logical_date, since)
             run_ids += [run_id] if run_id else []
             summary += [f"--- {logical_date} ({time.perf_counter() - day_started:.0f} s, airflow exit {code})"]
             summary += summarize_run(store, run_id) if run_id else [f"  no run recorded; see {log_path}"]

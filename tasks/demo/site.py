@@ -126,7 +126,9 @@ def build_documents(
     next_label = {label: labels[(index + 1) % len(labels)] for index, label in enumerate(labels)}
     by_day: list[list[dict[str, str]]] = [[] for _ in range(days + 1)]
     for record in sorted(records, key=lambda record: record["id"]):
-        by_day[publication_day(record["id"], days, initial_fraction)].append(record)
+        # A corpus that grows day by day names each record's day; otherwise a stable hash spreads them.
+        day = int(record["day"]) if "day" in record else publication_day(record["id"], days, initial_fraction)
+        by_day[min(day, days)].append(record)
 
     documents: dict[str, Document] = {}
     index_entries = []
