@@ -8,15 +8,25 @@ Source kinds (`kind` in the pipeline YAML): `jsonl_feed` (here: robots.txt, the 
 jitter (honouring Retry-After), capped in size, limited to the content types the kind reads, and
 refused when the host resolves to a private, loopback, link-local, unspecified or cloud-metadata
 address (unless the source opts in with `allow_private_network`); redirects are followed by hand,
-each hop re-checked. Local files get the same byte cap and "not modified" by size and mtime. Only
-records whose id is new or whose text changed since earlier crawls are emitted.
+each hop re-checked. Every response has a deadline (`response_deadline_s`, connect to last byte) and,
+after a grace period, a minimum transfer rate. Local files get the same byte cap and "not modified" by
+size and mtime. Only records whose id is new or whose text changed since earlier crawls are emitted,
+and of records with the same normalised text under different ids only the first (the others are
+counted as duplicates).
+
+A page that still fails after its retries is skipped, listed in the report's `failed_pages` and kept
+`pending` in the crawl state, with a backoff, so a later crawl retries it; the rest of the crawl
+commits. The step fails on source-level failures (robots.txt, an index or sitemap unreachable) and
+when more than `max_failed_page_fraction` of a source's pages failed, naming them. Progress within a
+run is checkpointed under the store's work dir, so a retry of a killed or failed crawl resumes from the
+pages it already has.
 
 The crawl state (page validators, the content hash of every emitted record) is written into the step
 output and copied to `state/crawl/<source>.json` only after the manifest is committed, so a crash
 mid-crawl loses nothing and duplicates nothing, and a rerun of the same run id reuses the manifest
 without crawling. Progress goes to the log (stderr) every `crawl.progress_every_s`; the per-source
-report (fetched, not modified, skipped by robots, refused by the guard, errors by kind) goes to
-crawl_report.json, the manifest metrics and MLflow.
+report (fetched, not modified, skipped by robots, refused by the guard, errors by kind, failed pages,
+duplicates) goes to crawl_report.json, the manifest metrics and MLflow.
 
     python -m tasks.crawl --config configs/demo.yaml --run-id manual-1 --logical-date 2025-01-03
 """
@@ -25,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,18 +45,20 @@ import mlflow
 import pandas as pd
 
 from tasks.config import PipelineConfig, SourceConfig
-from tasks.contract import StepContext, cli, execute, logical_day
+from tasks.contract import StepContext, cli, execute, logical_day, step_fingerprint
+from tasks.inbox import post_batch
 from tasks.manifest import Manifest
 from tasks.records import QUARANTINE_SCHEMA, RECORD_SCHEMA, write_parquet
 from tasks.sources import crawl_source
 from tasks.sources.fetch import HostPacer, SourceFetcher, SourceReport, open_client
-from tasks.sources.session import STATE_PREFIX, SourceCrawl, read_crawl_state, source_location
+from tasks.sources.session import STATE_PREFIX, CrawlCheckpoint, SourceCrawl, read_crawl_state, source_location
 from tasks.store import ArtifactStore
 from tasks.tracking import log_dataset
 
 log = logging.getLogger("freshet.crawl")
 
 STEP = "crawl"
+CONFIG_SECTIONS = ("crawl",)
 
 
 
@@ -68,16 +81,22 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
     """Crawl every configured source; `client` is injectable (tests use `httpx.MockTransport`)."""
     until = logical_day(logical_date)
     report: dict[str, Any] = {}
+    # The checkpoints of this run's earlier attempts count only for the same config and logical date.
+    fingerprint = step_fingerprint(STEP, config, inputs, logical_date, CONFIG_SECTIONS)
 
     def body(context: StepContext) -> None:
         http = client or open_client(config.crawl)
         pacer = HostPacer(config.crawl.min_interval_s)
+        work_dir = store.work_dir(run_id, STEP)
         crawls: list[SourceCrawl] = []
         try:
             for source in config.crawl.sources:
                 fetcher = SourceFetcher(http, config.crawl, source, SourceReport(source.name, source_location(source)),
                                         pacer)
-                crawls.append(crawl_source(fetcher, read_crawl_state(store, source.name), until, run_id, logical_date))
+                checkpoint = CrawlCheckpoint(work_dir / f"{source.name}.checkpoint.json", fingerprint,
+                                             config.crawl.checkpoint_every_pages, config.crawl.checkpoint_every_s)
+                crawls.append(crawl_source(fetcher, read_crawl_state(store, source.name), until, run_id, logical_date,
+                                           checkpoint))
         finally:
             if client is None:
                 http.close()
@@ -111,16 +130,22 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
             refused_by_guard=sum(item.refused_by_guard for item in reports),
             retries=sum(item.retries for item in reports),
             records_changed=sum(item.records_changed for item in reports),
+            pages_failed=sum(item.pages_failed for item in reports),
+            records_duplicate=sum(item.records_duplicate for item in reports),
         )
         # Errors by kind as their own metrics (errors.too_large, ...), so MLflow can chart and compare them.
         for item in reports:
             for kind, count in item.errors_by_kind.items():
                 context.metrics[f"errors.{kind}"] = int(context.metrics.get(f"errors.{kind}") or 0) + count
         for item in reports:
-            log.info("crawl %s: fetched %d, not modified %d, skipped by robots %d, refused by guard %d, "
-                     "errors %s, records new %d changed %d quarantined %d", item.source, item.pages_fetched,
-                     item.pages_not_modified, item.skipped_robots, item.refused_by_guard,
-                     item.errors_by_kind or 0, item.records_new, item.records_changed, item.records_quarantined)
+            log.info("crawl %s: fetched %d, not modified %d, resumed %d, failed %d, deferred %d, skipped by robots "
+                     "%d, refused by guard %d, errors %s, records new %d changed %d duplicate %d quarantined %d",
+                     item.source, item.pages_fetched, item.pages_not_modified, item.pages_resumed, item.pages_failed,
+                     item.pages_deferred, item.skipped_robots, item.refused_by_guard, item.errors_by_kind or 0,
+                     item.records_new, item.records_changed, item.records_duplicate, item.records_quarantined)
+            for failed in item.failed_pages:
+                log.warning("crawl %s: page failed, pending for a later crawl: %s (%s: %s)", item.source,
+                            failed["url"], failed["reason"], failed["detail"])
 
     def track(manifest: Manifest) -> None:
         mlflow.log_dict(report, "crawl_report.json")
@@ -130,8 +155,11 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
                     context="output")
 
     manifest = execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
-                       config_sections=("crawl",), track=track)
+                       config_sections=CONFIG_SECTIONS, track=track)
     publish_crawl_state(store, manifest, config.crawl.sources)
+    # Committed: the checkpoints have served (a rerun of this run id reuses the manifest instead).
+    shutil.rmtree(store.work_dir(run_id, STEP), ignore_errors=True)
+    post_batch(store, manifest)  # after the state: a batch is never in the inbox without its state advanced
     return manifest
 
 

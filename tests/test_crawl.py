@@ -177,7 +177,8 @@ def test_first_crawl_fetches_pages_up_to_the_logical_date(tmp_path: Path, mlflow
     assert manifest.output("records").rows == len(rows) == manifest.metrics["rows_new"]
     counts = {name: value for name, value in manifest.metrics.items() if name != "bytes"}
     assert counts == {"rows_new": len(rows), "rows_quarantined": 0, "pages_fetched": 2, "pages_not_modified": 0,
-                      "errors": 0, "skipped_robots": 0, "refused_by_guard": 0, "retries": 0, "records_changed": 0}
+                      "errors": 0, "skipped_robots": 0, "refused_by_guard": 0, "retries": 0, "records_changed": 0,
+                      "pages_failed": 0, "records_duplicate": 0}
     assert manifest.metrics["bytes"] > 0
     report = crawl_report(manifest, store)["sources"]["demo"]
     assert report["records_new"] == len(rows) and report["pages_selected"] == 2 and report["pages_listed"] == 4
@@ -315,11 +316,11 @@ def test_unreachable_source_fails_and_keeps_the_committed_state(tmp_path: Path, 
     def refuse_connection(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
 
-    server.routes[PUBLIC_BASE + "feed/index.json"] = [feed_index("/feed/0.jsonl", "/feed/1.jsonl")]
-    server.routes[PUBLIC_BASE + "feed/1.jsonl"] = [refuse_connection]
-    with pytest.raises(StepError, match=r"crawl source 'mock': http://93\.184\.215\.14/feed/1\.jsonl: .*3 attempts"):
+    # The index is source-level: without it there are no pages to crawl (a page that fails is only skipped).
+    server.routes[PUBLIC_BASE + "feed/index.json"] = [refuse_connection]
+    with pytest.raises(StepError, match=r"crawl source 'mock': http://93\.184\.215\.14/feed/index\.json: .*3 attempts"):
         run_mock(tmp_path, mlflow_uri, server, run_id="broken")
-    assert server.requested("/feed/1.jsonl") == 3  # max_retries=2
+    assert server.requested("/feed/index.json") == 4  # 1 in the first run, then max_retries=2
     store = ArtifactStore(str(tmp_path / "artifacts"))
     assert read_manifest(store, "broken", "crawl") is None
     state = global_state(store, "mock")

@@ -21,7 +21,7 @@ from tasks.sources.html_site import crawl_html_site
 from tasks.sources.json_api import crawl_json_api
 from tasks.sources.jsonl_feed import crawl_jsonl_feed
 from tasks.sources.local import crawl_local
-from tasks.sources.session import SourceCrawl, SourceSession
+from tasks.sources.session import CrawlCheckpoint, SourceCrawl, SourceSession
 
 SOURCE_KINDS: dict[str, Callable[[SourceSession], None]] = {
     "jsonl_feed": crawl_jsonl_feed,
@@ -34,8 +34,16 @@ SOURCE_KINDS: dict[str, Callable[[SourceSession], None]] = {
 
 
 def crawl_source(fetcher: SourceFetcher, previous_state: Mapping[str, Any], until: dt.date | None,
-                 run_id: str, logical_date: str | None) -> SourceCrawl:
-    """Crawl one source with its kind's crawler; the session's rows, quarantine, state and report."""
-    session = SourceSession(fetcher, previous_state, until, run_id, logical_date)
-    SOURCE_KINDS[fetcher.source.kind](session)
-    return session.finished()
+                 run_id: str, logical_date: str | None, checkpoint: CrawlCheckpoint | None = None) -> SourceCrawl:
+    """Crawl one source with its kind's crawler; the session's rows, quarantine, state and report.
+
+    With a `checkpoint`, progress is saved as the crawl goes and once more when it fails or is
+    interrupted, and a crawl that finds one of this run resumes from it.
+    """
+    session = SourceSession(fetcher, previous_state, until, run_id, logical_date, checkpoint)
+    try:
+        SOURCE_KINDS[fetcher.source.kind](session)
+        return session.finished()
+    except BaseException:
+        session.save_checkpoint()
+        raise

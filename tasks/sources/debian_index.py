@@ -88,7 +88,7 @@ def crawl_debian_index(session: SourceSession) -> None:
                                record_id=record_id, field_name=missing)
             continue
         section = stanza["Section"].rsplit("/", 1)[-1]  # "contrib/net" -> "net"
-        session.emit(str(record_id), description_text(stanza["Description"], source.text), section)
+        session.emit(str(record_id), description_text(stanza["Description"], source.text), section, url=where)
     session.report.pages_listed = session.report.pages_selected = stanzas
     session.remember(url, fetched)
     log.info("crawl %s: %d stanzas in %s", source.name, stanzas, url)

@@ -77,7 +77,7 @@ def crawl_feed(session: SourceSession) -> None:
             session.quarantine(where, "missing_field", f"no label from the entry's {source.label_from}", raw,
                                record_id=record_id, field_name="label")
         else:
-            session.emit(record_id, text, value.strip())
+            session.emit(record_id, text, value.strip(), url=where)
     session.report.pages_selected = len(parsed.entries) - later
     session.remember(url, fetched)
     log.info("crawl %s: %d feed entries, %d dated after %s left for later", source.name, len(parsed.entries),

@@ -1,5 +1,6 @@
 """The fetch engine every source kind shares: errors, the SSRF guard, per-host pacing, retries with
-backoff and Retry-After, byte caps while streaming and decompressing, redirects re-checked hop by hop.
+backoff and Retry-After, a deadline and a minimum transfer rate for every response, byte caps while
+streaming and decompressing, redirects re-checked hop by hop.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ import ipaddress
 import logging
 import random
 import socket
+import ssl
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import httpcore
 import httpx
 from protego import Protego
 
@@ -73,10 +77,11 @@ class CrawlError(StepError):
 
     kind = "error"
 
-    def __init__(self, source: str, url: str, detail: str) -> None:
+    def __init__(self, source: str, url: str, detail: str, attempts: int = 1) -> None:
         self.source = source
         self.url = url
         self.detail = detail
+        self.attempts = attempts
         super().__init__(f"crawl source {source!r}: {url}: {detail}")
 
 
@@ -109,7 +114,33 @@ class FeedFormatError(CrawlError):
 
 
 class SourceUnreachableError(CrawlError):
+    """Still failing after every retry: no connection, a timeout, or one of the subclasses below."""
+
     kind = "unreachable"
+
+
+class ServerError(SourceUnreachableError):
+    """429 or 5xx on every attempt."""
+
+    kind = "server_error"
+
+
+class ResponseDeadlineError(SourceUnreachableError):
+    """The response (connect, headers, body) did not complete within `response_deadline_s`."""
+
+    kind = "deadline"
+
+
+class TooSlowError(SourceUnreachableError):
+    """The body's average rate fell below `min_bytes_per_s` after the grace period."""
+
+    kind = "too_slow"
+
+
+class RobotsUnavailableError(SourceUnreachableError):
+    """robots.txt could not be read: nothing on that origin may be fetched, so the source fails."""
+
+    kind = "robots_unavailable"
 
 
 # -------------------------------------------------------------------------------------- SSRF guard
@@ -157,6 +188,127 @@ def resolve_addresses(host: str, port: int) -> list[IPAddress]:
     return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
 
 
+# ------------------------------------------------------------------------------- response limits
+
+
+@dataclass
+class ResponseClock:
+    """The time limits of one response: a deadline for all of it (connect, headers, body) and, once the
+    body has streamed for the grace period, a minimum average transfer rate."""
+
+    deadline: float  # time.monotonic() values
+    min_bytes_per_s: float
+    grace_s: float
+    body_started: float | None = None
+    body_bytes: int = 0
+    expired: str | None = None  # "deadline" or "too_slow", once a read ran into that limit
+
+    @classmethod
+    def start(cls, crawl: CrawlConfig) -> ResponseClock:
+        return cls(time.monotonic() + crawl.response_deadline_s, crawl.min_bytes_per_s, crawl.min_rate_grace_s)
+
+    def read_by(self) -> tuple[float, str]:
+        """When the next bytes must have arrived, and the limit that time comes from."""
+        if self.body_started is not None and self.min_bytes_per_s > 0:
+            # With no more bytes, the average rate drops below the minimum at body_started + bytes / rate.
+            too_slow_at = self.body_started + max(self.grace_s, self.body_bytes / self.min_bytes_per_s)
+            if too_slow_at < self.deadline:
+                return too_slow_at, "too_slow"
+        return self.deadline, "deadline"
+
+    def exceeded(self, now: float) -> str | None:
+        """The limit a response has run past at `now`, if any (the deadline wins when both have)."""
+        if now >= self.deadline:
+            return "deadline"
+        at, limit = self.read_by()
+        return limit if now >= at else None
+
+
+# The clock of the response the current thread is receiving; read by DeadlineStream on every socket operation.
+_response_clock: ContextVar[ResponseClock | None] = ContextVar("freshet_response_clock", default=None)
+
+
+def _within_clock(operation: Callable[[float | None], Any], timeout: float | None,
+                  error: type[httpcore.TimeoutException]) -> Any:
+    """Run a socket operation with `timeout` shortened to what the current response has left; when that
+    shortened wait runs out, the clock records which limit it was."""
+    clock = _response_clock.get()
+    if clock is None:
+        return operation(timeout)
+    at, limit = clock.read_by()
+    left = at - time.monotonic()
+    if left <= 0:
+        clock.expired = limit
+        raise error(f"response {limit.replace('_', ' ')} passed")
+    if timeout is not None and timeout <= left:
+        return operation(timeout)
+    try:
+        return operation(left)
+    except httpcore.TimeoutException:
+        clock.expired = limit
+        raise
+
+
+class DeadlineStream(httpcore.NetworkStream):
+    """A socket stream whose every read, write and TLS handshake waits no longer than the response has left.
+
+    httpx applies its read timeout to each read separately, so a server that sends a byte a second
+    never times out; bounding each operation by the clock bounds the response as a whole, headers included.
+    """
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self.stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return bytes(_within_clock(lambda left: self.stream.read(max_bytes, left), timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        _within_clock(lambda left: self.stream.write(buffer, left), timeout, httpcore.WriteTimeout)
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return DeadlineStream(_within_clock(lambda left: self.stream.start_tls(ssl_context, server_hostname, left),
+                                            timeout, httpcore.ConnectTimeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self.stream.get_extra_info(info)
+
+
+class DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's socket backend with every stream a DeadlineStream (connects bounded by the clock too)."""
+
+    def __init__(self) -> None:
+        self.backend = httpcore.SyncBackend()
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        return DeadlineStream(_within_clock(
+            lambda left: self.backend.connect_tcp(host, port, left, local_address, socket_options),
+            timeout, httpcore.ConnectTimeout))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        return DeadlineStream(_within_clock(lambda left: self.backend.connect_unix_socket(path, left, socket_options),
+                                            timeout, httpcore.ConnectTimeout))
+
+    def sleep(self, seconds: float) -> None:
+        self.backend.sleep(seconds)
+
+
+class DeadlineTransport(httpx.HTTPTransport):
+    """httpx's HTTP transport over DeadlineBackend sockets, no proxies (see open_client)."""
+
+    def __init__(self) -> None:
+        super().__init__(trust_env=False)
+        # httpx has no parameter for the network backend: the pool is rebuilt with the same defaults and ours.
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False), max_connections=100,
+            max_keepalive_connections=20, keepalive_expiry=5.0, network_backend=DeadlineBackend())
+
+
 # ---------------------------------------------------------------------------------------- fetching
 
 
@@ -196,6 +348,9 @@ class SourceReport:
     pages_unchanged: int = 0  # fetched (200) but byte-identical to the last crawl
     skipped_robots: int = 0
     refused_by_guard: int = 0
+    pages_failed: int = 0  # still failing after retries: skipped, kept pending for a later crawl
+    pages_deferred: int = 0  # pending from an earlier crawl, not yet due for a retry
+    pages_resumed: int = 0  # done by an earlier attempt of this run, taken from its checkpoint
     retries: int = 0
     retry_causes: dict[str, int] = field(default_factory=dict)
     errors: int = 0
@@ -205,7 +360,10 @@ class SourceReport:
     records_changed: int = 0
     records_unchanged: int = 0
     records_quarantined: int = 0
+    records_duplicate: int = 0  # same normalised text as a record of another id: not emitted
     incidents: list[dict[str, str]] = field(default_factory=list)
+    failed_pages: list[dict[str, Any]] = field(default_factory=list)  # {url, reason, detail, attempts}
+    duplicates: list[dict[str, str | None]] = field(default_factory=list)  # {id, url, kept_id}
 
     def note(self, error: CrawlError) -> None:
         """Count a skipped URL (robots, guard, bad response) and keep its details for the report."""
@@ -218,6 +376,18 @@ class SourceReport:
                 self.refused_by_guard += 1
         if len(self.incidents) < MAX_INCIDENTS_PER_SOURCE:
             self.incidents.append({"kind": error.kind, "url": error.url, "detail": error.detail})
+
+    def page_failed(self, error: CrawlError) -> None:
+        """A page skipped after its retries (already noted as an error): listed by URL, reason and attempts."""
+        self.pages_failed += 1
+        if len(self.failed_pages) < MAX_INCIDENTS_PER_SOURCE:
+            self.failed_pages.append({"url": error.url, "reason": error.kind, "detail": error.detail,
+                                      "attempts": error.attempts})
+
+    def duplicate(self, record_id: str, url: str | None, kept_id: str) -> None:
+        self.records_duplicate += 1
+        if len(self.duplicates) < MAX_INCIDENTS_PER_SOURCE:
+            self.duplicates.append({"id": record_id, "url": url, "kept_id": kept_id})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -311,6 +481,10 @@ class SourceFetcher:
             except GuardRefusedError as error:
                 # Name the URL the crawl wanted, not the robots.txt it would have asked first.
                 raise GuardRefusedError(self.source.name, str(url), error.detail) from error
+            except SourceUnreachableError as error:
+                # Without its rules nothing on the origin may be fetched: the whole source fails, not this page.
+                raise RobotsUnavailableError(self.source.name, robots_url, f"unavailable ({error.detail}), so "
+                                             f"nothing on {origin} may be crawled", error.attempts) from error
             if fetched.is_success:
                 rules = fetched.body.decode("utf-8", errors="replace")
             elif 400 <= fetched.status < 500:
@@ -322,13 +496,17 @@ class SourceFetcher:
             raise RobotsDisallowedError(self.source.name, str(url), "disallowed by robots.txt")
 
     def send_with_retries(self, url: httpx.URL, validators: Mapping[str, str]) -> Fetched:
-        """One response that is not a transient failure; connect errors, 429 and 5xx are retried."""
+        """One response that is not a transient failure; connect errors, timeouts, responses past their
+        deadline or under the minimum rate, 429 and 5xx are retried."""
         attempt = 0
         while True:
             self.pacer.wait_turn(url)
             retry_after = None
+            gives_up_as: type[SourceUnreachableError] = SourceUnreachableError
             try:
                 fetched = self.send_once(url, validators)
+            except (ResponseDeadlineError, TooSlowError) as error:
+                cause, detail, gives_up_as = error.kind, error.detail, type(error)
             except socket.gaierror as error:
                 cause, detail = "dns", f"cannot resolve {url.host}: {error}"
             except httpx.TransportError as error:
@@ -336,10 +514,10 @@ class SourceFetcher:
             else:
                 if fetched.status != 429 and fetched.status < 500:
                     return fetched
-                cause, detail = f"http_{fetched.status}", f"HTTP {fetched.status}"
+                cause, detail, gives_up_as = f"http_{fetched.status}", f"HTTP {fetched.status}", ServerError
                 retry_after = retry_after_seconds(fetched.headers.get("retry-after"))
             if attempt >= self.crawl.max_retries:
-                raise SourceUnreachableError(self.source.name, str(url), f"{detail} (after {attempt + 1} attempts)")
+                raise gives_up_as(self.source.name, str(url), f"{detail} (after {attempt + 1} attempts)", attempt + 1)
             exponential = self.crawl.backoff_base_s * 2**attempt
             delay = max(exponential / 2 + random.uniform(0, exponential / 2), retry_after or 0.0)
             self.report.retries += 1
@@ -354,14 +532,40 @@ class SourceFetcher:
         # Only encodings read_body decodes under the byte cap.
         headers = {"User-Agent": self.crawl.user_agent, "Accept": self.accept, "Accept-Encoding": "gzip, deflate",
                    **validators}
-        request = self.client.build_request("GET", url, headers=headers, timeout=self.crawl.timeout_s)
-        response = self.client.send(request, stream=True, follow_redirects=False)
+        clock = ResponseClock.start(self.crawl)
+        # With a client not from open_client (no DeadlineStream), each phase still waits at most the deadline.
+        timeout = min(self.crawl.timeout_s, self.crawl.response_deadline_s)
+        request = self.client.build_request("GET", url, headers=headers, timeout=timeout)
+        token = _response_clock.set(clock)
         try:
-            self.check_peer(url, response)
-            body = self.read_body(url, response) if response.is_success else b""
-            return Fetched(str(url), response.status_code, response.headers, body)
+            response = self.client.send(request, stream=True, follow_redirects=False)
+            try:
+                self.check_peer(url, response)
+                body = self.read_body(url, response, clock) if response.is_success else b""
+                return Fetched(str(url), response.status_code, response.headers, body)
+            finally:
+                response.close()
+        except httpx.TimeoutException as error:
+            if clock.expired is None:
+                raise  # the per-read timeout_s: an ordinary timeout
+            raise self.limit_error(url, clock, clock.expired) from error
         finally:
-            response.close()
+            _response_clock.reset(token)
+
+    def limit_error(self, url: httpx.URL, clock: ResponseClock, limit: str) -> CrawlError:
+        if limit == "deadline":
+            return ResponseDeadlineError(
+                self.source.name, str(url), f"no complete response within response_deadline_s="
+                f"{self.crawl.response_deadline_s:g} ({clock.body_bytes} body bytes received)")
+        streamed = time.monotonic() - (clock.body_started or time.monotonic())
+        return TooSlowError(
+            self.source.name, str(url), f"body arriving at {clock.body_bytes / max(streamed, 1e-9):.0f} B/s, under "
+            f"min_bytes_per_s={self.crawl.min_bytes_per_s:g} ({clock.body_bytes} bytes in {streamed:.1f} s)")
+
+    def check_clock(self, url: httpx.URL, clock: ResponseClock) -> None:
+        limit = clock.exceeded(time.monotonic())
+        if limit is not None:
+            raise self.limit_error(url, clock, limit)
 
     def check_peer(self, url: httpx.URL, response: httpx.Response) -> None:
         """Re-check the address actually connected to: DNS may have changed since `check_guard`."""
@@ -370,7 +574,7 @@ class SourceFetcher:
         if peer:
             self._refuse_address(url, ipaddress.ip_address(str(peer[0]).split("%", 1)[0]), f"connected to {peer[0]}")
 
-    def read_body(self, url: httpx.URL, response: httpx.Response) -> bytes:
+    def read_body(self, url: httpx.URL, response: httpx.Response, clock: ResponseClock) -> bytes:
         media_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         is_robots = url.path == "/robots.txt" and media_type == "text/plain"
         if media_type not in self.media_types and not is_robots and not (
@@ -399,6 +603,8 @@ class SourceFetcher:
         chunks: list[bytes] = []
         received = 0
         raw_received = 0
+        clock.body_started = time.monotonic()
+        self.check_clock(url, clock)  # the headers alone may have used up the deadline
 
         def keep(chunk: bytes) -> None:
             nonlocal received
@@ -411,6 +617,8 @@ class SourceFetcher:
         for raw in raw_chunks:
             raw_received += len(raw)
             self.report.bytes += len(raw)
+            clock.body_bytes = raw_received
+            self.check_clock(url, clock)
             if decoder is None:
                 keep(raw)
                 continue
@@ -432,8 +640,8 @@ class SourceFetcher:
 
 def open_client(crawl: CrawlConfig) -> httpx.Client:
     # trust_env=False: a proxy would make the connection itself, so the guard's resolution would not
-    # be the address actually reached.
+    # be the address actually reached. DeadlineTransport bounds every socket operation by the response's clock.
     return httpx.Client(headers={"User-Agent": crawl.user_agent}, timeout=crawl.timeout_s,
-                        follow_redirects=False, trust_env=False)
+                        follow_redirects=False, trust_env=False, transport=DeadlineTransport())
 
 

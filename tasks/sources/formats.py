@@ -115,7 +115,7 @@ def emit_item(session: SourceSession, item: Any, where: str, source: JsonApiSour
                            record_id=record_id, field_name=field_name, value=value)
         return False
     record_id, text, label = fields
-    session.emit(f"{source.name}:{record_id}", text, label)
+    session.emit(f"{source.name}:{record_id}", text, label, url=where)
     return True
 
 

@@ -112,7 +112,9 @@ class HtmlSiteCrawl:
         url = url.split("#", 1)[0]
         if url not in self.queued and self.in_scope(url):
             self.queued.add(url)
-            known = self.session.page_states.get(url)
+            # As of the last committed crawl (not this run's checkpoint), so a resumed crawl queues pages
+            # in the same order as the attempt it resumes.
+            known = self.session.previous_pages.get(url)
             (self.seen if known is not None else self.unseen).append((url, depth))
             if known is not None and self.source.follow_links and depth < self.source.max_depth:
                 # Its links as of the last crawl, queued now: new pages behind known ones are reached
@@ -138,7 +140,7 @@ class HtmlSiteCrawl:
 
     def read_sitemap(self, url: str, nesting: int = 0) -> None:
         session = self.session
-        fetched = session.fetch_page(url, "sitemap")
+        fetched = session.fetch_page(url, "sitemap", listing=True)
         if fetched is None:
             return
         if fetched.status == 304 or session.is_unchanged(url, fetched):
@@ -232,7 +234,7 @@ class HtmlSiteCrawl:
             session.quarantine(url, "missing_field", "the label rule found no label", raw, record_id=record_id,
                                field_name="label")
         else:
-            session.emit(record_id, text, label)
+            session.emit(record_id, text, label, url=url)
         return links
 
     def main_text(self, html: str, document: Any, url: str) -> str:

@@ -152,7 +152,7 @@ def crawl_jsonl_feed(session: SourceSession) -> None:
             session.quarantined.extend(parsed.quarantined)
             report.records_quarantined += len(parsed.quarantined)
             for record in parsed.records:
-                session.emit(record["id"], record["text"], record["label"])
+                session.emit(record["id"], record["text"], record["label"], url=page.url)
             outcome = f"{len(parsed.records)} records, {len(parsed.quarantined)} quarantined"
         session.remember(page.url, fetched, date=page.date.isoformat())
         log.info("crawl %s: page %d/%d %s: %s", source.name, number, len(selected), page.date, outcome)

@@ -39,7 +39,7 @@ def _local_items(session: SourceSession, source: LocalSource, path: Path, root: 
             session.quarantine(url, "missing_field", "the file has no text", raw, record_id=record_id,
                                field_name="text")
         else:
-            session.emit(record_id, text, label)
+            session.emit(record_id, text, label, url=url)
         return
     if file_format == "csv":
         reader = csv.DictReader(io.StringIO(decode_text(body).removeprefix("\ufeff"), newline=""))

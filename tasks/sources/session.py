@@ -1,13 +1,16 @@
-"""One source's crawl session: conditional GETs against the page state, de-duplication against earlier
-crawls, quarantine, the report and the new crawl state, the same for every source kind.
+"""One source's crawl session: conditional GETs against the page state, failed pages kept pending with
+backoff, de-duplication by id and by content against earlier crawls, quarantine, checkpoints within a
+run, the report and the new crawl state, the same for every source kind.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import time
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,24 +21,35 @@ import httpx
 from tasks.config import (
     SourceConfig,
 )
+from tasks.manifest import StepError
 from tasks.records import content_hash
 from tasks.sources.fetch import (
+    ContentTypeRefusedError,
     CrawlError,
     Fetched,
+    GuardRefusedError,
     HttpStatusError,
     ResponseTooLargeError,
     RobotsDisallowedError,
+    RobotsUnavailableError,
     SourceFetcher,
     SourceReport,
     SourceUnreachableError,
 )
-from tasks.store import ArtifactStore
+from tasks.store import ArtifactStore, atomic_write_text
 
 log = logging.getLogger("freshet.crawl")
 
 CRAWL_STEP = "crawl"  # quarantined rows name the step that set them aside
 STATE_PREFIX = ("state", "crawl")
-
+# A page failing crawl after crawl is retried less and less often, but at least weekly.
+MAX_FAILED_PAGE_BACKOFF_S = 7 * 24 * 3600.0
+FAILED_PAGES_NAMED = 10  # in the error of a source with too many failed pages
+# The page is there but not for this crawler (a PDF in a sitemap, a redirect to a private address): skipped
+# like robots.txt exclusions, not failed, and not pending, since a retry would be refused again.
+POLICY_REFUSALS = (ContentTypeRefusedError, GuardRefusedError)
+# Report counters that describe the records of pages done, restored with them from a checkpoint.
+RECORD_COUNTERS = ("records_new", "records_changed", "records_unchanged", "records_quarantined", "records_duplicate")
 
 
 def read_crawl_state(store: ArtifactStore, source: str) -> dict[str, Any]:
@@ -44,6 +58,46 @@ def read_crawl_state(store: ArtifactStore, source: str) -> dict[str, Any]:
 
 def _utc_now() -> str:
     return dt.datetime.now(dt.UTC).isoformat()
+
+
+def _is_future(moment: str | None) -> bool:
+    return moment is not None and dt.datetime.fromisoformat(moment) > dt.datetime.now(dt.UTC)
+
+
+def normalised_content_hash(text: str) -> str:
+    """The hash two texts share when they differ only in Unicode form, case or whitespace."""
+    return content_hash(" ".join(unicodedata.normalize("NFKC", text).casefold().split()))
+
+
+@dataclass(frozen=True)
+class CrawlCheckpoint:
+    """Where one source's progress within a run is saved, and when: every `every_pages` pages done or
+    `every_s` seconds, whichever comes first. A checkpoint is resumed only by the same run id (its
+    folder), the same step fingerprint (config and logical date) and the same committed state generation.
+    """
+
+    path: Path
+    fingerprint: str
+    every_pages: int
+    every_s: float
+
+    def load(self, source: str, generation: int) -> dict[str, Any] | None:
+        try:
+            progress = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as error:
+            log.warning("crawl %s: ignoring unreadable checkpoint %s: %s", source, self.path, error)
+            return None
+        if (progress.get("fingerprint"), progress.get("source"), progress.get("generation")) != (
+                self.fingerprint, source, generation):
+            log.info("crawl %s: checkpoint %s is from another config, day or crawl state; starting over",
+                     source, self.path)
+            return None
+        return dict(progress)
+
+    def save(self, progress: Mapping[str, Any]) -> None:
+        atomic_write_text(self.path, json.dumps({"fingerprint": self.fingerprint, **progress}))
 
 
 
@@ -85,7 +139,7 @@ class SourceSession:
     """
 
     def __init__(self, fetcher: SourceFetcher, previous_state: Mapping[str, Any], until: dt.date | None,
-                 run_id: str, logical_date: str | None) -> None:
+                 run_id: str, logical_date: str | None, checkpoint: CrawlCheckpoint | None = None) -> None:
         self.fetcher = fetcher
         self.source = fetcher.source
         self.report = fetcher.report
@@ -94,21 +148,58 @@ class SourceSession:
         self.until = until
         self.run_id = run_id
         self.logical_date = logical_date
-        self.page_states: dict[str, dict[str, Any]] = dict(previous_state.get("pages", {}))
+        self.previous_pages: Mapping[str, Mapping[str, Any]] = previous_state.get("pages", {})
+        self.page_states: dict[str, dict[str, Any]] = dict(self.previous_pages)
         self.known_hashes: dict[str, str] = dict(previous_state.get("records", {}))
+        # Normalised content hash -> the id emitted with it; and the exact hashes of earlier records, which
+        # also cover records crawled before the normalised hashes were kept.
+        self.ids_by_content: dict[str, str] = dict(previous_state.get("contents", {}))
+        self.ids_by_exact_hash = {hash_: record_id for record_id, hash_ in self.known_hashes.items()}
+        self.previous_pending: Mapping[str, Mapping[str, Any]] = previous_state.get("pending", {})
+        self.failed_now: dict[str, dict[str, Any]] = {}  # pages this run gave up on, as they will be pending
+        self.done: set[str] = set()  # URLs processed to the end (remembered) in this run
+        self.pages_attempted = 0  # pages (not indexes) this run requested or resumed; the failed share's base
+        self.page_in_progress: str | None = None  # fetched, not yet remembered: a checkpoint now would split it
         self.rows: dict[str, dict[str, str]] = {}
         self.quarantined: list[dict[str, str | None]] = []
         self.progress = Progress(self.source.name, self.crawl.progress_every_s)
         self.fetched_at = _utc_now()
+        self.checkpoint = checkpoint
+        self.resumable: set[str] = set()  # done by an earlier attempt of this run, served from the checkpoint
+        self.pages_since_checkpoint = 0
+        self.checkpointed_at = time.monotonic()
+        if checkpoint is not None:
+            progress = checkpoint.load(self.source.name, int(previous_state.get("generation", 0)))
+            if progress is not None:
+                self.resume(progress)
 
     # ----------------------------------------------------------------------------- fetching
 
-    def fetch_page(self, url: str, what: str = "page", *, required: bool = False) -> Fetched | None:
+    def fetch_page(self, url: str, what: str = "page", *, required: bool = False,
+                   listing: bool = False) -> Fetched | None:
         """GET `url` conditionally; None when it was skipped (robots, guard, bad response: noted).
 
-        A page that is skipped keeps its old state, so the next crawl tries it again. `required`
-        pages (an index the rest depends on) raise instead. An unreachable host always raises.
+        A page that fails (after its retries, for transient failures) is recorded in the report's
+        `failed_pages` and kept pending with backoff; it keeps its old state (validators), so a later
+        crawl tries it again. Policy refusals (content type, guard) are noted, not failed. `required`
+        documents (an index the rest depends on) raise instead, and so does a `listing` (a sitemap)
+        that is unreachable after its retries, or robots.txt. A page an earlier attempt of this run
+        finished comes from the checkpoint as a 304; a pending page not yet due is deferred (None).
         """
+        self.page_in_progress = None  # kinds go page by page: one not remembered by now was given up
+        if url in self.resumable:
+            self.resumable.discard(url)
+            self.report.pages_resumed += 1
+            if not required and not listing:
+                self.pages_attempted += 1
+            # Its content and state came with the checkpoint: to the kind it is a page not modified.
+            return self._hand_to_kind(url, Fetched(url, 304, httpx.Headers()))
+        pending = self.previous_pending.get(url)
+        if pending is not None and not required and not listing and _is_future(pending.get("retry_after")):
+            self.report.pages_deferred += 1
+            log.info("crawl %s: %s %s still pending (%s), next retry after %s", self.source.name, what, url,
+                     pending.get("reason"), pending["retry_after"])
+            return None
         page_state = self.page_states.get(url, {})
         validators = {header: page_state[key] for header, key in
                       (("If-None-Match", "etag"), ("If-Modified-Since", "last_modified")) if page_state.get(key)}
@@ -116,19 +207,44 @@ class SourceSession:
             fetched = self.fetcher.fetch(url, validators)
             if fetched.status != 304 and not fetched.is_success:
                 raise HttpStatusError(self.source.name, url, f"{what} answered HTTP {fetched.status}")
-        except SourceUnreachableError:
+        except RobotsUnavailableError:
             raise
         except CrawlError as error:
-            if required and not isinstance(error, RobotsDisallowedError):
+            if isinstance(error, RobotsDisallowedError):
+                log.warning("crawl %s: %s skipped: %s", self.source.name, what, error)
+                self.report.note(error)
+                return None
+            if required or (listing and isinstance(error, SourceUnreachableError)):
                 raise
             log.warning("crawl %s: %s skipped: %s", self.source.name, what, error)
             self.report.note(error)
+            if not listing:
+                self.pages_attempted += 1
+                if not isinstance(error, POLICY_REFUSALS):
+                    self.page_failed(url, error)
             return None
+        if not required and not listing:
+            self.pages_attempted += 1
         if fetched.status == 304:
             self.report.pages_not_modified += 1
         else:
             self.report.pages_fetched += 1
+        return self._hand_to_kind(url, fetched)
+
+    def _hand_to_kind(self, url: str, fetched: Fetched) -> Fetched:
+        self.page_in_progress = url
         return fetched
+
+    def page_failed(self, url: str, error: CrawlError) -> None:
+        """Keep a page that failed pending, due for a retry after a backoff that doubles per failed crawl."""
+        self.report.page_failed(error)
+        failures = int(self.previous_pending.get(url, {}).get("failures", 0)) + 1
+        backoff_s = min(self.crawl.failed_page_backoff_s * 2 ** (failures - 1), MAX_FAILED_PAGE_BACKOFF_S)
+        now = dt.datetime.now(dt.UTC)
+        self.failed_now[url] = {
+            "reason": error.kind, "detail": error.detail, "attempts": error.attempts, "failures": failures,
+            "failed_at": now.isoformat(), "retry_after": (now + dt.timedelta(seconds=backoff_s)).isoformat(),
+        }
 
     def read_file(self, path: Path) -> Fetched | None:
         """A local file through the same rules: a byte cap, and "not modified" when size and mtime match."""
@@ -172,22 +288,39 @@ class SourceSession:
                 state["version"] = fetched.headers["x-file-version"]
         state.update(extra)
         self.page_states[url] = state
+        self.done.add(url)
+        self.failed_now.pop(url, None)
+        self.page_in_progress = None
+        self.pages_since_checkpoint += 1
+        if self.checkpoint is not None and (
+                self.pages_since_checkpoint >= self.checkpoint.every_pages
+                or time.monotonic() - self.checkpointed_at >= self.checkpoint.every_s):
+            self.save_checkpoint()
 
     # ------------------------------------------------------------------------------ records
 
-    def emit(self, record_id: str, text: str, label: str) -> None:
-        """A record, unless an earlier crawl (or this one) already emitted the same id with the same text."""
+    def emit(self, record_id: str, text: str, label: str, *, url: str | None = None) -> None:
+        """A record, unless an earlier crawl (or this one) already emitted the same id with the same text,
+        or another id with the same normalised text (then it is counted as a duplicate of that one).
+        `url` (where the record was found) names a duplicate in the report."""
         record = {"id": record_id, "text": text, "label": label, "source": self.source.name,
                   "fetched_at": self.fetched_at, "content_hash": content_hash(text)}
         previous_hash = self.known_hashes.get(record_id)
         if previous_hash == record["content_hash"]:
             self.report.records_unchanged += 1
             return
+        normalised = normalised_content_hash(text)
+        kept_id = self.ids_by_content.get(normalised) or self.ids_by_exact_hash.get(record["content_hash"])
+        if kept_id is not None and kept_id != record_id:
+            # The same article under another URL (or id): one copy is data, the others would weigh it twice.
+            self.report.duplicate(record_id, url, kept_id)
+            return
         if previous_hash is None:
             self.report.records_new += 1
         else:
             self.report.records_changed += 1
         self.known_hashes[record_id] = record["content_hash"]
+        self.ids_by_content[normalised] = record_id
         self.rows[record_id] = record
 
     def quarantine(self, where: str, check: str, detail: str, raw: str, *, record_id: str | None = None,
@@ -199,12 +332,64 @@ class SourceSession:
         })
         self.report.records_quarantined += 1
 
+    # --------------------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self) -> None:
+        """Save the pages done so far with their state, rows and quarantine (a consistent cut between pages)."""
+        if self.checkpoint is None or self.page_in_progress is not None:
+            return
+        self.checkpoint.save({
+            "source": self.source.name, "run_id": self.run_id,
+            "generation": int(self.previous_state.get("generation", 0)), "saved_at": _utc_now(),
+            "done": {url: self.page_states[url] for url in sorted(self.done | self.resumable)},
+            "rows": list(self.rows.values()), "quarantined": self.quarantined,
+            "report": {name: getattr(self.report, name) for name in RECORD_COUNTERS},
+            "duplicates": self.report.duplicates,
+        })
+        self.pages_since_checkpoint = 0
+        self.checkpointed_at = time.monotonic()
+
+    def resume(self, progress: Mapping[str, Any]) -> None:
+        """Take over the pages an earlier attempt of this run finished: they are not fetched again."""
+        self.page_states.update(progress["done"])
+        self.resumable = set(progress["done"])
+        for row in progress["rows"]:
+            self.rows[row["id"]] = row
+            self.known_hashes[row["id"]] = row["content_hash"]
+            self.ids_by_content[normalised_content_hash(row["text"])] = row["id"]
+        self.quarantined = list(progress["quarantined"])
+        for name in RECORD_COUNTERS:
+            setattr(self.report, name, int(progress["report"].get(name, 0)))
+        self.report.duplicates = list(progress.get("duplicates", []))
+        log.info("crawl %s: resuming from the checkpoint of %s: %d pages done, %d records", self.source.name,
+                 progress.get("saved_at"), len(self.resumable), len(self.rows))
+
+    # ------------------------------------------------------------------------------- outcome
+
+    def check_failed_share(self) -> None:
+        """Fail the source when more than `max_failed_page_fraction` of the pages it tried failed."""
+        failed, attempted = len(self.failed_now), self.pages_attempted
+        if not failed or failed / attempted <= self.crawl.max_failed_page_fraction:
+            return
+        named = [f"{url} ({entry['reason']}: {entry['detail']})"
+                 for url, entry in list(self.failed_now.items())[:FAILED_PAGES_NAMED]]
+        more = f"; and {failed - len(named)} more" if failed > len(named) else ""
+        raise StepError(f"crawl source {self.source.name!r}: {failed} of {attempted} pages failed, more than "
+                        f"max_failed_page_fraction={self.crawl.max_failed_page_fraction:g}: "
+                        + "; ".join(named) + more)
+
     def finished(self) -> SourceCrawl:
+        self.check_failed_share()
+        # Pending: this run's failures, and earlier ones this run did not get to (deferred or not listed).
+        pending = {url: dict(entry) for url, entry in self.previous_pending.items() if url not in self.done}
+        pending.update(self.failed_now)
         state = {
             "source": self.source.name, "kind": self.source.kind, "url": source_location(self.source),
             "generation": self.previous_state.get("generation", 0) + 1, "run_id": self.run_id,
             "logical_date": self.logical_date, "updated_at": _utc_now(),
             "pages": self.page_states, "records": self.known_hashes,
+            "contents": self.ids_by_content,
+            "pending": pending,
         }
         return SourceCrawl(self.rows, self.quarantined, state, self.report)
 
