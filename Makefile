@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DAYS ?= 2
 export FRESHET_HOME ?= $(CURDIR)/.freshet
 
-.PHONY: venv demo learning-curve test lock airflow-ui mlflow-ui clean
+.PHONY: venv demo learning-curve test lock airflow-ui mlflow-ui serve clean
 
 $(VENV)/.installed: requirements-torch.txt requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,8 @@ $(VENV)/.installed: requirements-torch.txt requirements.lock pyproject.toml
 
 venv: $(VENV)/.installed
 
-demo: venv  ## the whole pipeline for $(DAYS) consecutive days on the embedded default, then the learning curve
-	$(PY) -m tasks.demo --days $(DAYS)
+demo: venv  ## the whole pipeline for $(DAYS) consecutive days on the embedded default (MODEL=DIR: on that encoder)
+	$(PY) -m tasks.demo --days $(DAYS)$(if $(MODEL), --model "$(MODEL)")$(if $(CONFIG), --config "$(CONFIG)")
 
 learning-curve: venv  ## rebuild the demo's learning-curve report (PNG, Markdown, CSV, MLflow run) from its runs
 	$(PY) -m tasks.demo.learning_curve --config configs/demo.yaml --out $(FRESHET_HOME)/reports
@@ -46,6 +46,11 @@ airflow-ui: venv  ## Airflow UI on :8080 over the demo's SQLite metadata DB (sto
 mlflow-ui: venv  ## MLflow UI on :5000 over the demo's tracking DB and artifacts
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(FRESHET_HOME)/mlflow.db \
 	  --default-artifact-root $(FRESHET_HOME)/mlartifacts --host 127.0.0.1 --port 5000
+
+SERVE_PORT ?= 8000
+
+serve: venv  ## serve the demo's champion on 127.0.0.1:$(SERVE_PORT), following the alias (docs/serving.md; Ctrl-C stops)
+	$(PY) -m tasks.serve --config configs/demo.yaml --port $(SERVE_PORT)
 
 clean:
 	rm -rf $(FRESHET_HOME)

@@ -18,6 +18,11 @@ thread-pool state carried over), which skewed the ratios.
 
     python bench/train_throughput.py [--steps 60] [--rounds 5] [--precision fp32|bf16] [--compile] [--ddp] [--attribution]
 
+Any encoder in a local Hugging Face directory (`--model-dir DIR`: both sides train the classifier freshet
+builds from it, with its tokenizer); bench/families.py runs this per model family:
+
+    python bench/train_throughput.py --model-dir DIR --no-pad-to-max --rounds 3
+
 On a GPU (never in CI): samples/s vs Trainer and model FLOPs utilisation for a randomly initialised
 BERT-base at exactly 128 tokens in bf16 (MFU = 6 x non-embedding parameters + attention, per token,
 against the GPU's dense bf16 peak; `synthetic` needs no corpus on the machine):
@@ -85,8 +90,10 @@ def training_flops_per_token(model: str, sequence_length: int) -> float:
 
 
 def train_settings(model_name: str, batch_size: int, precision: str, max_length: int, **overrides) -> dict:
-    """freshet's train section for a measurement; Trainer gets the model it builds."""
-    return {"model": "minilm" if model_name == "minilm" else "tiny", "tiny": BERT_BASE, "batch_size": batch_size,
+    """freshet's train section for a measurement; Trainer gets the model it builds. `model_name`: minilm,
+    bert-base (the tiny BERT at BERT-base size), or a model directory."""
+    model = {"minilm": "minilm", "bert-base": "tiny"}.get(model_name, model_name)
+    return {"model": model, "tiny": BERT_BASE, "batch_size": batch_size,
             "epochs": 1, "max_length": max_length, "precision": precision, "checkpoint_every_steps": 10_000,
             "warmup_fraction": 0.0, "log_every_steps": 10_000, **overrides}
 
@@ -100,8 +107,9 @@ def hf_trainer_samples_per_second(rows, mode: str, steps: int, batch_size: int, 
     from tasks.config import TrainConfig
     from tasks.models.build import build_model, load_tokenizer
 
-    tokenizer = load_tokenizer()
-    model = build_model(TrainConfig.model_validate(train_settings(model_name, batch_size, precision, max_length)), LABELS)
+    tokenizer = load_tokenizer(Path(model_name) if model_name not in ("minilm", "bert-base") else None)
+    settings = TrainConfig.model_validate(train_settings(model_name, batch_size, precision, max_length))
+    model = build_model(settings, LABELS, pad_token_id=tokenizer.pad_token_id)
     index = {label: position for position, label in enumerate(LABELS)}
     padding = "max_length" if mode == "pad-to-max" else False
     dataset = Dataset.from_list([{"text": row["text"], "label": index[row["label"]]} for row in rows]).map(
@@ -161,7 +169,8 @@ def measure_in_fresh_process(args, variant: str) -> float:
                      "--local-ranks-filter=0"]
     command = [*launcher, str(Path(__file__).resolve()), "--worker", variant, "--corpus", args.corpus,
                "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-               "--precision", args.precision, "--model", args.model, *(["--fixed-length"] if args.fixed_length else [])]
+               "--precision", args.precision, "--model", args.model, *(["--fixed-length"] if args.fixed_length else []),
+               *(["--model-dir", args.model_dir] if args.model_dir else [])]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "FRESHET_THREADS_PER_RANK": str(threads),
            "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -182,7 +191,7 @@ def worker(args) -> int:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rows = load_rows(Path(args.corpus), args.steps * args.batch_size * world_size,
                      args.max_length if args.fixed_length else None)
-    one = (args.steps, args.batch_size, args.precision, args.max_length, args.model)
+    one = (args.steps, args.batch_size, args.precision, args.max_length, args.model_dir or args.model)
     if variant == TRAINER_WITH_FRESHET_MEMORY:
         from tasks.training.runtime import keep_freed_memory
 
@@ -223,6 +232,8 @@ def main() -> int:
                              "avoids the spin-wait collapse of oversubscribed OpenMP threads")
     parser.add_argument("--model", choices=("minilm", "bert-base"), default="minilm",
                         help="bert-base: randomly initialised, for the GPU MFU figure")
+    parser.add_argument("--model-dir", default=None,
+                        help="a local Hugging Face model directory instead of --model (any supported family)")
     parser.add_argument("--fixed-length", action="store_true",
                         help="every sequence exactly --max-length tokens (for MFU at a known sequence length)")
     parser.add_argument("--peak-tflops", type=float, default=None,
@@ -254,7 +265,7 @@ def main() -> int:
     medians = {name: statistics.median(values) for name, values in measured.items()}
     best_name = max((name for name in medians if name in TRAINER_MODES), key=medians.get)
     best_trainer = medians[best_name]
-    model = "MiniLM-L6" if args.model == "minilm" else "BERT-base (random init)"
+    model = args.model_dir or ("MiniLM-L6" if args.model == "minilm" else "BERT-base (random init)")
     print(f"\n{model}, {args.precision} on both sides, batch {args.batch_size} per process, {args.steps} optimizer "
           f"steps, {args.threads or len(os.sched_getaffinity(0))} threads, medians of {args.rounds} interleaved rounds")
     width = max(len(name) for name in medians)

@@ -324,9 +324,13 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
     model_used = config.augment.model_based.model_dump() if config.augment.model_based else NOT_CONFIGURED
 
     def body(context: StepContext) -> None:
+        from tasks.label_set import run_labels
+
         train_rows = [row for row in read_rows(context.input_path("clean", "dataset")) if row["split"] == "train"]
         augmenters = default_augmenters(config.augment, lexicon, model_augmenter(config.augment.model_based))
-        result = augment_rows(train_rows, config.labels, config.augment, augmenters,
+        # New labels (validate.new_labels: extend) are balanced like the configured ones.
+        labels = run_labels(config, context.input("clean"), store)
+        result = augment_rows(train_rows, labels, config.augment, augmenters,
                               min_text_chars=config.validate_.min_text_chars)
 
         write_parquet(result.rows, context.out_dir / "train.parquet", schema=TRAIN_SCHEMA)

@@ -1,4 +1,5 @@
-"""The `freshet` command: run the demo, a single step, the demo source, a rollback, or the champion history."""
+"""The `freshet` command: run the demo, a single step, the demo source, a rollback, the champion history, or
+the model server."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ USAGE = """freshet <command> [args]
   demo-site --corpus F ...         serve a corpus day by day over HTTP
   rollback --config F --why TEXT   move the champion alias back to the previous version
   history --config F [--at T]      the champion timeline from MLflow (or which version was champion at T)
+  serve --config F [--host --port] serve models:/<name>@champion over HTTP, following the alias (docs/serving.md)
 """
 
 
@@ -89,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"freshet step: name one of {', '.join(STEPS)}", file=sys.stderr)
             return 2
         return importlib.import_module(f"tasks.{rest[0]}").main(rest[1:])
-    modules = {"demo": "tasks.demo.runner", "demo-corpus": "tasks.demo.corpus", "demo-site": "tasks.demo.site"}
+    modules = {"demo": "tasks.demo.runner", "demo-corpus": "tasks.demo.corpus", "demo-site": "tasks.demo.site",
+               "serve": "tasks.serve.app"}
     if command in modules:
         return importlib.import_module(modules[command]).main(rest)
     if command == "rollback":

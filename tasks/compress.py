@@ -9,7 +9,9 @@ its initialisation) trained on the teacher's logits plus the labels over the tra
 earlier snapshots, served as is (`distilled`, a safetensors directory) or through ONNX int8
 (`distilled-onnx-int8`). Each is scored on the same slices as the fp32 candidate and timed in its own
 interleaved blocks. The serving variant is the smallest (then fastest) servable variant that loses at
-most `gate.max_compressed_drop` on every slice, else fp32. The serving variant's predictions on a
+most `gate.max_compressed_drop` on every slice, else fp32. A variant that cannot apply to the model's
+family (the student's layer copy on ModernBERT) or fails to build (an exporter that cannot trace it) is
+reported as such, with the reason, and the choice is made among the others. The serving variant's predictions on a
 fixed sample of test rows are written as `serving_sample`: register checks the registered model
 reproduces them in a fresh process. The manifest carries the final gate verdict (candidate checks
 plus compressed checks).
@@ -22,7 +24,7 @@ import json
 import logging
 import math
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from tasks.config import PipelineConfig
 from tasks.contract import StepContext, cli, execute
 from tasks.gate_policy import Verdict, judge_compressed
 from tasks.manifest import Manifest, StepError
+from tasks.models.families import LayerCopyNotApplicable
 from tasks.models.metrics import score
 from tasks.records import evaluation_slices
 from tasks.store import ArtifactStore
@@ -74,6 +77,8 @@ def select_serving_variant(variants: Mapping[str, Mapping[str, Any]], max_drop: 
     than fp32 is never picked. Sizes within SIZE_TIE of each other tie and latency decides.
     """
     def within(row: Mapping[str, Any]) -> bool:
+        if not row.get("applicable", True):
+            return False
         deltas = [delta for delta in row.get("macro_f1_delta", {}).values() if not math.isnan(delta)]  # NaN: empty slice
         return bool(deltas) and all(-delta <= max_drop + 1e-12 for delta in deltas)
 
@@ -84,7 +89,8 @@ def select_serving_variant(variants: Mapping[str, Mapping[str, Any]], max_drop: 
     return min(candidates, key=lambda item: (round(item[0] / SIZE_TIE), item[1], item[2]))[3]
 
 
-def distillation_rows(config: PipelineConfig, clean: Manifest, store: ArtifactStore) -> list[dict[str, Any]]:
+def distillation_rows(config: PipelineConfig, clean: Manifest, store: ArtifactStore,
+                      labels: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Train-split rows of this snapshot and every earlier one (by id, latest wins), a seeded sample.
 
     Only the train split: the student must never see the validation or test rows it is judged on.
@@ -93,11 +99,12 @@ def distillation_rows(config: PipelineConfig, clean: Manifest, store: ArtifactSt
 
     from tasks.records import read_rows
 
+    known = set(labels if labels is not None else config.labels)
     uris = [entry["uri"] for entry in clean.facts.get("prior_snapshots", [])] + [clean.output("dataset").uri]
     rows: dict[str, dict[str, Any]] = {}
     for uri in uris:
         for row in read_rows(store.local_path(uri)):
-            if row["split"] == "train" and row["label"] in config.labels:
+            if row["split"] == "train" and row["label"] in known:
                 rows[row["id"]] = row
     ordered = [rows[key] for key in sorted(rows)]
     if len(ordered) > config.compress.distill_max_rows:
@@ -105,7 +112,8 @@ def distillation_rows(config: PipelineConfig, clean: Manifest, store: ArtifactSt
     return ordered
 
 
-def distill_student(config: PipelineConfig, teacher, tokenizer, rows: list[dict[str, Any]]):
+def distill_student(config: PipelineConfig, teacher, tokenizer, rows: list[dict[str, Any]],
+                    labels: Sequence[str] | None = None):
     """The student model and the facts of its training (layers, rows, loss, seconds)."""
     import time
 
@@ -117,7 +125,7 @@ def distill_student(config: PipelineConfig, teacher, tokenizer, rows: list[dict[
     settings = config.compress
     started = time.perf_counter()
     texts = [row["text"] for row in rows]
-    index = {label: position for position, label in enumerate(config.labels)}
+    index = {label: position for position, label in enumerate(labels if labels is not None else config.labels)}
     layers = settings.distill_layers or max(1, teacher.config.num_hidden_layers // 2)
     student = build_student(teacher, layers, settings.distill_hidden_size)
     soft = teacher_logits(teacher, tokenizer, texts, max_length=config.train.max_length)
@@ -135,14 +143,20 @@ def distill_student(config: PipelineConfig, teacher, tokenizer, rows: list[dict[
 # --------------------------------------------------------------------------------------- variants
 
 
+def _unavailable(status: str, reason: str) -> dict[str, Any]:
+    """The compression-table row of a variant that was not built: never servable, the reason stated."""
+    return {"applicable": False, "status": status, "reason": reason, "passed": False, "servable": False}
+
+
 class VariantBuild:
     """What every variant builder reads: the fp32 candidate, its directory and the step's staging area; the
     ONNX export and the distilled student are built once, for the variants that share them."""
 
     def __init__(self, config: PipelineConfig, context: StepContext, store: ArtifactStore, model_dir: Path,
-                 fp32_model: Any, tokenizer: Any) -> None:
+                 fp32_model: Any, tokenizer: Any, labels: Sequence[str] | None = None) -> None:
         self.config, self.context, self.store = config, context, store
         self.model_dir, self.fp32_model, self.tokenizer = model_dir, fp32_model, tokenizer
+        self.labels = list(labels if labels is not None else config.labels)
         self.opset = config.compress.onnx_opset
 
     @functools.cached_property
@@ -156,7 +170,8 @@ class VariantBuild:
     def student(self) -> tuple[Any, dict[str, Any]]:
         """The distilled student, saved as a step output (safetensors), and the facts of its training."""
         student, facts = distill_student(self.config, self.fp32_model, self.tokenizer,
-                                         distillation_rows(self.config, self.context.input("clean"), self.store))
+                                         distillation_rows(self.config, self.context.input("clean"), self.store,
+                                                           self.labels), self.labels)
         output, relative = STUDENT_OUTPUT
         student.save_pretrained(self.context.out_dir / relative)
         self.tokenizer.save_pretrained(self.context.out_dir / relative)
@@ -178,7 +193,7 @@ Built = tuple[Any, int, dict[str, Any]]
 def build_int8(build: VariantBuild) -> Built:
     from tasks.models.build import load_classifier, quantize_int8
 
-    model = quantize_int8(load_classifier(build.model_dir)[0])
+    model = quantize_int8(load_classifier(build.model_dir, trust_remote_code=build.config.train.trust_remote_code)[0])
     return model, _saved_size(model), {}  # packed int8 state dict (the recipe is applied at load)
 
 
@@ -199,7 +214,8 @@ def build_pruned(build: VariantBuild) -> Built:
     from tasks.models.compression import prune_magnitude
 
     amount = build.config.compress.prune_amount
-    model, sparsity = prune_magnitude(load_classifier(build.model_dir)[0], amount)
+    model, sparsity = prune_magnitude(
+        load_classifier(build.model_dir, trust_remote_code=build.config.train.trust_remote_code)[0], amount)
     return model, _safetensors_size(model), {"sparsity": sparsity, "amount": amount}  # dense: zeros cost as weights
 
 
@@ -229,27 +245,38 @@ VARIANT_BUILDERS: dict[str, Callable[[VariantBuild], Built]] = {
 def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, store: ArtifactStore,
         logical_date: str | None = None) -> Manifest:
     def body(context: StepContext) -> None:
+        from tasks.label_set import run_labels
         from tasks.models.build import load_classifier
         from tasks.models.inference import interleaved_latency, predict
 
-        labels = list(config.labels)
+        labels = run_labels(config, context.input("clean"), store)
         model_dir = context.input_path("train", "model")
         evaluation = json.loads(context.input_path("evaluate", "evaluation").read_text())
         reference = evaluation["candidate"]
         slices = evaluation_slices(context.input("clean"), store)
-        fp32_model, tokenizer = load_classifier(model_dir)
-        settings = {"max_length": config.train.max_length, "batch_size": config.evaluate.batch_size}
+        fp32_model, tokenizer = load_classifier(model_dir, trust_remote_code=config.train.trust_remote_code)
+        settings: dict[str, Any] = {"max_length": config.train.max_length, "batch_size": config.evaluate.batch_size}
         sample = [row["text"] for row in (slices["fresh"] or slices["frozen"])[: config.compress.latency_sample_rows]]
         fp32_size = sum(path.stat().st_size for path in Path(model_dir).glob("*.safetensors")) or _saved_size(fp32_model)
         enabled = config.compress.enabled_variants
 
-        build = VariantBuild(config, context, store, model_dir, fp32_model, tokenizer)
+        build = VariantBuild(config, context, store, model_dir, fp32_model, tokenizer, labels)
         models: dict[str, Any] = {FP32: fp32_model}
         sizes: dict[str, int] = {}
         extra: dict[str, dict[str, Any]] = {}
+        unavailable: dict[str, dict[str, Any]] = {}
         for variant, builder in VARIANT_BUILDERS.items():
             if variant in enabled:
-                models[variant], sizes[variant], extra[variant] = builder(build)
+                try:
+                    models[variant], sizes[variant], extra[variant] = builder(build)
+                except LayerCopyNotApplicable as reason:  # the family has no layers to copy: said, not crashed
+                    unavailable[variant] = _unavailable("not applicable", str(reason))
+                except Exception as error:  # a variant that cannot be built is reported, not fatal to the step
+                    log.exception("compress: variant %s could not be built", variant)
+                    unavailable[variant] = _unavailable("failed", f"{type(error).__name__}: {error}")
+                if variant in unavailable:
+                    log.warning("compress: %s %s: %s", variant, unavailable[variant]["status"],
+                                unavailable[variant]["reason"])
         if "onnx_fp32_path" in vars(build) and ONNX_FP32 not in enabled:
             build.onnx_fp32_path.unlink()  # exported only to quantize it
 
@@ -275,6 +302,7 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
                 "size_bytes": sizes[variant], "fp32_size_bytes": fp32_size,
                 **extra.get(variant, {}),
             }
+        variants.update(unavailable)
         serving_variant = select_serving_variant(variants, config.evaluate.gate.max_compressed_drop)
         serving_artifact = ONNX_OUTPUTS[serving_variant][0] if serving_variant in ONNX_OUTPUTS else None
         serving_model = STUDENT_OUTPUT[0] if serving_variant == DISTILLED else None
@@ -302,6 +330,8 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         context.add_output("compression", "compression.json", "report")
         context.add_output("gate", "gate.json", "report")
         for variant, facts in variants.items():
+            if not facts.get("applicable", True):
+                continue
             context.metrics[f"{variant}.size_ratio"] = facts["size_ratio"]
             context.metrics[f"{variant}.latency_ratio_batch1"] = facts["latency_ratio_batch1"]
             context.metrics[f"{variant}.latency_ratio_batch32"] = facts["latency_ratio_batch32"]

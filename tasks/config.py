@@ -270,7 +270,13 @@ SOURCE_KINDS = ("jsonl_feed", "html_site", "feed", "json_api", "local", "debian_
 class CrawlConfig(_Section):
     sources: list[SourceConfig] = Field(min_length=1)
     user_agent: str = "freshet-crawler/0.1 (+https://github.com/freshet-ml/freshet)"
+    # Per read and per connect; a whole response is bounded by response_deadline_s.
     timeout_s: float = Field(10.0, gt=0)
+    # One response (connect, headers and body) is abandoned past this, however steadily it trickles in.
+    response_deadline_s: float = Field(30.0, gt=0)
+    # Once a body has streamed for min_rate_grace_s, it is abandoned when its average rate falls below this (0 = off).
+    min_bytes_per_s: float = Field(256.0, ge=0)
+    min_rate_grace_s: float = Field(5.0, ge=0, description="seconds of body before min_bytes_per_s applies")
     max_retries: int = Field(3, ge=0)
     backoff_base_s: float = Field(0.5, ge=0)
     min_interval_s: float = Field(0.0, ge=0, description="per-host delay between requests")
@@ -279,6 +285,14 @@ class CrawlConfig(_Section):
     max_decompressed_bytes: int = Field(512 * 1024 * 1024, gt=0)
     max_redirects: int = Field(5, ge=0)
     progress_every_s: float = Field(10.0, gt=0, description="progress log line interval")
+    # A page that still fails after its retries is skipped and kept pending; the source fails only when
+    # more than this share of the pages it tried failed.
+    max_failed_page_fraction: float = Field(0.5, ge=0, le=1)
+    # A pending page waits this long before a later crawl retries it, doubling with each failed crawl (up to 7 days).
+    failed_page_backoff_s: float = Field(3600.0, ge=0)
+    # Progress within a run is saved every this many pages or seconds, whichever comes first, so a retry resumes.
+    checkpoint_every_pages: int = Field(50, ge=1)
+    checkpoint_every_s: float = Field(30.0, gt=0, description="see checkpoint_every_pages")
 
     @field_validator("sources")
     @classmethod
@@ -300,8 +314,9 @@ class ValidateConfig(_Section):
     # Row-level: share of printable characters (letters, marks, numbers, punctuation, symbols, spaces)
     # below which a text is binary garbage or mojibake.
     min_printable_ratio: float = Field(0.9, ge=0, le=1)
-    # A label outside `labels`: quarantine its rows, or reject the batch (a new class needs a decision).
-    new_labels: Literal["quarantine", "reject"] = "quarantine"
+    # A label outside `labels`: quarantine its rows, reject the batch (a new class needs a decision), or
+    # extend: the label joins the label set from that day on, and the next round grows the champion's head.
+    new_labels: Literal["quarantine", "reject", "extend"] = "quarantine"
     # Batch-level: fraction of rows whose text repeats an earlier row's text (a re-crawl or a loop).
     max_duplicate_fraction: float = Field(0.2, ge=0, le=1)
     # Batch-level drift against accepted history (population stability index; 0.25 = major shift).
@@ -396,12 +411,20 @@ class PeftConfig(_Section):
     r: int = Field(8, ge=1, description="adapter rank")
     alpha: float = Field(16.0, gt=0, description="scale: the update is alpha / r * B @ A")
     dropout: float = Field(0.05, ge=0, lt=1)
-    # BERT/MiniLM names; the classifier head is always trained in full (peft's modules_to_save).
-    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
+    # None: the family's query and value projections (BERT/MiniLM/RoBERTa/ELECTRA query+value, DistilBERT
+    # q_lin+v_lin, DeBERTa-v2 query_proj+value_proj, ModernBERT Wqkv; tasks/models/families.py). The whole
+    # classification head (every module outside the encoder) always trains in full (peft's modules_to_save).
+    target_modules: list[str] | None = Field(None, min_length=1)
 
 
 class TrainConfig(_Section):
-    model: Literal["minilm", "tiny"] = "minilm"
+    # Which encoder: minilm (bundled, offline), tiny (a random BERT, for tests), a local Hugging Face model directory
+    # (config.json, weights, tokenizer), or a hub id (org/name; pin `revision`). Checked when loaded and when
+    # training starts (tasks/models/families.py).
+    model: str = Field("minilm", min_length=1)
+    revision: str | None = Field(None, description="hub ids only: the commit, tag or branch to pin")
+    # Models that ship their own Python code (config auto_map) run it only when this says so.
+    trust_remote_code: bool = False
     tiny: TinyModelConfig = TinyModelConfig()
     max_length: int = Field(64, ge=8)
     batch_size: int = Field(32, ge=1, description="per process")
@@ -421,8 +444,9 @@ class TrainConfig(_Section):
     # float noise of parameters whose true gradient is zero); AdamW is the default for quality.
     optimizer: Literal["adamw", "sgd"] = "adamw"
     dropout: float | None = Field(None, ge=0, lt=1, description="override the model's dropout (0 = deterministic)")
-    # "auto": bf16 autocast on GPU, fp32 on CPU (bf16 on CPU is faster on AVX512-BF16/AMX parts: opt
-    # in there; elsewhere it is emulated, ~20x slower, and the trainer warns).
+    # "auto": bf16 autocast where bf16 is native (GPU; CPUs with AVX512-BF16 or AMX, where it converges like
+    # fp32 and trains ~1.4x faster), fp32 elsewhere (emulated bf16 is ~20x slower; bf16 there warns). The
+    # choice and its reason are in the train manifest (facts.precision) and MLflow (tasks/training/precision.py).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     # torch.compile the model (dynamic shapes: bucketed batches vary in length); pays off on long runs.
     compile: bool = False
@@ -609,6 +633,120 @@ class ApprovalConfig(_Section):
     assigned_users: list[str] = Field(default_factory=list, description="user ids allowed to respond; empty = any")
 
 
+class PredictionLogConfig(_Section):
+    """What `freshet serve` appends per prediction to `<artifact_root>/predictions/date=YYYY-MM-DD/part-*.parquet`.
+
+    Rows are buffered and written in batches (every `flush_every_rows` rows or `flush_every_s` seconds,
+    whichever comes first) and on shutdown: a request is answered only once its rows are in the buffer
+    the shutdown flush writes.
+    """
+
+    enabled: bool = True
+    sample_fraction: float = Field(1.0, ge=0, le=1, description="share of requests logged (all their texts)")
+    # "text": the text itself; "hash": only its sha256 (the `text_sha256` column is written either way).
+    store_text: Literal["text", "hash"] = "text"
+    # With store_text "text": e-mail addresses, phone numbers and IP addresses become placeholders first
+    # (the scrubber of clean.scrub_pii).
+    scrub_pii: bool = False
+    flush_every_rows: int = Field(1000, ge=1)
+    flush_every_s: float = Field(10.0, gt=0)
+    # Rows held while the artifact store cannot be written; beyond this, new rows are dropped and counted
+    # (freshet_serve_prediction_log_dropped_rows_total) rather than exhausting memory.
+    max_pending_rows: int = Field(200_000, ge=1)
+
+
+class ServeConfig(_Section):
+    """`freshet serve`: the HTTP server that follows `models:/<model_name>@<alias>`.
+
+    A new version the alias points at is loaded and checked in the background, then swapped in
+    atomically; one that fails either is refused and the old one keeps serving. Concurrent requests are
+    gathered for at most `max_batch_wait_ms` into one model call of at most `max_batch_texts` texts.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535, description="0 = any free port (printed at start)")
+    alias: str = "champion"
+    poll_interval_s: float = Field(10.0, gt=0, description="how often the alias is resolved in the registry")
+    max_batch_texts: int = Field(64, ge=1, description="texts per model call")
+    # How long the first request of a batch waits for others still being read; 0 = never wait (a batch
+    # is then whatever queued up while the model was busy).
+    max_batch_wait_ms: float = Field(2.0, ge=0)
+    max_request_texts: int = Field(256, ge=1, description="texts per request; more is a 413")
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="request body limit; more is a 413")
+    request_timeout_s: float = Field(10.0, gt=0, description="reading, queueing and predicting one request; then a 504")
+    # Threads per model call (onnxruntime intra-op, torch); null = $FRESHET_THREADS_PER_RANK, else the cores this
+    # process may use less one, which stays free for the HTTP event loop.
+    model_threads: int | None = Field(None, ge=1)
+    # Bearer-token auth on /predict and /invocations: the token is read from this environment variable
+    # (never from the file); auth is on whenever it is set and non-empty.
+    auth_token_env: str = "FRESHET_SERVE_TOKEN"
+    require_auth: bool = Field(False, description="refuse to start when the token variable is empty")
+    # MLflow registry webhook (POST /webhooks/mlflow): the HMAC secret given to `create_webhook`, read from
+    # this variable. Unset: the webhook needs the bearer token when auth is on, and is open otherwise
+    # (it only makes the server resolve the alias now; the payload is never trusted).
+    webhook_secret_env: str = "FRESHET_SERVE_WEBHOOK_SECRET"
+    prediction_log: PredictionLogConfig = PredictionLogConfig()
+
+
+class ScoreConfig(_Section):
+    """Batch scoring (`freshet_score` DAG, `python -m tasks.score`): an unlabelled drop folder scored by the
+    champion, and by the challenger in shadow when it is another version.
+
+    `input` is an fsspec glob (a local path, s3://, gs://) of JSONL, CSV or Parquet files with a text column;
+    `{date}` in it is the logical date (YYYY-MM-DD). Scores go to `runs/<run_id>/score/predictions.parquet`
+    (every class's probability, the version, the shadow's label and confidence) and to MLflow as a dataset
+    tagged with the version; the champion's rows are also filed in the prediction log the monitor reads.
+    """
+
+    input: str | None = Field(None, description="glob of files to score; {date} = the logical date; null = off")
+    format: Literal["auto", "jsonl", "csv", "parquet"] = Field("auto", description="auto: by suffix")
+    id_field: str = "id"
+    text_field: str = "text"
+    # The freshet_score DAG's schedule; null: triggered only (by hand, or the REST API when a drop lands).
+    cron: str | None = "@daily"
+    shadow: bool = Field(True, description="also score with the challenger when it is not the champion")
+    store_text: bool = Field(True, description="false: predictions.parquet keeps only each text's sha256")
+    log_predictions: bool = Field(True, description="file the champion's rows in the prediction log")
+    batch_size: int = Field(64, ge=1)
+    max_rows: int | None = Field(None, ge=1, description="score at most this many rows (the first, by file)")
+
+
+class MonitorConfig(_Section):
+    """Production monitoring (`freshet_monitor` DAG, `python -m tasks.monitor`): recent predictions (the
+    prediction log: served and batch-scored rows) against the serving version's reference, its predictions
+    on its own test slices.
+
+    Per version with at least `min_rows` rows in the window: PSI of the predicted-label distribution, of the
+    confidence and of the text length, the rise of the out-of-vocabulary word share (against the version's
+    training texts), a label-free macro-F1 estimate from calibrated confidence (CBPE-style) and, once
+    labelled feedback for the texts arrives, the real macro-F1. A check beyond its bound is a breach; a
+    breach is emitted (state/monitor/breach.json and the production-drift Asset event, which starts the
+    pipeline) unless one was emitted within `cooldown_hours`, and the next `decide` trains on it.
+    """
+
+    cron: str = "@daily"
+    window_days: int = Field(1, ge=1, description="days of the prediction log each run reads, up to its day")
+    min_rows: int = Field(100, ge=1, description="fewer predictions of a version: not judged")
+    reference_max_rows: int = Field(5000, ge=10, description="test rows scored for a version's reference")
+    confidence_bins: int = Field(10, ge=2)
+    length_bins: int = Field(10, ge=2)
+    max_label_psi: float = Field(0.25, ge=0, description="PSI of the predicted-label distribution")
+    max_confidence_psi: float = Field(0.25, ge=0, description="PSI of the top-1 confidence")
+    max_length_psi: float = Field(0.25, ge=0, description="PSI of the text length")
+    max_oov_increase: float = Field(0.1, ge=0, description="rise of the out-of-vocabulary word share")
+    # Estimated macro-F1 of the production rows below the same estimate on the reference (both from the
+    # calibrated confidence, so sampling noise of the reference's own labels does not count).
+    max_estimated_f1_drop: float = Field(0.05, ge=0)
+    min_estimated_macro_f1: float | None = Field(None, ge=0, le=1, description="an absolute floor, if any")
+    # Real macro-F1 on labelled feedback below the reference's real macro-F1 (null: not a check).
+    max_real_f1_drop: float | None = Field(0.1, ge=0)
+    min_feedback_rows: int = Field(50, ge=1, description="labelled rows needed to report the real macro-F1")
+    feedback_sources: list[str] | None = Field(None, description="crawl sources whose labels are feedback; null = all")
+    cooldown_hours: float = Field(24.0, ge=0, description="no second breach within this (data time)")
+    retrain_on_breach: bool = Field(True, description="a breach makes the next decide train; the pipeline DAG "
+                                                      "also runs on the production-drift Asset")
+
+
 class PipelineConfig(_Section):
     name: str = Field("freshet", pattern=r"^[a-zA-Z0-9_-]+$")
     labels: list[str] = Field(min_length=2)
@@ -626,6 +764,9 @@ class PipelineConfig(_Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     compress: CompressConfig = CompressConfig()
+    serve: ServeConfig = ServeConfig()
+    score: ScoreConfig = ScoreConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -635,6 +776,19 @@ class PipelineConfig(_Section):
         if len(set(labels)) != len(labels):
             raise ValueError(f"labels must be unique, got {labels}")
         return labels
+
+    @model_validator(mode="after")
+    def _model_preflight(self) -> PipelineConfig:
+        # File-level checks of train.model (tasks/models/families.py: JSON reads, no transformers import).
+        # Only where steps run on this machine: in docker/kubernetes mode the directory is inside the image.
+        if self.runner.mode == "local":
+            from tasks.models.families import ModelSetupError, check_model_setting
+
+            try:
+                check_model_setting(self.train)
+            except ModelSetupError as error:
+                raise ValueError(str(error)) from None
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
@@ -694,6 +848,8 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, 
         return PipelineConfig.model_validate(_expand_env(data))
     except ValidationError as error:
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in issue['loc'])}: {issue['msg']}" for issue in error.errors()
+            # A whole-config check (the model preflight) has no location; its message names the setting.
+            f"{'.'.join(str(part) for part in issue['loc'])}: {issue['msg']}" if issue["loc"] else issue["msg"]
+            for issue in error.errors()
         )
         raise ConfigError(f"{path}: invalid config: {problems}") from error

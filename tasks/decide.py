@@ -7,6 +7,10 @@ training is costly, so it runs only when it can change something:
 - at least `schedule.min_new_rows` cleaned rows arrived since the last run that trained (counted over
   the history of snapshots by logical date, so skipped days add up and a backfill sees its own past), or
 - validation measured label or length drift (PSI) at or above `schedule.retrain_on_psi`, or
+- the production monitor emitted a breach no earlier decide trained on (`freshet_monitor`: drift of the
+  served predictions or inputs, or a drop of the estimated or real macro-F1; `monitor.retrain_on_breach`),
+  whatever the number of new rows: the reason starts "production drift:" and the manifest's
+  `production_drift` facts name the breaches it consumed, so the next decide does not train on them again, or
 - the run was started with `force` (the DAG's `force_training` param).
 
 The verdict and its reason are facts of this step's manifest (and the DAG's XCom), whatever they are.
@@ -21,6 +25,7 @@ from typing import Any
 from tasks.config import PipelineConfig
 from tasks.contract import StepContext, cli, execute, parse_bool, read_manifest
 from tasks.manifest import Manifest
+from tasks.monitoring import breach as breaches
 from tasks.snapshots import read_history
 from tasks.store import ArtifactStore
 
@@ -46,14 +51,27 @@ def untrained_snapshots(store: ArtifactStore, since: str | None, run_id: str,
                  or (entry.get("logical_date") or "") <= logical_date)]
 
 
+def production_drift_reason(pending: Sequence[Mapping[str, Any]], new_rows: int) -> str:
+    """Why a pending breach trains: the latest breach's failed checks, which breach, and how many others."""
+    latest = pending[-1]
+    reason = (f"production drift: {'; '.join(latest.get('reasons') or ['breach'])} (breach {latest['id']}, monitor day "
+              f"{latest.get('logical_date')}, champion then {latest.get('champion')}")
+    if len(pending) > 1:
+        reason += f"; {len(pending) - 1} earlier breach(es) also pending"
+    return reason + f"; {new_rows} new rows)"
+
+
 def decide(config: PipelineConfig, *, has_champion: bool, new_rows: int, drift: Mapping[str, float | None],
-           force: bool = False) -> tuple[bool, str]:
-    """(train?, why) from the facts; pure, so the policy is testable without a pipeline."""
+           force: bool = False, production_drift: Sequence[Mapping[str, Any]] = ()) -> tuple[bool, str]:
+    """(train?, why) from the facts; pure, so the policy is testable without a pipeline. `production_drift`: the
+    monitor's breaches no earlier decide trained on, oldest first."""
     settings = config.schedule
     if force:
         return True, "forced by the run's force_training param"
     if not has_champion:
         return True, "no champion yet: the first model is trained whatever the data volume"
+    if production_drift:
+        return True, production_drift_reason(production_drift, new_rows)
     if new_rows >= settings.min_new_rows:
         return True, f"{new_rows} new rows since the last training >= schedule.min_new_rows={settings.min_new_rows}"
     drifted = {name: value for name, value in drift.items()
@@ -80,13 +98,15 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
     since = previous.logical_date if previous else None
     snapshots = untrained_snapshots(store, since, run_id, logical_date)
     champion = has_champion(config) if champion is None else champion
+    pending = breaches.pending(store, run_id, logical_date) if config.monitor.retrain_on_breach else []
 
     def body(context: StepContext) -> None:
         validation = context.input("validate").metrics
         drift = {name: None if validation.get(name) is None else float(validation[name])  # type: ignore[arg-type]
                  for name in DRIFT_METRICS}
         new_rows = sum(int(entry.get("rows") or 0) for entry in snapshots)
-        train, reason = decide(config, has_champion=champion, new_rows=new_rows, drift=drift, force=force)
+        train, reason = decide(config, has_champion=champion, new_rows=new_rows, drift=drift, force=force,
+                               production_drift=pending)
         context.facts.update({
             "train": train, "reason": reason, "has_champion": champion, "forced": force,
             "last_training": {"run_id": previous.run_id, "logical_date": previous.logical_date} if previous else None,
@@ -94,16 +114,22 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
             "untrained_snapshots": [{key: entry.get(key) for key in ("run_id", "logical_date", "rows", "digest")}
                                     for entry in snapshots],
             "drift": drift,
+            # A run that trains consumes every pending breach: the new model is the answer to them.
+            "production_drift": {"pending": [item["id"] for item in pending],
+                                 "consumed": [item["id"] for item in pending] if train else [],
+                                 "latest": pending[-1] if pending else None},
         })
         context.metrics.update({"train": train, "rows_since_last_training": new_rows,
-                                "snapshots_since_last_training": len(snapshots)})
+                                "snapshots_since_last_training": len(snapshots),
+                                "production_drift": bool(pending)})
         # A skip is logged as a warning so it stands out in the task log; the run itself succeeds.
         (log.info if train else log.warning)("decide: %s: %s", "TRAIN" if train else "SKIP training", reason)
 
     return execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
                    config_sections=("schedule",),
                    extra_fingerprint={"snapshots": [entry.get("digest") for entry in snapshots], "since": since,
-                                      "champion": champion, "force": force})
+                                      "champion": champion, "force": force,
+                                      "breaches": [item["id"] for item in pending]})
 
 
 FORCE_TRAINING = {"--force-training": {"dest": "force", "type": parse_bool, "default": False, "metavar": "BOOL",

@@ -63,10 +63,13 @@ def confusion_png(matrix: Sequence[Sequence[int]], labels: Sequence[str], title:
 
 def gate_report(verdict: Verdict, candidate: Mapping[str, Any], champion: Mapping[str, Any] | None,
                 champion_version: str | None, title: str,
-                paired: Mapping[str, PairedComparison] | None = None) -> str:
+                paired: Mapping[str, PairedComparison] | None = None, new_classes: Sequence[str] = ()) -> str:
     lines = [f"# {title}", "", f"**Verdict: {'PASS' if verdict.passed else 'REJECT'}**", ""]
     if verdict.reasons:
         lines += ["Reasons:", *[f"- {reason}" for reason in verdict.reasons], ""]
+    if new_classes and champion is not None:
+        lines += [("New classes (the champion never had them; scored for the candidate, not compared per class): "
+                   + ", ".join(new_classes)), ""]
     lines += [f"Champion compared: {('version ' + champion_version) if champion_version else 'none (first run: floors only)'}", "",
               "| slice | rows | candidate macro-F1 | champion macro-F1 | candidate accuracy | candidate ECE |",
               "|---|---|---|---|---|---|"]
@@ -116,19 +119,28 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
                                                      f"candidate.frozen.{policy.primary_metric}")
 
     def body(context: StepContext) -> None:
-        from tasks.models.build import load_classifier, model_size_bytes
+        from tasks.label_set import run_labels
+        from tasks.models.build import load_classifier, model_labels, model_size_bytes
         from tasks.models.inference import measure_latency
 
-        labels = list(config.labels)
+        labels = run_labels(config, context.input("clean"), store)
         slices = evaluation_slices(context.input("clean"), store)
-        candidate_model, tokenizer = load_classifier(context.input_path("train", "model"))
+        remote = config.train.trust_remote_code
+        candidate_model, tokenizer = load_classifier(context.input_path("train", "model"), trust_remote_code=remote)
         settings = {"max_length": config.train.max_length, "batch_size": config.evaluate.batch_size,
                         "calibration_bins": config.evaluate.calibration_bins}
-        candidate, candidate_predicted = score(candidate_model, tokenizer, slices, labels, **settings)
+        candidate, candidate_predicted = score(candidate_model, tokenizer, slices, labels,
+                                               model_labels=model_labels(candidate_model), **settings)
         champion_metrics, champion_predicted, paired = None, None, {}
+        new_classes: list[str] = []
         if champion_version is not None:
-            champion_model, champion_tokenizer = load_classifier(model_registry.download_model_dir(config, champion_version))
-            champion_metrics, champion_predicted = score(champion_model, champion_tokenizer, slices, labels, **settings)
+            champion_dir = model_registry.download_model_dir(config, champion_version)
+            champion_model, champion_tokenizer = load_classifier(champion_dir, trust_remote_code=remote)
+            # A champion from before the label set grew predicts over fewer classes: mapped by name.
+            champion_labels = model_labels(champion_model)
+            new_classes = [label for label in labels if label not in champion_labels]
+            champion_metrics, champion_predicted = score(champion_model, champion_tokenizer, slices, labels,
+                                                         model_labels=champion_labels, **settings)
             del champion_model
             paired = paired_comparisons(policy, slices, labels, candidate_predicted, champion_predicted)
 
@@ -137,8 +149,9 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         latency = measure_latency(candidate_model, tokenizer, sample, max_length=config.train.max_length)
         best_frozen = best_champion_so_far(recorded_best, champion_metrics, champion_version, policy.primary_metric)
         verdict = judge_candidate(policy, candidate, champion_metrics, paired=paired, latency=latency,
-                                  best_frozen=best_frozen)
+                                  best_frozen=best_frozen, new_classes=new_classes)
         evaluation = {"candidate": candidate, "champion": champion_metrics, "champion_version": champion_version,
+                      "labels": labels, "new_classes": new_classes,
                       "best_frozen": best_frozen.model_dump() if best_frozen else None,
                       "paired": {name: comparison.model_dump() for name, comparison in paired.items()},
                       "latency": latency, "size_bytes": model_size}
@@ -146,12 +159,16 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         (context.out_dir / "gate.json").write_text(json.dumps(verdict.summary(), indent=2))
         (context.out_dir / "report.md").write_text(
             gate_report(verdict, candidate, champion_metrics, champion_version, f"Candidate evaluation, run {run_id}",
-                        paired))
+                        paired, new_classes))
         confusion_png(candidate["frozen"]["confusion_matrix"], labels, "candidate, frozen test",
                       context.out_dir / "confusion_frozen.png")
+        def name_of(label_id: int) -> str | None:  # -1: a champion label the run no longer has
+            return labels[label_id] if label_id >= 0 else None
+
         write_parquet([{"slice": name, "id": row["id"], "text": row["text"], "label": row["label"],
-                        "predicted": labels[predicted],
-                        "champion_predicted": labels[champion_predicted[name][position]] if champion_predicted else None}
+                        "predicted": name_of(predicted),
+                        "champion_predicted": (name_of(champion_predicted[name][position])
+                                               if champion_predicted else None)}
                        for name in slices
                        for position, (row, predicted) in enumerate(zip(slices[name], candidate_predicted[name]))],
                       context.out_dir / "predictions.parquet")
@@ -175,7 +192,9 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         context.metrics.update(latency)
         context.metrics["size_bytes"] = model_size
         context.metrics["gate_passed"] = verdict.passed
-        context.facts.update({"gate": verdict.summary(), "champion_version": champion_version})
+        context.metrics["num_labels"] = len(labels)
+        context.facts.update({"gate": verdict.summary(), "champion_version": champion_version, "labels": labels,
+                              "new_classes": new_classes})
 
     def track(manifest: Manifest) -> None:
         for name in ("evaluation", "gate", "report", "confusion_matrix"):

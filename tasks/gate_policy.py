@@ -147,10 +147,11 @@ def compare_paired(truth: Sequence[int], candidate: Sequence[int], champion: Seq
 
 
 def _class_f1_drop(policy: GatePolicy, slice_name: str, candidate: Mapping[str, Any],
-                   champion: Mapping[str, Any]) -> Check | None:
+                   champion: Mapping[str, Any], new_classes: Sequence[str] = ()) -> Check | None:
+    # A class the champion never had is no regression whatever its F1: it is reported as new instead.
     drops = {label: champion_class["f1"] - candidate.get("per_class", {}).get(label, {}).get("f1", 0.0)
              for label, champion_class in champion.get("per_class", {}).items()
-             if champion_class.get("support", 0) >= policy.min_class_support}
+             if champion_class.get("support", 0) >= policy.min_class_support and label not in new_classes}
     if not drops or policy.max_class_f1_drop is None:
         return None
     worst = max(drops, key=lambda label: drops[label])
@@ -169,15 +170,20 @@ class BestScore(BaseModel):
 def judge_candidate(policy: GatePolicy, candidate: SliceMetrics, champion: SliceMetrics | None, *,
                     paired: Mapping[str, PairedComparison] | None = None,
                     latency: Mapping[str, float] | None = None,
-                    best_frozen: BestScore | None = None) -> Verdict:
+                    best_frozen: BestScore | None = None, new_classes: Sequence[str] = ()) -> Verdict:
     """Floors always; with a champion, non-inferiority, per-class drop and forgetting per slice.
 
     Non-inferiority is judged on the lower confidence bound of candidate - champion when a paired
     comparison of the slice is given (per-row predictions), else on the point estimates. With
     `best_frozen` and `policy.max_drop_below_best`, the candidate is also held to the best champion so far.
+    `new_classes` (labels the champion never had) are reported, never judged per class.
     """
     checks = [_check(f"floor:{key}", _metric(candidate, key), floor, ">=", f"candidate {key} floor")
               for key, floor in sorted(policy.floors.items())]
+    if champion is not None and new_classes:
+        checks.append(Check(name="new_classes", value=float(len(new_classes)), threshold=0.0, comparison=">=",
+                            verdict="skipped", detail=f"new classes the champion never had, reported and not compared "
+                                                      f"per class: {', '.join(new_classes)}"))
     metric = policy.primary_metric
     paired = paired or {}
     if champion is not None:
@@ -208,7 +214,7 @@ def judge_candidate(policy: GatePolicy, candidate: SliceMetrics, champion: Slice
                     f"candidate {slice_name}.{metric} vs champion {champion_value:.4f} - margin {policy.non_inferiority_margin}",
                 ))
             if policy.max_class_f1_drop is not None:
-                check = _class_f1_drop(policy, slice_name, candidate[slice_name], champion[slice_name])
+                check = _class_f1_drop(policy, slice_name, candidate[slice_name], champion[slice_name], new_classes)
                 if check is not None:
                     checks.append(check)
         if policy.max_forgetting is not None and "old" in candidate and "old" in champion:

@@ -1,8 +1,13 @@
 """The pipeline's steps, in order: what each one reads and whether a retry can help it.
 
 One registry for everything that lists steps: the `freshet step` command, the demo summary and the
-Airflow factory (each step's `--input`s and its retry policy) all read `STEPS`. Each step is the module
+Airflow factory (each step's `--input`s and its retry policy) all read it. Each step is the module
 `tasks.<name>` with `run(config, inputs, ...) -> Manifest` and `main(argv)`.
+
+`STEPS` is the `freshet` DAG's pipeline, in order. `PRODUCTION_STEPS` run in DAGs of their own (`dag`):
+batch scoring (`freshet_score`) and the production monitor (`freshet_monitor`), which read no manifest of
+the pipeline's run, only the registry, the prediction log and the artifact store's history. `STEP_NAMES`
+names them all.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ class Step:
     summary: str
     inputs: tuple[str, ...] = ()  # this run's manifests the step reads
     network: bool = False  # talks to a remote service: a retry with backoff can succeed
+    dag: str = "freshet"  # the DAG that runs it
 
     @property
     def module(self) -> str:
@@ -35,8 +41,15 @@ STEPS: tuple[Step, ...] = (
          ("train", "evaluate", "compress", "validate", "clean"), network=True),
     Step("promote", "champion alias by check-and-set; previous keeps the old champion", ("register",), network=True),
 )
-STEP_NAMES: tuple[str, ...] = tuple(step.name for step in STEPS)
-_BY_NAME = {step.name: step for step in STEPS}
+PRODUCTION_STEPS: tuple[Step, ...] = (
+    Step("score", "batch-score an unlabelled drop folder with the champion (challenger in shadow)", dag="freshet_score"),
+    Step("monitor", "prediction and input drift vs the version's reference, label-free F1 estimate, real F1 on "
+         "feedback; breach -> production drift", dag="freshet_monitor"),
+)
+ALL_STEPS: tuple[Step, ...] = STEPS + PRODUCTION_STEPS
+PIPELINE_STEP_NAMES: tuple[str, ...] = tuple(step.name for step in STEPS)
+STEP_NAMES: tuple[str, ...] = tuple(step.name for step in ALL_STEPS)
+_BY_NAME = {step.name: step for step in ALL_STEPS}
 
 
 def step(name: str) -> Step:

@@ -183,14 +183,24 @@ def compare_serving(sample: dict[str, Any], served: dict[str, Any]) -> dict[str,
             "message": message}
 
 
+def absolute_tracking_uri(uri: str) -> str:
+    """A relative `sqlite:///file.db` (relative to this process's working directory) made absolute, for a
+    process started in another directory; other URIs unchanged."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and uri != prefix + ":memory:":
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
 def check_serving(config: PipelineConfig, model_uri: str, sample: dict[str, Any], *,
                   timeout_s: float = 900) -> dict[str, Any]:
     """Load `model_uri` with `mlflow.pyfunc.load_model` in a fresh process and compare with `sample`."""
     with tempfile.TemporaryDirectory(prefix="freshet-serving-check-") as directory:
         source, target = Path(directory) / "sample.json", Path(directory) / "served.json"
         source.write_text(json.dumps({"texts": sample["texts"]}))
-        env = dict(os.environ, MLFLOW_TRACKING_URI=config.mlflow.tracking_uri,
-                   MLFLOW_REGISTRY_URI=config.mlflow.tracking_uri)
+        # The check runs in a temporary directory: a relative sqlite:///mlflow.db would name another database.
+        tracking_uri = absolute_tracking_uri(config.mlflow.tracking_uri)
+        env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_REGISTRY_URI=tracking_uri)
         # cwd outside the repository: the model must load from what the registry holds.
         process = subprocess.run([sys.executable, "-c", SERVING_CHECK_SCRIPT, model_uri, str(source), str(target)],
                                  cwd=directory, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)

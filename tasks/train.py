@@ -14,6 +14,7 @@ streams into the Airflow task log.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Sequence
@@ -46,7 +47,7 @@ log = logging.getLogger("freshet.train")
 
 def gather_training_data(config: PipelineConfig, augment_rows: list[dict[str, Any]],
                          snapshot_rows: list[dict[str, Any]], prior: Sequence[dict[str, Any]],
-                         store: ArtifactStore) -> TrainingData:
+                         store: ArtifactStore, labels: Sequence[str] | None = None) -> TrainingData:
     """New rows (bounded sample) + their augmentations + a replay sample of earlier snapshots."""
     settings = config.train
     rng = random.Random(settings.seed)
@@ -74,7 +75,7 @@ def gather_training_data(config: PipelineConfig, augment_rows: list[dict[str, An
         raise StepError("train: no training rows (the new batch has no train split and there is no replay data)")
     counts = {"rows_new": len(real), "rows_augmented": len(augmented), "rows_replay": len(replay),
               "rows_train": len(train), "rows_validation": len(validation)}
-    return TrainingData(train, validation, counts)
+    return TrainingData(train, validation, counts, list(labels) if labels is not None else None)
 
 
 # ------------------------------------------------------------------------------------ loop
@@ -104,12 +105,18 @@ def peak_memory_mb(device: torch.device) -> float:
 def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, store: ArtifactStore,
         logical_date: str | None = None) -> Manifest:
     from tasks import model_registry
+    from tasks.label_set import run_labels
 
     environment = DistributedEnv.from_environment()
     torch.set_num_threads(threads_per_rank())
     champion = model_registry.version_by_alias(config, model_registry.CHAMPION) if config.train.warm_start else None
+    if champion is not None and not _same_model_source(config, champion):
+        champion = None  # another encoder now: start from it; evaluate still compares with the champion
     champion_version = str(champion.version) if champion else None
-    extra = {"champion_version": champion_version, "world_size": environment.world_size}
+    labels = run_labels(config, inputs["clean"], store)
+    extra: dict[str, Any] = {"champion_version": champion_version, "world_size": environment.world_size}
+    if labels != list(config.labels):  # grown by validate.new_labels: extend (unchanged fingerprints otherwise)
+        extra["labels"] = labels
     sections = ("train", "split")
     fingerprint = step_fingerprint(STEP, config, inputs, logical_date, sections, extra)
     existing = read_manifest(store, run_id, STEP)
@@ -117,7 +124,7 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         log.info("train: inputs unchanged, reusing %s", existing.uri)
         return existing.model_copy(update={"reused": True})
 
-    data = _read_training_data(config, inputs, store)
+    data = _read_training_data(config, inputs, store, labels)
     init_dir = model_registry.download_model_dir(config, champion.version) if champion else None
     checkpoint_dir = store.work_dir(run_id, STEP) / fingerprint.split(":")[-1][:16]
 
@@ -137,6 +144,7 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         import mlflow
 
         mlflow.log_params(_mlflow_params(config, champion_version))
+        mlflow.set_tag("freshet.labels", json.dumps(labels))
 
         def body(context: StepContext) -> None:
             result = fit(config, data, environment, checkpoint_dir, init_dir,
@@ -145,12 +153,19 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
             result.model.save_pretrained(model_dir, safe_serialization=True)
             result.tokenizer.save_pretrained(model_dir)
             atomic_write_text(context.out_dir / "training_data.json", _json(data.counts))
-            context.add_output("model", "model", "model", labels=list(config.labels),
-                               warm_started_from=champion_version)
+            label_map = {"labels": labels, "id2label": {str(index): label for index, label in enumerate(labels)},
+                         "new_vs_config": [label for label in labels if label not in config.labels]}
+            atomic_write_text(context.out_dir / "label_map.json", _json(label_map))
+            mlflow.log_dict(label_map, "label_map.json")
+            mlflow.set_tags({"freshet.precision": result.facts["precision"]["precision"],
+                             "freshet.precision_reason": result.facts["precision"]["reason"]})
+            context.add_output("model", "model", "model", labels=labels, warm_started_from=champion_version)
+            context.add_output("label_map", "label_map.json", "report")
             context.metrics.update(data.counts)
             context.metrics.update(result.metrics)
             context.metrics["peak_memory_mb"] = peak_memory_mb(environment.device)
-            context.facts.update({"champion_version": champion_version, "mlflow_run_id": mlflow_run.info.run_id})
+            context.facts.update({"champion_version": champion_version, "mlflow_run_id": mlflow_run.info.run_id,
+                                  "labels": labels, **result.facts})
 
         manifest = execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
                            config_sections=sections, extra_fingerprint=extra)
@@ -161,11 +176,28 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
     return manifest
 
 
-def _read_training_data(config: PipelineConfig, inputs: dict[str, Manifest], store: ArtifactStore) -> TrainingData:
+def _same_model_source(config: PipelineConfig, champion: Any) -> bool:
+    """Whether the champion was trained from the encoder `train.model` names now (versions registered before
+    register recorded `freshet.model_source` count as the same)."""
+    from tasks.models.families import resolve_model_source
+
+    recorded = (champion.tags or {}).get("freshet.model_source")
+    current = resolve_model_source(config.train).describe()
+    if recorded is None or recorded == current:
+        return True
+    log.warning("train: the champion (version %s) was trained from %s, but train.model now names %s: training "
+                "from train.model instead of warm-starting (the gate still compares with the champion)",
+                champion.version, recorded, current)
+    return False
+
+
+def _read_training_data(config: PipelineConfig, inputs: dict[str, Manifest], store: ArtifactStore,
+                        labels: Sequence[str]) -> TrainingData:
     clean = inputs["clean"]
     snapshot_rows = read_rows(store.local_path(clean.output("dataset").uri))
     augment_rows = read_rows(store.local_path(inputs["augment"].output("train").uri))
-    return gather_training_data(config, augment_rows, snapshot_rows, clean.facts.get("prior_snapshots", []), store)
+    return gather_training_data(config, augment_rows, snapshot_rows, clean.facts.get("prior_snapshots", []), store,
+                                labels)
 
 
 def _mlflow_params(config: PipelineConfig, champion_version: str | None) -> dict[str, Any]:
@@ -177,8 +209,6 @@ def _mlflow_params(config: PipelineConfig, champion_version: str | None) -> dict
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value, indent=2, sort_keys=True)
 
 

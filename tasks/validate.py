@@ -45,6 +45,7 @@ from tasks.config import PipelineConfig, digest_json
 from tasks.contract import StepContext, cli, execute, read_manifest
 from tasks.inbox import pending_batches, set_aside, taken_elsewhere
 from tasks.manifest import ArtifactRef, Manifest, StepError
+from tasks.monitoring.drift import PSI_EPSILON, label_psi, length_psi, psi  # noqa: F401  (moved; re-exported)
 from tasks.records import QUARANTINE_SCHEMA, RECORD_COLUMNS, RECORD_SCHEMA, read_rows, write_parquet
 from tasks.snapshots import prior_snapshots
 from tasks.store import ArtifactStore, digest_path
@@ -61,8 +62,6 @@ UNIQUE_TEXTS_EXPECTATION = "expect_column_proportion_of_unique_values_to_be_betw
 # Derived in pandas before validation; GX checks it like any column, so failing ids come from GX.
 PRINTABLE_RATIO = "printable_ratio"
 EXAMPLE_IDS = 5
-# Stands in for an empty bin in PSI (ln(0) is undefined); small against any real bin share.
-PSI_EPSILON = 1e-4
 # Shuffles the capped reference sample reproducibly.
 REFERENCE_SEED = 0
 
@@ -336,33 +335,6 @@ def load_reference(store: ArtifactStore, snapshots: Sequence[Mapping[str, Any]],
     if not labels:
         return None
     return Reference(labels=labels, lengths=np.asarray(lengths), snapshots=used)
-
-
-def psi(expected_counts: np.ndarray, actual_counts: np.ndarray) -> float:
-    """Population stability index of two histograms over the same bins (empty bins get PSI_EPSILON)."""
-    expected = np.maximum(expected_counts / max(expected_counts.sum(), 1), PSI_EPSILON)
-    actual = np.maximum(actual_counts / max(actual_counts.sum(), 1), PSI_EPSILON)
-    return float(np.sum((actual - expected) * np.log(actual / expected)))
-
-
-def label_psi(reference: Sequence[str], batch: Sequence[str]) -> float:
-    categories = sorted(set(reference) | set(batch))
-    index = {label: position for position, label in enumerate(categories)}
-
-    def histogram(labels: Sequence[str]) -> np.ndarray:
-        return np.bincount([index[label] for label in labels], minlength=len(categories)).astype(float)
-
-    return psi(histogram(reference), histogram(batch))
-
-
-def length_psi(reference: np.ndarray, batch: np.ndarray, bins: int) -> float:
-    """PSI of text lengths; bin edges are the reference's quantiles (ties merged), fixed for the batch."""
-    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
-
-    def histogram(lengths: np.ndarray) -> np.ndarray:
-        return np.bincount(np.searchsorted(edges, lengths, side="right"), minlength=len(edges) + 1).astype(float)
-
-    return psi(histogram(reference), histogram(batch))
 
 
 def drift_checks(valid: Sequence[Mapping[str, Any]], reference: Reference | None,

@@ -22,6 +22,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # threads fighting another process for the cores.
 os.environ.setdefault("FRESHET_THREADS_PER_RANK", "1")
 os.environ.setdefault("FRESHET_CACHE", tempfile.mkdtemp(prefix="freshet-test-cache-"))
+# train.precision=auto follows the CPU (bf16 where it is native): the tests pin "no native bf16" so what
+# they train, and the numbers they compare, are the same on every machine (tests that need the real CPU
+# or other flags set FRESHET_CPU_FLAGS themselves).
+os.environ.setdefault("FRESHET_CPU_FLAGS", "")
 # The plugins folder is on sys.path inside Airflow; mirror that for direct imports in tests.
 sys.path.insert(0, str(REPO / "plugins"))
 

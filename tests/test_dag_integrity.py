@@ -39,7 +39,7 @@ def test_pipeline_has_every_step_in_order_with_tags(dagbag):
     assert {"freshet", "continuous-learning"} <= set(dag.tags)
     assert dag.max_active_runs == 1
     assert dag.get_task("train").__class__.__name__ == "DDPTrainOperator"
-    assert {"freshet_watch", "freshet_rollback"} <= set(bag.dags)
+    assert {"freshet_watch", "freshet_rollback", "freshet_score", "freshet_monitor"} <= set(bag.dags)
 
 
 def test_schedule_is_daily_or_new_source_pages(dagbag):
@@ -50,7 +50,10 @@ def test_schedule_is_daily_or_new_source_pages(dagbag):
     assert isinstance(schedule, AssetOrTimeSchedule)
     assert schedule.timetable.expression == "0 0 * * *"
     watched = bag.dags["freshet_watch"].get_task("watch").outlets
-    assert [asset.name for asset in watched] == [asset.name for asset in schedule.asset_condition.objects]
+    breached = bag.dags["freshet_monitor"].get_task("production_drift").outlets
+    # Either Asset starts a run: new source pages, or a breach of the production monitor.
+    assert type(schedule.asset_condition).__name__ == "AssetAny"
+    assert [asset.name for asset in [*watched, *breached]] == [asset.name for asset in schedule.asset_condition.objects]
     assert "force_training" in bag.dags["freshet"].params
 
 
@@ -65,6 +68,29 @@ def test_training_is_pooled_and_only_network_steps_retry(dagbag):
                     "gate"):
         assert dag.get_task(task_id).retries == 0, task_id
     assert bag.dags["freshet_rollback"].get_task("rollback").retries == 0
+    for dag_id, task_ids in {"freshet_score": ("score", "predictions_scored"),
+                             "freshet_monitor": ("monitor", "production_drift")}.items():
+        for task_id in task_ids:
+            assert bag.dags[dag_id].get_task(task_id).retries == 0, (dag_id, task_id)
+
+
+def test_score_and_monitor_dags_run_their_steps_and_update_their_assets(dagbag):
+    bag, _ = dagbag
+    score, monitor = bag.dags["freshet_score"], bag.dags["freshet_monitor"]
+    assert score.get_task("score").__class__.__name__ == "FreshetStepOperator"
+    assert score.get_task("score").downstream_task_ids == {"predictions_scored"}
+    assert monitor.get_task("monitor").__class__.__name__ == "FreshetStepOperator"
+    assert monitor.get_task("monitor").downstream_task_ids == {"production_drift"}
+    assert score.timetable.expression == "0 0 * * *"
+    # Daily, and whenever the prediction log's Asset is updated (by batch scoring, or the REST API).
+    logged = [asset.name for asset in score.get_task("predictions_scored").outlets]
+    assert logged == ["freshet.freshet_demo.prediction_log"]
+    assert type(monitor.timetable).__name__ == "AssetOrTimeSchedule"
+    assert monitor.timetable.timetable.expression == "0 0 * * *"
+    assert [monitor.timetable.asset_condition.name] == logged
+    assert [asset.name for asset in monitor.get_task("production_drift").outlets] == [
+        "freshet.freshet_demo.production_drift"]
+    assert score.max_active_runs == monitor.max_active_runs == 1
 
 
 def test_rollback_dag_is_manual_and_asks_why(dagbag):
@@ -106,7 +132,7 @@ def test_no_torch_or_pandas_imported_by_the_dag_file():
     import sys
 
     code = ("import sys; sys.path[:0]=['plugins']; import runpy;"
-            "[runpy.run_path(f'dags/{name}.py') for name in ('freshet_pipeline', 'freshet_watch', 'freshet_rollback')];"
+            "[runpy.run_path(f'dags/{name}.py') for name in ('freshet_pipeline', 'freshet_watch', 'freshet_rollback', 'freshet_score', 'freshet_monitor')];"
             "heavy=[m for m in ('torch','pandas','transformers','mlflow','great_expectations') if m in sys.modules];"
             "print(','.join(heavy))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

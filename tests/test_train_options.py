@@ -84,7 +84,8 @@ def test_lora_names_a_missing_target_module(tmp_path, rows):
         train(tmp_path, rows, epochs=1, peft={"target_modules": ["q_proj"]})
 
 
-def test_bf16_autocast_on_cpu_converges(tmp_path, rows, caplog):
+def test_bf16_autocast_on_cpu_converges(tmp_path, rows, caplog, monkeypatch):
+    monkeypatch.delenv("FRESHET_CPU_FLAGS")  # this machine's real CPU (conftest pins "no native bf16")
     losses: list[float] = []
     _, result = train(tmp_path, rows, epochs=6, learning_rate=1e-3, precision="bf16", log_every_steps=2,
                       log=lambda values, step: losses.append(values["loss"]) if "loss" in values else None)
@@ -99,6 +100,26 @@ def test_bf16_autocast_on_cpu_converges(tmp_path, rows, caplog):
     # Far above chance (1/3). Not 0.8: this tiny random BERT ends either at 1.0 or stuck near 0.67 (two
     # classes of three) depending on the seed and the dropout stream, in fp32 as in bf16 (8 seeds each).
     assert accuracy(result.model, result.tokenizer, rows[200:]) >= 0.6
+
+
+@pytest.mark.parametrize(("flags", "precision", "why"), [
+    ("avx2 avx512f", "fp32", "fp32, since this CPU has no native bf16 (no AVX512-BF16 or AMX): bf16 would be emulated"),
+    ("avx512f avx512_bf16", "bf16", "bf16 autocast, since this CPU computes bf16 natively (avx512_bf16)"),
+    ("amx_bf16 amx_tile", "bf16", "bf16 autocast, since this CPU computes bf16 natively (amx_bf16)"),
+])
+def test_precision_auto_follows_the_cpu_flags_and_records_why(tmp_path, rows, monkeypatch, flags, precision, why):
+    from tasks.training.precision import choose_precision
+
+    assert choose_precision("auto", "cpu", flags.split()).name == precision
+    assert choose_precision("auto", "cuda", []).name == "bf16"
+    assert choose_precision("fp32", "cpu", flags.split()).name == "fp32"
+    assert choose_precision("bf16", "cpu", flags.split()).name == "bf16"
+    monkeypatch.setenv("FRESHET_CPU_FLAGS", flags)  # what the trainer reads, injected
+    _, result = train(tmp_path, rows, epochs=1)
+    assert result.metrics["precision_bf16"] == int(precision == "bf16")
+    assert result.facts["precision"]["precision"] == precision
+    reason = result.facts["precision"]["reason"]
+    assert reason.startswith("train.precision=auto: ") and why in reason
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """freshet's Airflow side: every DAG task is `task(name, config_path)`; the pieces live by what they do.
 
 - `runners`: one task per step (`tasks.pipeline`), run locally, in our image or in a pod; training under torchrun.
-- `control`: ShortCircuits over a step's manifest (new_data, should_train, gate), approval, watch, rollback.
+- `control`: ShortCircuits over a step's manifest (new_data, should_train, gate), approval, watch, rollback, and
+  the Asset updates after batch scoring (predictions_scored) and the monitor (production_drift).
 - `schedule`: the config path, the DAG's schedule and run settings, retries, the training pool, notifications.
 - `operators`, `kubeflow`, `notify`: the operators and the notifier those use.
 
@@ -18,7 +19,13 @@ from airflow.sdk import BaseOperator
 
 from freshet_airflow import control
 from freshet_airflow.runners import step
-from freshet_airflow.schedule import config_path, pipeline_dag_settings, pipeline_schedule
+from freshet_airflow.schedule import (
+    config_path,
+    pipeline_dag_settings,
+    pipeline_schedule,
+    production_dag_settings,
+    production_schedules,
+)
 from tasks.pipeline import STEP_NAMES
 
 CONTROL_TASKS: dict[str, Callable[..., BaseOperator | None]] = {
@@ -28,6 +35,8 @@ CONTROL_TASKS: dict[str, Callable[..., BaseOperator | None]] = {
     "approve": control.approve,
     "watch": control.watch,
     "rollback": control.rollback,
+    "predictions_scored": control.predictions_scored,
+    "production_drift": control.production_drift,
 }
 
 
@@ -45,4 +54,5 @@ def tasks(config_path: str, names: Iterable[str]) -> list[BaseOperator]:
     return [built for name in names if (built := task(name, config_path)) is not None]
 
 
-__all__ = ["CONTROL_TASKS", "config_path", "pipeline_dag_settings", "pipeline_schedule", "task", "tasks"]
+__all__ = ["CONTROL_TASKS", "config_path", "pipeline_dag_settings", "pipeline_schedule", "production_dag_settings",
+           "production_schedules", "task", "tasks"]

@@ -1,5 +1,6 @@
 """Control tasks: ShortCircuits over a step's manifest facts (new data? train? gate passed?), the optional
-human approval, the source watcher and the rollback. They run in the worker and only read manifests
+human approval, the source watcher, the rollback, and the Asset updates of batch scoring (the prediction
+log) and of the monitor (production drift), each emitted only when there is something to tell. They run in the worker and only read manifests
 or call small functions of `tasks`; the steps themselves run where `runner.mode` says.
 """
 
@@ -15,7 +16,15 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from freshet_airflow.operators import parse_manifest
-from freshet_airflow.schedule import failure_callbacks, pipeline_config, retry_policy, source_asset, webhook
+from freshet_airflow.schedule import (
+    failure_callbacks,
+    pipeline_config,
+    prediction_log_asset,
+    production_drift_asset,
+    retry_policy,
+    source_asset,
+    webhook,
+)
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +186,72 @@ def watch(config_path: str, **operator_kwargs: Any) -> BaseOperator:
         operator_kwargs.setdefault(key, value)
     return PythonOperator(task_id="watch", python_callable=_watch, op_kwargs={"config_path": config_path},
                           outlets=[source_asset(config)], **operator_kwargs)
+
+
+# ------------------------------------------------------------------------- production: score, monitor
+
+def scored_rows(manifest: dict[str, Any] | str) -> tuple[int, str]:
+    """(rows filed in the prediction log, why) from the score manifest."""
+    manifest = xcom_manifest(manifest, "score")
+    facts = manifest["facts"]
+    return int(manifest["metrics"].get("rows") or 0), str(facts.get("reason"))
+
+
+def _predictions_scored(config_path: str, **context: Any) -> dict[str, Any]:
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    config = pipeline_config(config_path)
+    manifest = step_manifest(context, "score")
+    rows, reason = scored_rows(manifest)
+    if not rows or not config.score.log_predictions:
+        # Skipped, so no Asset event: the monitor keeps its daily slot.
+        raise AirflowSkipException(f"nothing filed in the prediction log: {reason}")
+    extra = {"rows": rows, "run_id": manifest["run_id"], "model_version": manifest["facts"].get("model_version"),
+             "shadow_version": manifest["facts"].get("shadow_version"), "endpoint": "batch"}
+    context["outlet_events"][prediction_log_asset(config)].extra = extra
+    log.info("prediction log: %s", reason)
+    return extra
+
+
+def predictions_scored(config_path: str, **operator_kwargs: Any) -> BaseOperator:
+    """After `score`: updates the prediction log's Asset (which starts `freshet_monitor`) when rows were scored."""
+    from airflow.providers.standard.operators.python import PythonOperator
+
+    config = pipeline_config(config_path)
+    return PythonOperator(task_id="predictions_scored", python_callable=_predictions_scored, retries=0,
+                          op_kwargs={"config_path": config_path}, outlets=[prediction_log_asset(config)],
+                          **operator_kwargs)
+
+
+def breach_of(manifest: dict[str, Any] | str) -> dict[str, Any] | None:
+    """The breach the monitor emitted (None: none, or one held back by the cooldown)."""
+    facts = xcom_manifest(manifest, "monitor")["facts"]
+    return facts["breach"] if facts.get("breach_emitted") else None
+
+
+def _production_drift(config_path: str, **context: Any) -> dict[str, Any]:
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    config = pipeline_config(config_path)
+    manifest = step_manifest(context, "monitor")
+    breach = breach_of(manifest)
+    if breach is None:
+        raise AirflowSkipException(f"no breach emitted: {manifest['facts'].get('verdict')}")
+    extra = {key: breach.get(key) for key in ("id", "logical_date", "reasons", "versions", "champion")}
+    context["outlet_events"][production_drift_asset(config)].extra = extra
+    log.warning("production drift: breach %s: %s", breach["id"], "; ".join(breach["reasons"]))
+    return extra
+
+
+def production_drift(config_path: str, **operator_kwargs: Any) -> BaseOperator:
+    """After `monitor`: on an emitted breach, updates the production-drift Asset (which starts the pipeline);
+    otherwise skips, so no event."""
+    from airflow.providers.standard.operators.python import PythonOperator
+
+    config = pipeline_config(config_path)
+    return PythonOperator(task_id="production_drift", python_callable=_production_drift, retries=0,
+                          op_kwargs={"config_path": config_path}, outlets=[production_drift_asset(config)],
+                          **operator_kwargs)
 
 
 # ------------------------------------------------------------------------------------------ rollback

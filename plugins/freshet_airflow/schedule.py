@@ -43,6 +43,27 @@ def source_asset(config):
                  extra={"sources": [source.url for source in config.crawl.sources]})
 
 
+def prediction_log_asset(config):
+    """The Asset of `freshet serve`'s prediction log (day-partitioned Parquet under the artifact root): a DAG
+    scheduled on it (`schedule=[prediction_log_asset(config)]`) runs when a task that writes or reads the log
+    names it in its `outlets`, or when an event is posted to Airflow's REST API (`POST /api/v2/assets/events`)."""
+    from airflow.sdk import Asset
+
+    from tasks.serve.prediction_log import prediction_log_uri
+
+    return Asset(name=f"freshet.{config.name}.prediction_log", uri=prediction_log_uri(config), group="freshet",
+                 extra={"format": "parquet", "partitioning": "date=YYYY-MM-DD", "model": config.mlflow.model_name})
+
+
+def production_drift_asset(config):
+    """The Asset the monitor's `production_drift` task updates when it emits a breach (never otherwise): the
+    pipeline DAG is scheduled on it too, so a breach starts a run, whose `decide` trains on it."""
+    from airflow.sdk import Asset
+
+    return Asset(name=f"freshet.{config.name}.production_drift", group="freshet",
+                 extra={"model": config.mlflow.model_name, "state": "state/monitor/breach.json"})
+
+
 def webhook(config, *, event: str = "task_failed", reason: str | None = None, details: dict | None = None):
     from freshet_airflow.notify import WebhookNotifier
 
@@ -62,9 +83,40 @@ def pipeline_schedule(config_path: str) -> Any:
     config = pipeline_config(config_path)
     settings = config.schedule
     timetable = CronDataIntervalTimetable(settings.cron, timezone="UTC")
-    if settings.watch_source:
-        return AssetOrTimeSchedule(timetable=timetable, assets=[source_asset(config)])
-    return timetable
+    assets = [source_asset(config)] if settings.watch_source else []
+    if config.monitor.retrain_on_breach:  # the monitor's breaches start a run too
+        assets.append(production_drift_asset(config))
+    if not assets:
+        return timetable
+    condition = assets[0]
+    for asset in assets[1:]:
+        condition = condition | asset  # any of them
+    return AssetOrTimeSchedule(timetable=timetable, assets=condition)
+
+
+def production_schedules(config_path: str) -> dict[str, Any]:
+    """The schedules of the production DAGs: `freshet_score` daily (`score.cron`, a data interval, so the
+    run for day D scores D's drop folder; None: triggered only) and `freshet_monitor` daily (`monitor.cron`)
+    and whenever the prediction log's Asset is updated (batch scoring, or a POST to Airflow's REST API)."""
+    from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable
+
+    config = pipeline_config(config_path)
+    score = CronDataIntervalTimetable(config.score.cron, timezone="UTC") if config.score.cron else None
+    monitor = AssetOrTimeSchedule(timetable=CronDataIntervalTimetable(config.monitor.cron, timezone="UTC"),
+                                  assets=prediction_log_asset(config))
+    return {"freshet_score": score, "freshet_monitor": monitor}
+
+
+def production_dag_settings(config_path: str) -> dict[str, Any]:
+    """DAG(...) keyword arguments of the production DAGs besides the schedule: the pipeline's start date, no
+    catch-up, one active run (the monitor's cooldown reads the breaches of the runs before it), no retries
+    (the steps are deterministic), failure notifications."""
+    import pendulum
+
+    config = pipeline_config(config_path)
+    start = config.schedule.start_date
+    return {"start_date": pendulum.datetime(start.year, start.month, start.day, tz="UTC"), "catchup": False,
+            "max_active_runs": 1, "default_args": {"retries": 0, "on_failure_callback": failure_callbacks(config)}}
 
 
 def pipeline_dag_settings(config_path: str) -> dict[str, Any]:

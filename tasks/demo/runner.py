@@ -3,12 +3,25 @@
 Builds the demo corpus (Debian package synopses labelled by Section), serves it day by day from
 the local demo site, runs the real Airflow DAG (`airflow dags test`, SQLite) once per date with
 MLflow on SQLite and local artifacts, then prints what happened and how to look at it.
+
+It closes the loop each day: the day's newly published texts (ids and texts, no labels) go to the batch
+scorer's drop folder (`score.input`) and the `freshet_score` DAG scores them with the champion before the
+pipeline sees their labels; after the pipeline, the `freshet_monitor` DAG compares those predictions with the
+champion's reference and, now that the day's labels are in, measures their real macro-F1 next to the
+label-free estimate. A breach makes the next day's `decide` train with the reason "production drift".
+
+`--model DIR` runs it on another encoder (a local Hugging Face directory, or a hub id where there is
+network): the config is written to `<home>/config.yaml` with `train.model` replaced. `--config my.yaml`
+runs your own pipeline config the same way; the demo site is started only for a config whose first
+source is a `jsonl_feed` on a loopback address (the demo's shape), otherwise your sources are crawled.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import ipaddress
 import json
 import os
 import shutil
@@ -21,10 +34,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tasks.config import PipelineConfig, load_config
+from tasks.config import ConfigError, PipelineConfig, load_config
 from tasks.contract import read_manifest
 from tasks.manifest import Manifest
-from tasks.pipeline import STEP_NAMES
+from tasks.pipeline import PIPELINE_STEP_NAMES as STEP_NAMES
 from tasks.store import ArtifactStore, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,11 +141,12 @@ def run_dag(env: dict[str, str], logical_date: dt.date, log_path: Path) -> int:
         return subprocess.run(command, check=False, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
-def find_run(store: ArtifactStore, logical_date: dt.date, since: str) -> str | None:
-    """The run this invocation made for the logical date: its crawl committed after `since` (ISO time).
-    Airflow names manual runs itself, and an earlier invocation's run of the date must not be reported."""
+def find_run(store: ArtifactStore, logical_date: dt.date, since: str, step: str = "crawl") -> str | None:
+    """The run this invocation made for the logical date: its `step` (crawl: the pipeline's run) committed after
+    `since` (ISO time). Airflow names manual runs itself, and an earlier invocation's run of the date must not
+    be reported."""
     for directory in store.run_directories():
-        manifest = store.read_json("runs", directory, "crawl", "manifest.json")
+        manifest = store.read_json("runs", directory, step, "manifest.json")
         if (manifest and (manifest.get("logical_date") or "")[:10] == logical_date.isoformat()
                 and manifest.get("created_at", "") >= since):
             return manifest["run_id"]
@@ -141,6 +155,48 @@ def find_run(store: ArtifactStore, logical_date: dt.date, since: str) -> str | N
 
 def _f1(value) -> str:
     return "   -  " if value is None else f"{value:.3f}"
+
+
+def uses_demo_site(config: PipelineConfig) -> bool:
+    """Whether the config crawls the demo site: a jsonl_feed (the site's shape) on a loopback address."""
+    source = config.crawl.sources[0]
+    if source.kind != "jsonl_feed":
+        return False
+    host = urlsplit(source.url).hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def with_model(config_path: Path, model: str, home: Path) -> Path:
+    """The config at `config_path` with `train.model` set to `model` (a directory becomes absolute, since the
+    steps may run elsewhere), written to `<home>/config.yaml`; loading it runs the config-load preflight.
+
+    Only that key changes: the rest stays as written (`${VAR}`s unexpanded, defaults left to the code).
+    """
+    import yaml
+
+    directory = Path(model).expanduser()
+    value = str(directory.resolve()) if directory.exists() else model
+    data = yaml.safe_load(config_path.read_text()) or {}
+    data.setdefault("train", {})["model"] = value
+    target = home / "config.yaml"
+    atomic_write_text(target, f"# {config_path} with train.model set by `freshet demo --model`\n"
+                      + yaml.safe_dump(data, sort_keys=False))
+    load_config(target)
+    return target
+
+
+def describe_model(train: Manifest) -> str:
+    """Which encoder a train step used and how it trained (family, max length, inputs, precision and why)."""
+    model = train.facts.get("model") or {}
+    precision = train.facts.get("precision") or {}
+    line = (f"  model: {model.get('source', '?')} ({model.get('family', '?')}, max length limit "
+            f"{model.get('max_length_limit')}, inputs {', '.join(model.get('input_names', []))})")
+    if precision:
+        line += f"; precision {precision.get('precision')}: {precision.get('reason')}"
+    return line
 
 
 def summarize_run(store: ArtifactStore, run_id: str) -> list[str]:
@@ -169,6 +225,7 @@ def summarize_run(store: ArtifactStore, run_id: str) -> list[str]:
             lines.append("  ended at should_train")
     if "train" in manifests:
         metrics = manifests["train"].metrics
+        lines.append(describe_model(manifests["train"]))
         lines.append(f"  trained {metrics.get('steps')} steps on {metrics.get('rows_train')} rows"
                      f" ({metrics.get('rows_replay')} replayed), {metrics.get('samples_per_second', 0):.0f} samples/s,"
                      f" warm start from version {manifests['train'].facts.get('champion_version')}")
@@ -186,6 +243,9 @@ def summarize_run(store: ArtifactStore, run_id: str) -> list[str]:
         lines.append(f"  gate: {'PASS' if gate['passed'] else 'REJECT'}"
                      + ("" if gate["passed"] else " - " + "; ".join(gate["reasons"])))
         for variant, facts in compress.facts.get("variants", {}).items():
+            if not facts.get("applicable", True):  # the family cannot have it (or it failed to build): why
+                lines.append(f"  {variant}: {facts.get('status')} - {facts.get('reason')}")
+                continue
             lines.append(f"  {variant}: size x{facts['size_ratio']:.2f}, latency x{facts['latency_ratio_batch1']:.2f} (batch 1)"
                          f" x{facts['latency_ratio_batch32']:.2f} (batch 32), macro-F1 delta"
                          f" {facts['macro_f1_delta'].get('frozen', float('nan')):+.4f} (frozen)")
@@ -198,6 +258,100 @@ def summarize_run(store: ArtifactStore, run_id: str) -> list[str]:
                      if facts.get("promoted") else f"  not promoted: {'; '.join(facts.get('reasons', []))}")
     elif "register" in manifests:
         lines.append("  promotion skipped by the gate")
+    return lines
+
+
+# ------------------------------------------------------------------------- the production loop
+
+
+def drop_folder(config: PipelineConfig, logical_date: dt.date) -> Path | None:
+    """The local folder `score.input` names for the date (None: not set, or not a local folder of files)."""
+    pattern = config.score.input
+    if not pattern or "://" in pattern:
+        return None
+    folder = Path(pattern.replace("{date}", logical_date.isoformat())).parent
+    return None if any(char in str(folder) for char in "*?[") else folder
+
+
+def drop_published_texts(config: PipelineConfig, site_url: str, logical_date: dt.date) -> int | None:
+    """The day's newly published texts, without their labels, into the score drop folder; how many."""
+    import urllib.request
+
+    folder = drop_folder(config, logical_date)
+    if folder is None:
+        return None
+    with urllib.request.urlopen(f"{site_url.rstrip('/')}/feed/{logical_date.isoformat()}.jsonl", timeout=30) as page:
+        records = [json.loads(line) for line in page.read().decode("utf-8").splitlines() if line.strip()]
+    text = "".join(json.dumps({"id": record["id"], "text": record["text"]}) + "\n" for record in records)
+    atomic_write_text(folder / "published.jsonl", text)
+    return len(records)
+
+
+def run_production_dag(env: dict[str, str], dag_id: str, logical_date: dt.date, log_path: Path) -> int:
+    command = [sys.executable, "-m", "airflow", "dags", "test", dag_id, logical_date.isoformat()]
+    with open(log_path, "w") as log:
+        return subprocess.run(command, check=False, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+def _psi(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def summarize_production(store: ArtifactStore, logical_date: dt.date, since: str) -> tuple[list[str], dict[str, Any]]:
+    """Summary lines for the day's batch scoring and monitor runs, and the day's monitor figures."""
+    lines: list[str] = []
+    figures: dict[str, Any] = {"date": logical_date.isoformat()}
+    score_run = find_run(store, logical_date, since, "score")
+    scored = read_manifest(store, score_run, "score") if score_run else None
+    if scored is not None:
+        facts = scored.facts
+        figures.update(version=facts.get("model_version"), rows=scored.metrics.get("rows"))
+        if facts.get("scored"):
+            lines.append(f"  scored before its labels were used: {scored.metrics.get('rows')} newly published texts"
+                         f" in one batch request, served by version {facts['model_version']} ({facts.get('variant')})"
+                         + (f", version {facts['shadow_version']} in shadow (agreement"
+                            f" {scored.metrics.get('shadow_agreement', 0):.3f})" if facts.get("shadow_version") else ""))
+        else:
+            lines.append(f"  batch scoring: {facts.get('reason')}")
+    monitor_run = find_run(store, logical_date, since, "monitor")
+    watched = read_manifest(store, monitor_run, "monitor") if monitor_run else None
+    if watched is None:
+        return lines, figures
+    metrics = watched.metrics
+    primary = watched.facts.get("primary_version")
+    figures.update(metrics, verdict=watched.facts.get("verdict"))
+    if primary is None:
+        lines.append(f"  monitor: {watched.facts.get('verdict')}")
+        return lines, figures
+    reference = watched.facts["versions"][primary]["measures"]
+    lines.append(f"  monitor, version {primary} vs its reference ({reference.get('reference_rows')} test rows):"
+                 f" label PSI {_psi(metrics.get('label_psi'))}, confidence PSI {_psi(metrics.get('confidence_psi'))},"
+                 f" length PSI {_psi(metrics.get('length_psi'))}, OOV {_psi(metrics.get('oov_rate'))}"
+                 f" (rise {_psi(metrics.get('oov_increase'))})")
+    real = metrics.get("real_macro_f1")
+    lines.append(f"    macro-F1 estimated without labels {_f1(metrics.get('estimated_macro_f1'))}"
+                 + (f", on the {metrics.get('feedback_rows')} texts whose labels arrived"
+                    f" {_f1(metrics.get('estimated_macro_f1_labelled'))} vs real {_f1(real)}"
+                    f" (error {metrics.get('estimate_error', 0):+.3f})" if real is not None
+                    else " (real macro-F1: labels not in yet)"))
+    lines.append(f"    {watched.facts.get('verdict')}")
+    return lines, figures
+
+
+def monitor_table(days: list[dict[str, Any]]) -> list[str]:
+    """The monitor's figures per demo day, as a table."""
+    title = ("Production monitor per day (the champion's predictions on the day's texts before their labels; "
+             "real macro-F1 once they arrived):")
+    header = ("| day | served by | texts | label PSI | confidence PSI | length PSI | OOV rise | estimated F1 | real F1 "
+              "| breach |")
+    lines = ["", title, "", header, "|---|---|---|---|---|---|---|---|---|---|"]
+    for day in days:
+        breach = ("emitted" if day.get("breach_emitted") else "held back (cooldown)" if day.get("breach")
+                  else "no" if day.get("label_psi") is not None else "-")
+        lines.append(f"| {day['date']} | {day.get('version') or '-'} | {day.get('rows') or 0} |"
+                     f" {_psi(day.get('label_psi'))} | {_psi(day.get('confidence_psi'))} | {_psi(day.get('length_psi'))} |"
+                     f" {_psi(day.get('oov_increase'))} | {_psi(day.get('estimated_macro_f1_labelled') or day.get('estimated_macro_f1'))}"
+                     f" | {_psi(day.get('real_macro_f1'))} | {breach} |")
     return lines
 
 
@@ -222,6 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rows-per-day", type=int, default=2000,
                         help="packages the demo site publishes per day (a stratified sample of the Debian index)")
     parser.add_argument("--fresh", action="store_true", help="delete earlier demo state first")
+    parser.add_argument("--model", default=None,
+                        help="train.model for this demo: a local Hugging Face model directory, or a hub id")
     args = parser.parse_args(argv)
     if args.days < 1 or args.rows_per_day < 1:
         parser.error(f"--days and --rows-per-day must be at least 1 (got {args.days} and {args.rows_per_day})")
@@ -237,7 +393,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     os.environ["FRESHET_HOME"] = str(home)
     config_path = Path(args.config).resolve()
-    config = load_config(config_path)
+    try:
+        if args.model:
+            config_path = with_model(config_path, args.model, home)
+        config = load_config(config_path)
+    except ConfigError as error:
+        print(f"freshet demo: {error}", file=sys.stderr)
+        return 2
     store = ArtifactStore(config.artifact_root)
     env = airflow_env(home, config_path)
     started = time.perf_counter()
@@ -246,8 +408,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Every day publishes about the same number of packages, the first included: the model starts from
     # little data and each day adds as much again, so the learning curve has room to rise. A home that
     # already ran days goes on with the next ones.
+    demo_site = uses_demo_site(config)
     corpus = home / "demo" / "corpus.jsonl"
-    if extend_corpus(config, corpus, plan) == 0:
+    if demo_site and extend_corpus(config, corpus, plan) == 0:
         print(f"freshet demo: nothing new: every package of the demo's sections was published in the "
               f"{plan.first_day} day(s) this home has run ({home}). Start over with `python -m tasks.demo --fresh`"
               " (or `make demo` after `make clean`).")
@@ -256,28 +419,48 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from tasks.demo.site import serve
 
-    source = urlsplit(config.crawl.sources[0].url)
     summary: list[str] = []
     run_ids: list[str] = []
+    monitored: list[dict[str, Any]] = []
     last_day = plan.first_day + plan.days - 1
-    # Every corpus row names its day, so the site publishes exactly the planned days.
-    with serve(corpus, plan.start_date, days=last_day, initial_fraction=0.0,
-               host=str(source.hostname or "127.0.0.1"), port=source.port or 80) as site:
-        print(f"demo site: {site.url} publishing about {plan.rows_per_day} packages a day from {plan.start_date}"
-              f"; this run: day(s) {plan.first_day + 1}..{last_day + 1}")
+    with contextlib.ExitStack() as stack:
+        if demo_site:
+            source = urlsplit(config.crawl.sources[0].url)
+            # Every corpus row names its day, so the site publishes exactly the planned days.
+            site = stack.enter_context(serve(corpus, plan.start_date, days=last_day, initial_fraction=0.0,
+                                             host=str(source.hostname or "127.0.0.1"), port=source.port or 80))
+            print(f"demo site: {site.url} publishing about {plan.rows_per_day} packages a day from {plan.start_date}"
+                  f"; this run: day(s) {plan.first_day + 1}..{last_day + 1}")
+        else:
+            print(f"crawling the config's own sources ({', '.join(s.name for s in config.crawl.sources)});"
+                  f" this run: day(s) {plan.first_day + 1}..{last_day + 1}")
         for day in range(plan.first_day, last_day + 1):
             logical_date = plan.logical_date(day)
             log_path = home / "logs" / f"dag-{logical_date}.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
             day_started = time.perf_counter()
+            # The day's texts are scored (by yesterday's champion) before the pipeline learns their labels.
+            production = demo_site and drop_published_texts(config, site.url, logical_date) is not None
+            if production:
+                print(f"running DAG freshet_score for {logical_date} ...", flush=True)
+                run_production_dag(env, "freshet_score", logical_date, log_path.with_name(f"score-{logical_date}.log"))
             print(f"running DAG {DAG_ID} for {logical_date} (log: {log_path}) ...", flush=True)
             code = run_dag(env, logical_date, log_path)
+            if production:
+                print(f"running DAG freshet_monitor for {logical_date} ...", flush=True)
+                run_production_dag(env, "freshet_monitor", logical_date,
+                                   log_path.with_name(f"monitor-{logical_date}.log"))
             write_demo_state(home, plan, day + 1)
             run_id = find_run(store, logical_date, since)
             run_ids += [run_id] if run_id else []
             summary += [f"--- {logical_date} ({time.perf_counter() - day_started:.0f} s, airflow exit {code})"]
             summary += summarize_run(store, run_id) if run_id else [f"  no run recorded; see {log_path}"]
-    print("\n".join(["", "=" * 78, "freshet demo summary", "=" * 78, *summary]))
+            if production:
+                lines, figures = summarize_production(store, logical_date, since)
+                summary += lines
+                monitored.append(figures)
+    print("\n".join(["", "=" * 78, "freshet demo summary", "=" * 78, *summary,
+                     *(monitor_table(monitored) if monitored else [])]))
     print(f"\nregistry: {config.mlflow.model_name} aliases {json.dumps(aliases(config))}")
     if run_ids:
         from tasks.demo.learning_curve import build

@@ -11,39 +11,47 @@ import torch
 from transformers import AutoTokenizer
 
 from tasks.models.build import Classifier, load_classifier
+from tasks.models.families import CANDIDATE_INPUTS, accepted_inputs, encoder_layers, family_of, model_features
 from tasks.models.inference import length_sorted_batches
 from tasks.training.runtime import threads_per_rank
 
-ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# The most an exported file takes, in this order; each model's file takes those its forward accepts.
+ONNX_INPUTS = CANDIDATE_INPUTS
 
 
 class _LogitsOnly(torch.nn.Module):
-    """Positional inputs in ONNX_INPUTS order and a plain logits output, for the TorchScript exporter."""
+    """Positional inputs (in `names` order) and a plain logits output, for the TorchScript exporter."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, names: tuple[str, ...]) -> None:
         super().__init__()
         self.model = model
+        self.names = names
 
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+    def forward(self, *inputs):
+        return self.model(**dict(zip(self.names, inputs))).logits
 
 
 def export_onnx(model: Classifier, tokenizer, path: Path, *, opset: int = 17) -> Path:
-    """fp32 ONNX with dynamic batch and sequence axes (TorchScript exporter: onnxscript is not installed)."""
+    """fp32 ONNX with dynamic batch and sequence axes (TorchScript exporter: onnxscript is not installed).
+
+    Its inputs are those the model's forward accepts; token_type_ids, where accepted but not produced by the
+    tokenizer (RoBERTa's), are zeros, as the model itself would use.
+    """
     import warnings
 
     model.eval()
+    names = accepted_inputs(model)
     features = tokenizer(["an example text to trace", "short"], padding=True, return_tensors="pt")
-    if "token_type_ids" not in features:
+    if "token_type_ids" in names and "token_type_ids" not in features:
         features["token_type_ids"] = torch.zeros_like(features["input_ids"])
-    axes = {name: {0: "batch", 1: "sequence"} for name in ONNX_INPUTS}
+    axes = {name: {0: "batch", 1: "sequence"} for name in names}
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # dynamo=False is deprecated; tracer warnings about shapes are expected
-        torch.onnx.export(_LogitsOnly(model).eval(), tuple(features[name] for name in ONNX_INPUTS), str(path),
-                          input_names=list(ONNX_INPUTS), output_names=["logits"],
+        torch.onnx.export(_LogitsOnly(model, names).eval(), tuple(features[name] for name in names), str(path),
+                          input_names=list(names), output_names=["logits"],
                           dynamic_axes={**axes, "logits": {0: "batch"}}, opset_version=opset, dynamo=False)
-    model.eval()
+    model.eval()  # the exporter restores the wrapper's training flag, recursively
     return path
 
 
@@ -83,7 +91,7 @@ class OnnxClassifier:
     def __call__(self, **features):
         from types import SimpleNamespace
 
-        if "token_type_ids" not in features:
+        if "token_type_ids" in self.input_names and "token_type_ids" not in features:
             features["token_type_ids"] = torch.zeros_like(torch.as_tensor(features["input_ids"]))
         feed = {name: np.asarray(features[name], dtype=np.int64) for name in self.input_names}
         return SimpleNamespace(logits=torch.from_numpy(self.session.run(["logits"], feed)[0]))
@@ -105,7 +113,8 @@ def prune_magnitude(model: Classifier, amount: float) -> tuple[Classifier, float
 SERVING_VARIANTS = ("fp32", "int8-dynamic", "onnx-fp32", "onnx-int8", "distilled", "distilled-onnx-int8")
 
 
-def load_serving_model(model_dir: Path, variant: str | None = None, onnx_path: Path | None = None):
+def load_serving_model(model_dir: Path, variant: str | None = None, onnx_path: Path | None = None,
+                       trust_remote_code: bool = False):
     """The model a serving variant runs, and its tokenizer: torch (fp32 / int8 recipe) or an ONNX file.
 
     For `distilled`, `model_dir` is the student's directory; ONNX variants take labels and tokenizer
@@ -113,21 +122,26 @@ def load_serving_model(model_dir: Path, variant: str | None = None, onnx_path: P
     """
     variant = variant or "fp32"
     if variant in ("fp32", "none", "int8-dynamic", "distilled"):
-        return load_classifier(model_dir, "int8-dynamic" if variant == "int8-dynamic" else None)
+        return load_classifier(model_dir, "int8-dynamic" if variant == "int8-dynamic" else None,
+                               trust_remote_code=trust_remote_code)
     if variant not in SERVING_VARIANTS:
         raise ValueError(f"unknown serving variant {variant!r}; known: {SERVING_VARIANTS}")
     if onnx_path is None:
         raise ValueError(f"serving variant {variant!r} needs an ONNX file")
     from transformers import AutoConfig
 
-    return OnnxClassifier(Path(onnx_path), AutoConfig.from_pretrained(str(model_dir))), AutoTokenizer.from_pretrained(str(model_dir))
+    remote = {"trust_remote_code": trust_remote_code}
+    return (OnnxClassifier(Path(onnx_path), AutoConfig.from_pretrained(str(model_dir), **remote)),
+            AutoTokenizer.from_pretrained(str(model_dir), **remote))
 
 
 def build_student(teacher: Classifier, num_layers: int, hidden_size: int | None = None) -> Classifier:
-    """A shallower copy of a BERT-style `teacher` to distil into.
+    """A shallower copy of `teacher` to distil into.
 
     Same width: the embeddings, the classifier head and `num_layers` encoder layers spread evenly over
-    the teacher's depth (top layer kept; 6 -> 3 keeps 2, 4, 6) are copied as the initialisation.
+    the teacher's depth (top layer kept; 6 -> 3 keeps 2, 4, 6) are copied as the initialisation. Where the
+    family keeps its layers (tasks/models/families.py: `encoder.layer`, DistilBERT `transformer.layer`);
+    where the copy does not apply (ModernBERT) `LayerCopyNotApplicable` says why.
     A smaller `hidden_size` cannot reuse the teacher's weights: that student starts random, with the
     teacher's vocabulary and labels.
     """
@@ -135,26 +149,33 @@ def build_student(teacher: Classifier, num_layers: int, hidden_size: int | None 
 
     config = teacher.config
     if hidden_size is not None and hidden_size != config.hidden_size:
-        student_config = copy.deepcopy(config)
         heads = max(1, min(config.num_attention_heads, hidden_size // 32))
         if hidden_size % heads:
             raise ValueError(f"distill hidden_size {hidden_size} is not a multiple of its {heads} attention heads")
-        student_config.update({"hidden_size": hidden_size, "num_attention_heads": heads,
-                               "num_hidden_layers": num_layers, "intermediate_size": 4 * hidden_size})
+        family = family_of(getattr(config, "model_type", None))
+        renamed = getattr(config, "attribute_map", None) or {}  # DistilBERT: hidden_size is `dim`, ...
+        settings = config.to_dict()
+        for name, value in {"hidden_size": hidden_size, "num_attention_heads": heads, "num_hidden_layers": num_layers,
+                            family.intermediate_key: 4 * hidden_size}.items():
+            settings[renamed.get(name, name)] = value
+        if settings.get("layer_types") is not None:
+            settings["layer_types"] = None  # per-layer attention kinds (ModernBERT): rebuilt for the new depth
+        if settings.get("embedding_size") == config.hidden_size:  # ELECTRA: embeddings as wide as the encoder
+            settings["embedding_size"] = hidden_size
+        student_config = type(config).from_dict(settings)
         torch.manual_seed(0)
         return type(teacher)(student_config).eval()
-    layers = getattr(getattr(teacher, "base_model", None), "encoder", None)
-    layers = getattr(layers, "layer", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise TypeError(f"cannot pick encoder layers from {type(teacher).__name__}: no base_model.encoder.layer list")
+    layers, path = encoder_layers(teacher)
     depth = len(layers)
     if not 1 <= num_layers <= depth:
         raise ValueError(f"distill num_layers {num_layers} must be within 1..{depth} (the teacher's depth)")
     keep = sorted({round((index + 1) * depth / num_layers) - 1 for index in range(num_layers)})
     student = copy.deepcopy(teacher)
-    student.base_model.encoder.layer = torch.nn.ModuleList(student.base_model.encoder.layer[index] for index in keep)
-    student.config.num_hidden_layers = len(keep)
-    for position, layer in enumerate(student.base_model.encoder.layer):  # attention caches index layers by position
+    parent_path, _, attribute = path.rpartition(".")
+    parent = student.base_model.get_submodule(parent_path) if parent_path else student.base_model
+    setattr(parent, attribute, torch.nn.ModuleList(getattr(parent, attribute)[index] for index in keep))
+    student.config.num_hidden_layers = len(keep)  # DistilBERT: n_layers, through its attribute_map
+    for position, layer in enumerate(getattr(parent, attribute)):  # attention caches index layers by position
         for module in layer.modules():
             if hasattr(module, "layer_idx"):
                 module.layer_idx = position
@@ -166,7 +187,7 @@ def teacher_logits(model: Classifier, tokenizer, texts: Sequence[str], *, max_le
                    batch_size: int = 64) -> np.ndarray:
     """Raw logits of `model` for `texts` (input order), the soft targets of distillation."""
     model.eval()
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    encoded = model_features(tokenizer(list(texts), truncation=True, max_length=max_length), accepted_inputs(model))
     lengths = [len(ids) for ids in encoded["input_ids"]]
     logits = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     for batch in length_sorted_batches(lengths, batch_size):
@@ -194,7 +215,7 @@ def distill(student: Classifier, tokenizer, texts: Sequence[str], label_ids: Seq
         raise ValueError("distill: no training texts")
     torch.set_num_threads(threads_per_rank())
     generator = torch.Generator().manual_seed(seed)
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    encoded = model_features(tokenizer(list(texts), truncation=True, max_length=max_length), accepted_inputs(student))
     lengths = [len(ids) for ids in encoded["input_ids"]]
     batches = length_sorted_batches(lengths, batch_size)
     targets = torch.as_tensor(list(label_ids), dtype=torch.long)

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tasks.models.families import accepted_inputs, model_features
+
 
 @dataclass
 class Predictions:
@@ -27,10 +29,13 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
 @torch.inference_mode()
 def predict(model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int,
             batch_size: int = 64) -> Predictions:
-    """Class probabilities for `texts`, batched by length; returned in the input order."""
+    """Class probabilities for `texts`, batched by length; returned in the input order.
+
+    Only the tokenizer outputs the model's forward accepts are passed (DistilBERT and ModernBERT take no
+    token_type_ids, an ONNX session only its own inputs)."""
     model.eval()
     started = time.perf_counter()
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    encoded = model_features(tokenizer(list(texts), truncation=True, max_length=max_length), accepted_inputs(model))
     lengths = [len(ids) for ids in encoded["input_ids"]]
     num_labels = model.config.num_labels
     probabilities = np.zeros((len(texts), num_labels), dtype=np.float32)
@@ -47,9 +52,11 @@ def measure_latency(model: torch.nn.Module, tokenizer, texts: Sequence[str], *, 
     """CPU latency in ms: p50/p95 at batch 1 over `texts`, p50 at batch 32 (after one warm-up)."""
     model.eval()
     texts = list(texts) or ["empty"]
+    accepted = accepted_inputs(model)
 
     def timed(batch: Sequence[str]) -> float:
-        features = tokenizer(list(batch), truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        features = model_features(tokenizer(list(batch), truncation=True, max_length=max_length, padding=True,
+                                            return_tensors="pt"), accepted)
         started = time.perf_counter()
         model(**features)
         return (time.perf_counter() - started) * 1000

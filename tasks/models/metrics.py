@@ -51,16 +51,39 @@ def expected_calibration_error(truth: Sequence[int], probabilities: np.ndarray, 
     return float(gap.sum() / counts.sum())
 
 
-def score(model, tokenizer, slices: Mapping[str, Sequence[dict[str, Any]]], labels: Sequence[str], *,
-          max_length: int, batch_size: int, calibration_bins: int = 15,
-          ) -> tuple[dict[str, dict[str, Any]], dict[str, list[int]]]:
-    """Metrics per slice (with ECE) and the per-row predicted label ids (for paired gate statistics)."""
+def in_label_space(label_ids: np.ndarray, probabilities: np.ndarray, model_labels: Sequence[str],
+                   labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A model's predictions over its own labels re-laid onto the run's `labels`, by name.
+
+    A champion trained before a label joined has no column for it (probability 0 there); a model label the
+    run does not have maps to -1 (never correct) and its probability is dropped.
+    """
     index = {label: position for position, label in enumerate(labels)}
+    target = np.asarray([index.get(label, -1) for label in model_labels], dtype=np.int64)
+    relaid = np.zeros((probabilities.shape[0], len(labels)), dtype=probabilities.dtype)
+    known = target >= 0
+    relaid[:, target[known]] = probabilities[:, known]
+    return target[label_ids], relaid
+
+
+def score(model, tokenizer, slices: Mapping[str, Sequence[dict[str, Any]]], labels: Sequence[str], *,
+          max_length: int, batch_size: int, calibration_bins: int = 15, model_labels: Sequence[str] | None = None,
+          ) -> tuple[dict[str, dict[str, Any]], dict[str, list[int]]]:
+    """Metrics per slice (with ECE) and the per-row predicted label ids (for paired gate statistics).
+
+    `model_labels`: the model's own label order, when it differs from `labels` (a champion from before the
+    label set grew): its predictions are mapped onto `labels` by name first.
+    """
+    index = {label: position for position, label in enumerate(labels)}
+    relabel = model_labels is not None and list(model_labels) != list(labels)
     metrics, predicted = {}, {}
     for name, rows in slices.items():
         result = predict(model, tokenizer, [row["text"] for row in rows], max_length=max_length, batch_size=batch_size)
+        label_ids, probabilities = result.label_ids, result.probabilities
+        if relabel and model_labels is not None:
+            label_ids, probabilities = in_label_space(label_ids, probabilities, model_labels, labels)
         truth = [index[row["label"]] for row in rows]
-        metrics[name] = classification_metrics(truth, result.label_ids, labels)
-        metrics[name]["ece"] = expected_calibration_error(truth, result.probabilities, calibration_bins)
-        predicted[name] = [int(value) for value in result.label_ids]
+        metrics[name] = classification_metrics(truth, label_ids, labels)
+        metrics[name]["ece"] = expected_calibration_error(truth, probabilities, calibration_bins)
+        predicted[name] = [int(value) for value in label_ids]
     return metrics, predicted

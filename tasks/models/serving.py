@@ -41,7 +41,8 @@ class TextClassifier(PythonModel):
                 log.warning("variant distilled has no student_model artifact; serving fp32")
                 variant = "fp32"
         self.model, self.tokenizer = load_serving_model(Path(model_dir), variant,
-                                                        Path(onnx_path) if onnx_path else None)
+                                                        Path(onnx_path) if onnx_path else None,
+                                                        bool(settings.get("trust_remote_code", False)))
         self.variant = variant
         self.max_length = int(settings.get("max_length", 128))
         self.labels = [self.model.config.id2label[index] for index in range(self.model.config.num_labels)]

@@ -15,6 +15,8 @@ class TrainingData:
     train: list[dict[str, Any]]
     validation: list[dict[str, Any]]
     counts: dict[str, int]
+    # The run's label set (`labels`, plus those `validate.new_labels: extend` let in); None: the config's labels.
+    labels: list[str] | None = None
 
 
 def bucketed_batches(lengths: Sequence[int], batch_size: int, world_size: int, seed: int, epoch: int,

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from tasks.config import PeftConfig, PipelineConfig
 from tasks.manifest import StepError
-from tasks.models.build import Classifier, build_model, load_tokenizer
+from tasks.models.build import Classifier, build_model
+from tasks.models.families import Preflight, lora_targets, model_features, preflight
 from tasks.models.inference import predict
 from tasks.models.metrics import classification_metrics
 from tasks.training.checkpoints import latest_checkpoint, save_checkpoint
@@ -30,13 +31,18 @@ from tasks.training.cpu_dropout import MaskStream, use_fast_cpu_dropout
 from tasks.training.data import TrainingData, bucketed_batches, pad_batch
 from tasks.training.distributed import DistributedEnv, StopRequested, inject_fault_drill
 from tasks.training.embedding_rows import RowSparseEmbeddingGradient
+from tasks.training.precision import PrecisionChoice, choose_precision, cpu_has_native_bf16
 from tasks.training.runtime import keep_freed_memory
+
+# cpu_has_native_bf16 moved to tasks/training/precision.py; re-exported for importers of this module.
+__all__ = ["FitResult", "Trainer", "add_lora_adapters", "cpu_has_native_bf16", "head_modules"]
 
 # The step's logger: the DDP operator streams rank 0's progress lines into the Airflow task log under it.
 log = logging.getLogger("freshet.train")
 
 MetricsLogger = Callable[[dict[str, float], int], None]
-NO_WEIGHT_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight")
+# Biases and norm scales, by each family's names (BERT LayerNorm, DistilBERT *layer_norm, ModernBERT *norm).
+NO_WEIGHT_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
 @dataclass
@@ -44,6 +50,8 @@ class FitResult:
     model: Classifier
     tokenizer: Any
     metrics: dict[str, float]
+    # What the preflight found (source, family, max length, inputs) and the label map, for the manifest.
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -91,10 +99,12 @@ class Trainer:
         self.log_metrics = log_metrics
         if self.device.type == "cpu":
             keep_freed_memory()
-        self.labels = list(config.labels)
+        self.labels = list(data.labels or config.labels)
         self.label_index = {label: index for index, label in enumerate(self.labels)}
-        self.tokenizer = load_tokenizer(init_dir)
-        self.pad_id = self.tokenizer.pad_token_id or 0
+        # Before any work: the model directory (or the champion's) must be trainable; errors name the fix.
+        self.preflight: Preflight = preflight(self.settings, init_dir, warm_start=init_dir is not None)
+        self.tokenizer = self.preflight.tokenizer
+        self.pad_id = self.preflight.pad_token_id
         self._encode_training_rows()
         self.model = self._build_model(init_dir)
         self._install_cpu_fast_paths()
@@ -107,7 +117,8 @@ class Trainer:
         self.total_steps = self._count_total_steps()
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, int(self.settings.warmup_fraction * self.total_steps), self.total_steps)
-        self.use_bf16, self.native_bf16 = self._choose_precision()
+        self.precision = self._choose_precision()
+        self.use_bf16, self.native_bf16 = self.precision.use_bf16, self.precision.native_bf16
         self.progress = Progress()
         self.best_state: dict[str, torch.Tensor] | None = None
         self.resumed_from = self._resume_from_checkpoint()
@@ -119,7 +130,7 @@ class Trainer:
         self.lengths = [len(ids) for ids in self.encoded]
 
     def _build_model(self, init_dir: Path | None) -> Classifier:
-        model = build_model(self.settings, self.labels, init_dir=init_dir)
+        model = build_model(self.settings, self.labels, init_dir=init_dir, pad_token_id=self.pad_id)
         if self.settings.freeze_word_embeddings:
             model.get_input_embeddings().weight.requires_grad_(False)
         if self.settings.peft is not None:
@@ -178,17 +189,17 @@ class Trainer:
         steps_per_epoch = max(1, micro_batches_per_epoch // self.accumulation)
         return max(1, math.ceil(settings.epochs * steps_per_epoch))
 
-    def _choose_precision(self) -> tuple[bool, bool]:
-        """(bf16 autocast on, the device computes bf16 natively)."""
-        precision = self.settings.precision
-        use_bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
-        native_bf16 = self.device.type == "cuda" or cpu_has_native_bf16()
-        if use_bf16 and not native_bf16 and self.environment.is_main:
+    def _choose_precision(self) -> PrecisionChoice:
+        """bf16 autocast or fp32 (tasks/training/precision.py), and why; the reason goes into the manifest."""
+        choice = choose_precision(self.settings.precision, self.device.type)
+        if self.environment.is_main:
+            log.info("precision: %s", choice.reason)
+        if choice.use_bf16 and not choice.native_bf16 and self.environment.is_main:
             # Emulated bf16 is no speed-up but a trap: measured 4.8 vs 102 samples/s (fp32) on an AVX2-only EPYC.
             log.warning("train.precision=bf16 on a CPU without native bf16 (AVX512-BF16/AMX; this one: %s): "
                         "bf16 is emulated and ~20x slower than fp32; set train.precision to fp32 or auto",
                         torch.backends.cpu.get_cpu_capability())
-        return use_bf16, native_bf16
+        return choice
 
     # ------------------------------------------------------------------------------ checkpoints
 
@@ -269,7 +280,8 @@ class Trainer:
         indices = global_batch[self.environment.rank]
         if self.dropout_stream is not None:
             self.dropout_stream.at_batch(progress.epoch, batch_number)
-        features = pad_batch([self.encoded[i] for i in indices], self.pad_id, self.device)
+        features = model_features(pad_batch([self.encoded[i] for i in indices], self.pad_id, self.device),
+                                  self.preflight.input_names)
         batch_targets = torch.tensor([self.targets[i] for i in indices], device=self.device)
         context = self.ddp_model.no_sync() if not sync else contextlib.nullcontext()
         with context, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
@@ -350,7 +362,9 @@ class Trainer:
         if self.settings.peft is not None:
             # Fold the adapters into the base weights: the rest of the pipeline loads a plain HF model.
             model = model.merge_and_unload()
-        return FitResult(model, self.tokenizer, self._metrics(elapsed, stopped_early, parameters_total))
+        facts = {"model": self.preflight.facts(), "precision": self.precision.facts(),
+                 "label_map": {str(index): label for index, label in enumerate(self.labels)}}
+        return FitResult(model, self.tokenizer, self._metrics(elapsed, stopped_early, parameters_total), facts)
 
     def _metrics(self, elapsed: float, stopped_early: bool, parameters_total: int) -> dict[str, Any]:
         progress = self.progress
@@ -379,25 +393,21 @@ class Trainer:
 # ------------------------------------------------------------------------------ model helpers
 
 
+def head_modules(model: Classifier) -> list[str]:
+    """The modules outside the encoder that hold weights: the whole classification head (BERT `classifier`,
+    DistilBERT `pre_classifier` + `classifier`, DeBERTa `pooler` + `classifier`, ModernBERT `head` + `classifier`)."""
+    base = getattr(model, "base_model_prefix", "")
+    return [name for name, child in model.named_children()
+            if name != base and any(True for _ in child.parameters())]
+
+
 def add_lora_adapters(model: Classifier, settings: PeftConfig) -> Classifier:
-    """LoRA adapters on `target_modules`; the base is frozen, the classifier head trains in full."""
+    """LoRA adapters on the target modules (configured, else the family's); the base is frozen, the whole
+    classification head trains in full (it starts untrained, so a frozen part of it would stay random)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
-    linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                     if isinstance(module, torch.nn.Linear)})
-    missing = [name for name in settings.target_modules if name not in linear]
-    if missing:
-        raise StepError(f"train.peft.target_modules: {missing} are not Linear layers of {type(model).__name__} "
-                        f"(its Linear layer names: {linear})")
+    targets = lora_targets(model, settings.target_modules)
     # peft types lora_alpha as int, but uses it as a float scale (alpha / r): a fractional alpha is fine.
     lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=settings.r, lora_alpha=settings.alpha,  # type: ignore[arg-type]
-                      lora_dropout=settings.dropout, target_modules=list(settings.target_modules))
+                      lora_dropout=settings.dropout, target_modules=targets, modules_to_save=head_modules(model))
     return get_peft_model(model, lora)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (oneDNN's check: AVX512-BF16 or AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN: no fast bf16 path either
-        return False

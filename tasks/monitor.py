@@ -1,0 +1,299 @@
+"""Monitor production: recent predictions against the serving version's reference, with a label-free estimate.
+
+Reads the prediction log (`freshet serve`'s rows and batch scoring's, tasks/monitoring/predictions.py) for
+the `monitor.window_days` days up to the logical date and judges each model version that made at least
+`monitor.min_rows` of them against its reference: its own predictions on its own labelled test slices
+(tasks/monitoring/reference.py, built once per version and cached). Per version:
+
+- drift of the predicted-label distribution (PSI), of the top-1 confidence (PSI, bins at the reference's
+  deciles) and of the text length (PSI), and the rise of the out-of-vocabulary word share (words not in
+  the version's training texts; the tokenizer's unknown-token share is reported beside it);
+- the label-free macro-F1 estimate from calibrated confidence (CBPE-style, tasks/monitoring/estimate.py),
+  compared with the same estimate on the reference;
+- once labelled feedback for the texts has arrived (the valid rows of any crawl source, matched by the
+  text's sha256, tasks/monitoring/feedback.py): the real macro-F1 of the version that served them, and the
+  estimate on the same rows next to it.
+
+Each measure has a bound (`monitor.max_*`); one beyond it is a breach. A breach is emitted (filed in
+`state/monitor/`, tasks/monitoring/breach.py; in Airflow the `production_drift` task then updates the
+production-drift Asset, which starts the pipeline, and the next `decide` trains with the reason
+"production drift: ...") unless another run emitted one within `monitor.cooldown_hours` of data time; the
+manifest says which. Too few predictions, or no reference for a version (registered outside the pipeline),
+is reported, not a failure. The report (a table of checks and four plots per version) goes to the run's
+folder and MLflow.
+
+    python -m tasks.monitor --config configs/demo.yaml --run-id monitor-2026-11-02 --logical-date 2026-11-02
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tasks import model_registry
+from tasks.config import PipelineConfig
+from tasks.contract import StepContext, cli, execute, logical_day, step_fingerprint
+from tasks.manifest import Manifest
+from tasks.monitoring import breach as breaches
+from tasks.monitoring.feedback import feedback_runs
+from tasks.monitoring.predictions import log_parts, window
+from tasks.store import ArtifactStore
+
+STEP = "monitor"
+log = logging.getLogger("freshet.monitor")
+REPORT_FILE = "monitor_report.html"
+# Flat manifest metrics: those of the version with the most judged predictions (every version's are in facts).
+FLAT = ("rows", "label_psi", "confidence_psi", "length_psi", "oov_rate", "reference_oov_rate", "oov_increase",
+        "unk_rate", "estimated_macro_f1", "reference_estimated_macro_f1", "reference_macro_f1", "estimated_f1_drop",
+        "feedback_rows", "real_macro_f1", "estimated_macro_f1_labelled", "estimate_error", "real_f1_drop")
+
+
+@dataclass(frozen=True)
+class Check:
+    check: str
+    setting: str
+    status: str  # passed, failed, skipped
+    observed: float | None = None
+    bound: float | None = None
+    detail: str = ""
+
+    def problem(self) -> str:
+        observed = "nan" if self.observed is None else f"{self.observed:.3f}"
+        relation = "<" if self.check == "estimated_macro_f1" else ">"
+        return f"{self.check} {observed} {relation} monitor.{self.setting}={self.bound}"
+
+
+def check(name: str, setting: str, observed: float | None, bound: float | None, detail: str = "",
+          skipped: str | None = None, floor: bool = False) -> Check:
+    if bound is None:
+        return Check(name, setting, "skipped", observed, bound, f"monitor.{setting} is null: not a check")
+    if skipped or observed is None or (isinstance(observed, float) and math.isnan(observed)):
+        return Check(name, setting, "skipped", observed, bound, skipped or "not measured")
+    failed = observed < bound if floor else observed > bound
+    return Check(name, setting, "failed" if failed else "passed", float(observed), bound, detail)
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def judge(config: PipelineConfig, reference: Any, scorer: Any, rows: Any, labelled: Any) -> dict[str, Any]:
+    """Every measure and check of one version's production rows against its reference."""
+    import numpy as np
+
+    from tasks.models.metrics import classification_metrics
+    from tasks.monitoring import drift
+    from tasks.monitoring.estimate import estimate
+    from tasks.monitoring.feedback import join
+
+    settings = config.monitor
+    index = {label: position for position, label in enumerate(reference.label_names)}
+    predicted = np.asarray([index.get(label, -1) for label in rows["label"]], dtype=int)
+    confidence = rows["confidence"].to_numpy(dtype=float)
+    texts = [str(text) for text in rows["text"] if isinstance(text, str)] if "text" in rows else []
+    ref = reference.rows
+    summary = reference.summary
+    estimated = estimate(reference.calibration, predicted, confidence)
+    oov = drift.oov_rate(texts, reference.vocabulary) if texts else None
+    measures: dict[str, Any] = {
+        "rows": len(rows), "rows_with_text": len(texts), "reference_rows": len(ref),
+        "label_psi": drift.label_psi(ref["predicted"].astype(str).tolist(), rows["label"].astype(str).tolist()),
+        "confidence_psi": drift.binned_psi(ref["confidence"].to_numpy(), confidence, settings.confidence_bins),
+        "length_psi": drift.binned_psi(ref["length"].to_numpy(), np.asarray([len(text) for text in texts]),
+                                       settings.length_bins) if texts else None,
+        "oov_rate": oov, "reference_oov_rate": summary.get("oov_rate"),
+        "oov_increase": None if oov is None or summary.get("oov_rate") is None else oov - summary["oov_rate"],
+        "unk_rate": drift.unk_rate(scorer.tokenizer, texts, scorer.max_length) if texts else None,
+        "reference_unk_rate": summary.get("unk_rate"),
+        "mean_confidence": float(confidence.mean()), "reference_mean_confidence": float(ref["confidence"].mean()),
+        "estimated_macro_f1": estimated["macro_f1"], "estimated_accuracy": estimated["accuracy"],
+        "reference_estimated_macro_f1": summary["estimated"]["macro_f1"],
+        "reference_macro_f1": summary["real_macro_f1"],
+        "estimated_f1_drop": summary["estimated"]["macro_f1"] - estimated["macro_f1"],
+    }
+    matched = join(rows, labelled)
+    known = matched[matched["true_label"].isin(list(index))] if len(matched) else matched
+    measures.update({"feedback_rows": len(known), "feedback_coverage": len(known) / len(rows) if len(rows) else 0.0,
+                     "feedback_unknown_labels": len(matched) - len(known)})
+    enough = len(known) >= settings.min_feedback_rows
+    if enough:
+        truth = [index[label] for label in known["true_label"]]
+        known_predicted = [index.get(label, -1) for label in known["label"]]
+        real = classification_metrics(truth, known_predicted, reference.label_names)
+        on_labelled = estimate(reference.calibration, known_predicted, known["confidence"].to_numpy(dtype=float))
+        measures.update({"real_macro_f1": real["macro_f1"], "real_accuracy": real["accuracy"],
+                         "estimated_macro_f1_labelled": on_labelled["macro_f1"],
+                         "estimate_error": on_labelled["macro_f1"] - real["macro_f1"],
+                         "real_f1_drop": summary["real_macro_f1"] - real["macro_f1"]})
+    no_text = "the prediction log keeps no texts (store_text: hash)" if not texts else None
+    no_feedback = None if enough else (f"{len(known)} labelled rows < monitor.min_feedback_rows="
+                                       f"{settings.min_feedback_rows}: real macro-F1 not measured yet")
+    reference_note = f"{len(rows)} predictions vs {len(ref)} reference rows"
+    checks = [
+        check("label_psi", "max_label_psi", measures["label_psi"], settings.max_label_psi, reference_note),
+        check("confidence_psi", "max_confidence_psi", measures["confidence_psi"], settings.max_confidence_psi,
+              reference_note),
+        check("length_psi", "max_length_psi", measures["length_psi"], settings.max_length_psi, reference_note, no_text),
+        check("oov_increase", "max_oov_increase", measures["oov_increase"], settings.max_oov_increase,
+              f"OOV word share {_fmt(oov)} vs {_fmt(summary.get('oov_rate'))} on the reference "
+              f"({summary.get('vocabulary_words')} training words)", no_text),
+        check("estimated_f1_drop", "max_estimated_f1_drop", measures["estimated_f1_drop"],
+              settings.max_estimated_f1_drop,
+              f"estimated macro-F1 {_fmt(estimated['macro_f1'])} vs {_fmt(summary['estimated']['macro_f1'])} "
+              "estimated on the reference"),
+        check("estimated_macro_f1", "min_estimated_macro_f1", measures["estimated_macro_f1"],
+              settings.min_estimated_macro_f1, "the absolute floor", floor=True),
+        check("real_f1_drop", "max_real_f1_drop", measures.get("real_f1_drop"), settings.max_real_f1_drop,
+              f"real macro-F1 {_fmt(measures.get('real_macro_f1'))} on {len(known)} labelled rows vs "
+              f"{_fmt(summary['real_macro_f1'])} on the reference", no_feedback),
+    ]
+    return {"status": "judged", "rows": len(rows), "measures": {key: _plain(value) for key, value in measures.items()},
+            "checks": [asdict(item) for item in checks],
+            "failed": [item.problem() for item in checks if item.status == "failed"],
+            "variant": summary.get("variant"), "reference": reference.location}
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):.3f}"
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, store: ArtifactStore,
+        logical_date: str | None = None) -> Manifest:
+    settings = config.monitor
+    day = logical_day(logical_date) or dt.datetime.now(dt.UTC).date()
+    days = window(day, settings.window_days)
+    parts = log_parts(store, days)
+    feedback = feedback_runs(store, config, day.isoformat())
+    champion = model_registry.version_by_alias(config, model_registry.CHAMPION)
+    champion_version = str(champion.version) if champion else None
+    moment = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC) if logical_date else dt.datetime.now(dt.UTC)
+    # Only a breach within the cooldown changes this run's outcome (it holds a breach back).
+    near = breaches.blocking(store, moment, settings.cooldown_hours, exclude_run_id=run_id)
+    extra = {"parts": [(part["uri"], part["size"], part["stamp"]) for part in parts],
+             "feedback": [entry["fingerprint"] for entry in feedback], "champion": champion_version,
+             "cooldown_breach": near["id"] if near else None}
+    fingerprint = step_fingerprint(STEP, config, inputs, logical_date, (STEP, "mlflow"), extra)
+
+    def body(context: StepContext) -> None:
+        from tasks.monitoring.feedback import labelled_rows
+        from tasks.monitoring.predictions import read_parts
+        from tasks.monitoring.reference import NoReference, load_or_build
+        from tasks.monitoring.report import render_html, version_png
+        from tasks.monitoring.scorer import load_scorer
+
+        frame = read_parts(store, parts)
+        labelled = labelled_rows(store, feedback, settings.feedback_sources) if len(frame) else None
+        client = model_registry.client(config)
+        results: dict[str, dict[str, Any]] = {}
+        pictures = {}
+        for version, count in frame["model_version"].value_counts().items():
+            version = str(version)
+            if count < settings.min_rows:
+                results[version] = {"status": "skipped", "rows": int(count),
+                                    "reason": f"{count} predictions < monitor.min_rows={settings.min_rows}: not judged"}
+                continue
+            try:
+                model_version = client.get_model_version(config.mlflow.model_name, version)
+                scorer = load_scorer(config, version)
+                reference = load_or_build(config, store, scorer, model_version)
+            except NoReference as error:
+                results[version] = {"status": "skipped", "rows": int(count), "reason": str(error)}
+                continue
+            rows = frame[frame["model_version"] == version]
+            results[version] = judge(config, reference, scorer, rows, labelled)
+            picture = context.out_dir / f"monitor_v{version}.png"
+            version_png(reference, rows, version, picture, settings.confidence_bins)
+            context.add_output(f"plots_v{version}", picture.name, "report")
+            pictures[version] = picture
+            del scorer
+
+        judged = {version: result for version, result in results.items() if result["status"] == "judged"}
+        failed = [f"version {version}: {problem}" for version, result in judged.items() for problem in result["failed"]]
+        emitted = bool(failed) and near is None
+        breach = None
+        if failed:
+            breach = {"id": f"breach-{day.isoformat()}-{fingerprint.removeprefix('sha256:')[:10]}", "run_id": run_id,
+                      "logical_date": day.isoformat(), "at": moment.isoformat(),
+                      "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "reasons": failed,
+                      "versions": sorted(version for version, result in judged.items() if result["failed"]),
+                      "champion": champion_version, "emitted": emitted, "suppressed": None}
+            if near is not None:
+                breach["suppressed"] = (f"held back by the cooldown: breach {near['id']} (monitor day "
+                                        f"{near['logical_date']}) is {breaches.hours_apart(near, moment):.0f} h of data"
+                                        f" time away, within monitor.cooldown_hours={settings.cooldown_hours:g}")
+        primary = max(judged, key=lambda version: judged[version]["rows"], default=None)
+        if frame.empty:
+            verdict = "no predictions in the window"
+        elif primary is None:
+            verdict = "no version with enough predictions to judge"
+        elif breach is None:
+            verdict = "no breach"
+        elif emitted:
+            verdict = f"BREACH emitted ({breach['id']}): " + "; ".join(failed)
+        else:
+            verdict = f"breach {breach['suppressed']}: " + "; ".join(failed)
+        notes = [(f"window {days[0]}..{days[-1]}: {len(frame)} predictions in {len(parts)} part(s) of the prediction "
+                  f"log; {len(feedback)} run(s) of labelled feedback; champion {champion_version}")]
+        (context.out_dir / REPORT_FILE).write_text(render_html(f"freshet monitor, {day}", verdict, results, pictures,
+                                                               notes))
+        context.add_output("report", REPORT_FILE, "report")
+        document = {"verdict": verdict, "window": [str(days[0]), str(days[-1])], "versions": results, "breach": breach}
+        (context.out_dir / "monitor.json").write_text(json.dumps(document, indent=2, sort_keys=True, default=str))
+        context.add_output("monitor", "monitor.json", "report")
+        context.facts.update({"verdict": verdict, "window": [str(days[0]), str(days[-1])], "parts": len(parts),
+                              "predictions": len(frame), "feedback_runs": [entry["run_id"] for entry in feedback],
+                              "champion": champion_version, "primary_version": primary, "versions": results,
+                              "breach": breach, "breach_emitted": emitted,
+                              "served_versions": {str(k): int(v) for k, v in frame["model_version"].value_counts().items()},
+                              "endpoints": {str(k): int(v) for k, v in frame["endpoint"].value_counts().items()}
+                              if len(frame) else {}})
+        context.metrics.update({"predictions": len(frame), "versions_judged": len(judged), "breach": bool(failed),
+                                "breach_emitted": emitted})
+        if primary is not None:
+            measures = judged[primary]["measures"]
+            context.metrics.update({key: measures.get(key) for key in FLAT})
+            context.metrics["primary_version"] = int(primary) if primary.isdigit() else None
+        (log.warning if failed else log.info)("monitor %s: %s", day, verdict)
+
+    def track(manifest: Manifest) -> None:
+        import mlflow
+
+        for ref in manifest.outputs.values():
+            mlflow.log_artifact(str(store.local_path(ref.uri)), artifact_path="monitor")
+        for version, result in manifest.facts["versions"].items():
+            if result["status"] == "judged":
+                mlflow.log_metrics({f"v{version}.{key}": float(value) for key, value in result["measures"].items()
+                                    if isinstance(value, int | float) and not isinstance(value, bool)})
+        mlflow.set_tags({"freshet.monitor.verdict": manifest.facts["verdict"][:5000],
+                         "freshet.monitor.breach": (manifest.facts["breach"] or {}).get("id", "none"),
+                         "freshet.monitor.versions": ",".join(manifest.facts["versions"])})
+
+    manifest = execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
+                       config_sections=(STEP, "mlflow"), extra_fingerprint=extra, track=track)
+    if manifest.facts.get("breach_emitted"):
+        breaches.publish(store, manifest.facts["breach"])
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli(STEP, run, argv, __doc__)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

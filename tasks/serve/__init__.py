@@ -1,0 +1,7 @@
+"""`freshet serve` (`python -m tasks.serve --config F`): the HTTP server that follows `models:/<name>@champion`.
+
+`app.py` the FastAPI app, endpoints, limits and the command; `follower.py` alias resolution, background
+load and check, atomic swap; `batching.py` dynamic batching; `payloads.py` MLflow's scoring formats;
+`prediction_log.py` the day-partitioned Parquet log; `metrics.py` the Prometheus metrics. The page is
+docs/serving.md.
+"""

@@ -1,0 +1,3 @@
+from tasks.serve.app import main
+
+raise SystemExit(main())
