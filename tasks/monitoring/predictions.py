@@ -3,7 +3,8 @@
 The log is `<artifact_root>/predictions/date=YYYY-MM-DD/part-*.parquet` (tasks/serve/prediction_log.py
 owns the schema). Batch scoring adds its champion rows for the logical day it scored as one part named
 after its run, `part-batch-<run_id>.parquet`, after its manifest commits, so a rerun replaces its own part
-and never doubles it. The monitor reads the parts of its window as one table.
+and never doubles it. The monitor reads the parts of its window as one table; batch rows get every class's
+probability back from their scoring run's `predictions.parquet` (the log keeps the top one only).
 """
 
 from __future__ import annotations
@@ -103,3 +104,25 @@ def publish_batch(store: ArtifactStore, day: dt.date, run_id: str, rows: Sequenc
         local = Path(directory) / "part.parquet"
         pq.write_table(table, local)
         return put_file(store, local, FOLDER, f"date={day.isoformat()}", batch_part(run_id))
+
+
+def with_probabilities(store: ArtifactStore, frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with `probability.<label>` columns for its batch-scored rows, from each scoring run's
+    predictions (the same text scored by the same run has the same probabilities); served rows get none."""
+    from tasks.contract import read_manifest
+
+    if frame.empty or "endpoint" not in frame:
+        return frame
+    extra = []
+    for run_id in sorted(set(frame.loc[frame["endpoint"] == "batch", "request_id"].dropna())):
+        manifest = read_manifest(store, str(run_id), "score")
+        if manifest is None or "predictions" not in manifest.outputs:
+            continue
+        scored = pd.read_parquet(store.local_path(manifest.output("predictions").uri))
+        columns = [column for column in scored.columns if column.startswith("probability.")]
+        part = scored[["text_sha256", *columns]].drop_duplicates("text_sha256")
+        extra.append(part.assign(request_id=str(run_id)))
+    if not extra:
+        return frame
+    probabilities = pd.concat(extra, ignore_index=True)
+    return frame.merge(probabilities, on=["request_id", "text_sha256"], how="left")

@@ -3,8 +3,8 @@
 The version's source run (register's MLflow run) names the manifests it was built from
 (`freshet.manifest.<step>` tags); its clean manifest gives the day's dataset and the prior snapshots, so
 `tasks.records.evaluation_slices` yields the same frozen / fresh / old test rows the gate scored it on at
-promotion. Each row is scored by the version's serving model: predicted label, top-1 confidence and
-whether it was right, plus the text's length, its word OOV share against the version's training texts
+promotion. Each row is scored by the version's serving model: predicted label, every class's probability,
+top-1 confidence and whether it was right, plus the text's length, its word OOV share against the version's training texts
 (the train split of the same snapshots) and the tokenizer's unknown-token share.
 
 A version and its slices never change, so a reference is built once and cached in the artifact store at
@@ -16,7 +16,6 @@ version numbers gets its own).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +27,15 @@ from tasks import model_registry
 from tasks.config import PipelineConfig
 from tasks.manifest import Manifest, StepError
 from tasks.monitoring import drift
-from tasks.monitoring.estimate import MIN_SUPPORT, Calibration, estimate, fit_calibration
+from tasks.monitoring.estimate import (
+    MIN_SUPPORT,
+    Calibration,
+    ClassCalibration,
+    estimate,
+    estimate_from_probabilities,
+    fit_calibration,
+    fit_class_calibration,
+)
 from tasks.monitoring.scorer import Scorer
 from tasks.store import ArtifactStore
 
@@ -36,6 +43,8 @@ log = logging.getLogger("freshet.monitor.reference")
 FOLDER = ("state", "monitor", "reference")
 CLEAN_TAG = "freshet.manifest.clean"
 SAMPLE_SEED = 0
+FORMAT = 2  # a cached reference of another format is rebuilt
+PROBABILITY = "probability."
 
 
 class NoReference(StepError):
@@ -54,6 +63,19 @@ class Reference:
     @property
     def label_names(self) -> list[str]:
         return self.calibration.labels
+
+    @property
+    def truth(self) -> np.ndarray:
+        index = {label: position for position, label in enumerate(self.label_names)}
+        return np.asarray([index.get(label, -1) for label in self.rows["label"]], dtype=int)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return self.rows[[f"{PROBABILITY}{label}" for label in self.label_names]].to_numpy(dtype=float)
+
+    def class_calibration(self) -> ClassCalibration:
+        """Each class's probability calibrated one-vs-rest on the reference (CBPE with every probability)."""
+        return fit_class_calibration(self.truth, self.probabilities, self.label_names)
 
 
 def reference_key(config: PipelineConfig, model_version: Any) -> str:
@@ -124,6 +146,8 @@ def build(config: PipelineConfig, store: ArtifactStore, scorer: Scorer, model_ve
         "label": [str(row["label"]) for row in rows], "predicted": scored.labels,
         "confidence": scored.confidence, "correct": truth == predicted,
         "length": [len(text) for text in texts],
+        **{f"{PROBABILITY}{label}": scored.probabilities[:, position].astype(np.float64)
+           for position, label in enumerate(scorer.label_names)},
     })
     calibration = fit_calibration(truth, predicted, scored.confidence, scorer.label_names)
     from tasks.models.metrics import classification_metrics
@@ -136,6 +160,10 @@ def build(config: PipelineConfig, store: ArtifactStore, scorer: Scorer, model_ve
         "estimated": {key: value for key, value in estimate(calibration, predicted, scored.confidence,
                                                                MIN_SUPPORT).items()
                       if key in ("macro_f1", "accuracy", "rows")},
+        "estimated_from_probabilities": {
+            key: value for key, value in estimate_from_probabilities(
+                fit_class_calibration(truth, scored.probabilities, scorer.label_names), scored.probabilities).items()
+            if key in ("macro_f1", "accuracy", "rows")},
         "oov_rate": drift.oov_rate(texts, vocabulary),
         "unk_rate": drift.unk_rate(scorer.tokenizer, texts, scorer.max_length),
         "vocabulary_words": len(vocabulary),
@@ -151,7 +179,8 @@ def load_or_build(config: PipelineConfig, store: ArtifactStore, scorer: Scorer, 
     folder = (*FOLDER, f"v{model_version.version}-{reference_key(config, model_version)}")
     location = store.uri(*folder)
     cached = store.read_json(*folder, "reference.json")
-    if cached is not None and cached.get("reference_max_rows") == config.monitor.reference_max_rows:
+    if (cached is not None and cached.get("format") == FORMAT
+            and cached.get("reference_max_rows") == config.monitor.reference_max_rows):
         rows = pd.read_parquet(store.local_path(store.uri(*folder, "reference.parquet")))
         calibration = Calibration(np.asarray(cached["calibration"]["thresholds"]),
                                   np.asarray(cached["calibration"]["values"]),
@@ -173,10 +202,8 @@ def load_or_build(config: PipelineConfig, store: ArtifactStore, scorer: Scorer, 
     # The JSON last: a reference without it is rebuilt, so a half-written cache is never read.
     store.write_json({"summary": reference.summary, "calibration": reference.calibration.to_dict(),
                       "vocabulary": sorted(reference.vocabulary),
-                      "reference_max_rows": config.monitor.reference_max_rows}, *folder, "reference.json")
+                      "reference_max_rows": config.monitor.reference_max_rows, "format": FORMAT},
+                     *folder, "reference.json")
     reference.location = location
     return reference
 
-
-def summary_json(reference: Reference) -> str:
-    return json.dumps(reference.summary, indent=2, sort_keys=True, default=str)

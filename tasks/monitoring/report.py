@@ -62,7 +62,7 @@ def version_png(reference: Reference, production: pd.DataFrame, version: str, pa
 
     axis = axes[1][1]
     grid = np.linspace(0, 1, 101)
-    axis.plot(grid, reference.calibration.calibrate(grid), label="isotonic calibration")
+    axis.plot(grid, reference.calibration.calibrate(grid), label="isotonic calibration (top-1)")
     buckets = np.clip((ref["confidence"].to_numpy() * 10).astype(int), 0, 9)
     observed = [(float(ref["confidence"][buckets == b].mean()), float(ref["correct"][buckets == b].mean()))
                 for b in range(10) if (buckets == b).any()]
@@ -70,7 +70,7 @@ def version_png(reference: Reference, production: pd.DataFrame, version: str, pa
     axis.plot([0, 1], [0, 1], color="#bbb", linewidth=0.8)
     axis.set_xlabel("confidence")
     axis.set_ylabel("P(correct)")
-    axis.set_title("calibration on the reference")
+    axis.set_title("top-1 confidence vs accuracy on the reference")
     axis.legend(fontsize=7)
     figure.suptitle(f"version {version}: production vs its reference")
     figure.tight_layout()
