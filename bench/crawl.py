@@ -35,7 +35,8 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from tasks.demo.corpus import synthetic_corpus, write_corpus
+    from tasks.demo.corpus import write_corpus
+    from tests.corpus_support import synthetic_corpus
 
     work = Path(tempfile.mkdtemp(prefix="freshet-bench-crawl-"))
     corpus = work / "corpus.jsonl"

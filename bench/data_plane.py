@@ -30,7 +30,8 @@ FAULTS = {"markup": 0.005, "too_short": 0.003, "duplicate_id": 0.002, "duplicate
 
 
 def corpus_rows(labels: list[str]) -> list[dict[str, str]]:
-    from tasks.demo.corpus import CorpusError, parse_debian_packages, read_apt_packages, synthetic_corpus
+    from tasks.demo.corpus import CorpusError, parse_debian_packages, read_apt_packages
+    from tests.corpus_support import synthetic_corpus
 
     try:
         rows = [row for row in parse_debian_packages(read_apt_packages()) if row["label"] in set(labels)]

@@ -263,7 +263,7 @@ def main() -> int:
 
     from tasks import model_registry
     from tasks.config import load_config
-    from tasks.demo.corpus import synthetic_corpus
+    from tests.corpus_support import synthetic_corpus
 
     work = Path(args.work or tempfile.mkdtemp(prefix="freshet-bench-serve-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,7 @@ def load_rows(corpus: Path, count: int, fixed_words: int | None = None) -> list[
     import random
 
     if str(corpus) == "synthetic":  # no corpus on the machine (a lent GPU box): the demo's toy rows
-        from tasks.demo.corpus import synthetic_corpus
+        from tests.corpus_support import synthetic_corpus
 
         return load_rows_from(synthetic_corpus(count, LABELS, seed=0), count, fixed_words)
     rows = [json.loads(line) for line in corpus.read_text().splitlines() if line.strip()]

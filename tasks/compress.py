@@ -32,7 +32,7 @@ import mlflow
 
 from tasks.config import PipelineConfig
 from tasks.contract import StepContext, cli, execute
-from tasks.gate_policy import Verdict, judge_compressed
+from tasks.gate_policy import final_verdict, judge_compressed
 from tasks.manifest import Manifest, StepError
 from tasks.models.families import LayerCopyNotApplicable
 from tasks.models.metrics import score
@@ -317,12 +317,7 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
                 "labels": [labels[int(index)] for index in expected.label_ids],
                 "probabilities": expected.probabilities.astype(float).tolist()}))
             context.add_output("serving_sample", "serving_sample.json", "report", rows=len(rows))
-        candidate_gate = context.input("evaluate").facts["gate"]
-        final = Verdict.model_validate({"passed": candidate_gate["passed"], "checks": candidate_gate["checks"] + [
-            check.model_dump() for check in checks]})
-        # A compressed variant that fails its re-gate does not reject the candidate: fp32 is served.
-        gate = final.summary() | {"passed": candidate_gate["passed"], "reasons": candidate_gate["reasons"],
-                                  "serving_variant": serving_variant}
+        gate = final_verdict(context.input("evaluate").facts["gate"], checks, serving_variant)
         (context.out_dir / "compression.json").write_text(json.dumps(
             {"variants": variants, "serving_variant": serving_variant, "serving_artifact": serving_artifact,
              "serving_model": serving_model}, indent=2))

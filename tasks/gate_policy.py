@@ -249,3 +249,13 @@ def judge_compressed(policy: GatePolicy, compressed: SliceMetrics, uncompressed:
         checks.append(_check(f"compressed_drop:{variant}:{slice_name}.{metric}", drop, policy.max_compressed_drop, "<=",
                              f"{variant} {slice_name}.{metric} drop vs fp32"))
     return Verdict(passed=all(check.verdict != "fail" for check in checks), checks=checks)
+
+
+def final_verdict(candidate: Mapping[str, Any], compressed_checks: Sequence[Check], serving_variant: str) -> dict[str, Any]:
+    """The verdict the `gate` task reads: the candidate's own (evaluate) with every compressed variant's
+    re-gate checks listed beside it. Only the candidate's checks decide: a compressed variant that fails its
+    re-gate does not reject the candidate, fp32 is served instead (compress chose `serving_variant`)."""
+    listed = Verdict.model_validate({"passed": candidate["passed"], "checks": [
+        *candidate["checks"], *(check.model_dump() for check in compressed_checks)]})
+    return listed.summary() | {"passed": candidate["passed"], "reasons": candidate["reasons"],
+                               "serving_variant": serving_variant}

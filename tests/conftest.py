@@ -5,9 +5,14 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tasks.demo.site import DemoSite
 
 REPO = Path(__file__).resolve().parents[1]
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="freshet-test-airflow-")
@@ -44,33 +49,83 @@ def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
 
 
+# ------------------------------------------------------------------------ a site to crawl, and the crawl
+
+@pytest.fixture()
+def pauses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Backoff and pacing delays the crawler asked for; recorded instead of slept."""
+    from tasks.sources import fetch
+
+    recorded: list[float] = []
+    monkeypatch.setattr(fetch, "pause", recorded.append)
+    return recorded
+
+
+@pytest.fixture()
+def corpus_rows() -> list[dict[str, str]]:
+    """The labelled rows the `site` fixture publishes; a module overrides this for another size or seed."""
+    from tests.corpus_support import synthetic_corpus
+
+    return synthetic_corpus(90, ["alpha", "beta", "gamma"], seed=0)
+
+
+@pytest.fixture()
+def site_days() -> int:
+    """Days the `site` fixture publishes after its first (tests.corpus_support.SITE_START)."""
+    return 3
+
+
+@pytest.fixture()
+def corpus_path(tmp_path: Path, corpus_rows: list[dict[str, str]]) -> Path:
+    from tasks.demo.corpus import write_corpus
+
+    path = tmp_path / "corpus.jsonl"
+    write_corpus(corpus_rows, path)
+    return path
+
+
+@pytest.fixture()
+def site(corpus_path: Path, site_days: int) -> Iterator[DemoSite]:
+    """The demo's site on loopback: half the corpus on day 0, the rest over `site_days` days."""
+    from tasks.demo.site import serve
+    from tests.corpus_support import SITE_START
+
+    with serve(corpus_path, SITE_START, site_days, initial_fraction=0.5) as started:
+        yield started
+
+
+@pytest.fixture()
+def kill_html_crawl(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], Callable[[], None]]:
+    """kill_html_crawl(n): the HTML crawl raises KeyboardInterrupt at its n-th page, as if the worker were
+    killed mid-crawl; the returned function lets the next crawl run normally again."""
+    from tasks.sources.html_site import HtmlSiteCrawl
+
+    real_crawl_page = HtmlSiteCrawl.crawl_page
+
+    def arm(at_page: int) -> Callable[[], None]:
+        calls = {"count": 0}
+
+        def dies_at_page(self: HtmlSiteCrawl, url: str, depth: int) -> None:
+            calls["count"] += 1
+            if calls["count"] == at_page:
+                raise KeyboardInterrupt
+            real_crawl_page(self, url, depth)
+
+        monkeypatch.setattr(HtmlSiteCrawl, "crawl_page", dies_at_page)
+        return lambda: monkeypatch.setattr(HtmlSiteCrawl, "crawl_page", real_crawl_page)
+
+    return arm
+
+
 # ----------------------------------------------------------------- the model steps, run once per session
-
-
-def run_model_steps(config, store, run_id, day, upstream):
-    """train -> evaluate -> compress -> register -> promote for one run, on tiny data."""
-    from tasks import compress, evaluate, promote, register, train
-
-    manifests = dict(upstream)
-    manifests["train"] = train.run(config, {"augment": upstream["augment"], "clean": upstream["clean"]},
-                                   run_id=run_id, store=store, logical_date=day)
-    manifests["evaluate"] = evaluate.run(config, {"train": manifests["train"], "clean": upstream["clean"]},
-                                         run_id=run_id, store=store, logical_date=day)
-    manifests["compress"] = compress.run(config, {k: manifests[k] for k in ("train", "evaluate", "clean")},
-                                         run_id=run_id, store=store, logical_date=day)
-    manifests["register"] = register.run(config, {k: manifests[k] for k in ("train", "evaluate", "compress", "validate", "clean")},
-                                         run_id=run_id, store=store, logical_date=day)
-    manifests["promote"] = promote.run(config, {"register": manifests["register"]}, run_id=run_id, store=store,
-                                       logical_date=day)
-    return manifests
 
 
 @pytest.fixture(scope="session")
 def two_rounds(tmp_path_factory):
     """Two rounds of the model steps on a tiny BERT: the first makes a champion, the second warm-starts from it."""
-    from tasks.demo.corpus import synthetic_corpus
     from tasks.store import ArtifactStore
-    from tests.pipeline_support import LABELS, fake_upstream, tiny_config
+    from tests.corpus_support import synthetic_corpus
+    from tests.pipeline_support import LABELS, fake_upstream, run_model_steps, tiny_config
 
     root = tmp_path_factory.mktemp("model_steps")
     config = tiny_config(root)

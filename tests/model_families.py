@@ -178,7 +178,7 @@ def wrap_tokenizer(tokenizer, style: str, *, pad: bool = True, model_max_length:
 
 
 def corpus_texts() -> list[str]:
-    from tasks.demo.corpus import synthetic_corpus
+    from tests.corpus_support import synthetic_corpus
 
     labels = ["alpha", "beta", "gamma", "delta", "billing", "bug", "praise"]
     return [row["text"] for row in synthetic_corpus(800, labels, seed=11)] + [

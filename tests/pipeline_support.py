@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tasks import compress, evaluate, promote, register, train
 from tasks.config import PipelineConfig
 from tasks.contract import StepContext, execute
 from tasks.records import RECORD_SCHEMA, split_of, write_parquet
@@ -83,3 +84,22 @@ def dataset_inputs(run) -> dict[str, tuple[str, str, str, str]]:
         inputs[tags["mlflow.data.context"]] = (item.dataset.name, item.dataset.source, item.dataset.digest,
                                                tags["freshet.digest"])
     return inputs
+
+
+def run_model_steps(config, store, run_id, day, upstream, *, gated: bool = False):
+    """train -> evaluate -> compress -> register -> promote for one run, on tiny data; `gated`: promote only
+    when the gate passed, as the DAG does (otherwise every candidate is promoted)."""
+    manifests = dict(upstream)
+    manifests["train"] = train.run(config, {"augment": upstream["augment"], "clean": upstream["clean"]},
+                                   run_id=run_id, store=store, logical_date=day)
+    manifests["evaluate"] = evaluate.run(config, {"train": manifests["train"], "clean": upstream["clean"]},
+                                         run_id=run_id, store=store, logical_date=day)
+    manifests["compress"] = compress.run(config, {k: manifests[k] for k in ("train", "evaluate", "clean")},
+                                         run_id=run_id, store=store, logical_date=day)
+    manifests["register"] = register.run(config, {k: manifests[k] for k in ("train", "evaluate", "compress", "validate", "clean")},
+                                         run_id=run_id, store=store, logical_date=day)
+    if gated and not manifests["compress"].facts["gate"]["passed"]:
+        return manifests
+    manifests["promote"] = promote.run(config, {"register": manifests["register"]}, run_id=run_id, store=store,
+                                       logical_date=day)
+    return manifests

@@ -80,6 +80,24 @@ def test_nothing_outside_the_demo_package_imports_it():
     assert {name: targets for name, targets in importers.items() if targets} == {}
 
 
+def test_tests_reach_the_demo_only_to_test_it_or_to_crawl_its_site():
+    # A test that needs labelled texts builds them with tests/corpus_support.py; the demo's site (and the
+    # corpus file it serves) is the one demo part other tests may use, as a real site to crawl.
+    crawl_target = {"tasks.demo.site", "tasks.demo.corpus.write_corpus"}
+    demo_tests = {"test_demo_corpus.py", "test_demo_runner.py", "test_demo_site.py", "test_learning_curve.py",
+                  "test_pipeline_e2e.py"}
+    reached = {}
+    for path in sorted((REPO / "tests").glob("*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tasks.demo"):
+                names |= {node.module if node.module == "tasks.demo.site" else f"{node.module}.{alias.name}"
+                          for alias in node.names}
+        if path.name not in demo_tests and names - crawl_target:
+            reached[path.name] = sorted(names - crawl_target)
+    assert reached == {}
+
+
 def test_every_registered_step_is_a_module_with_run_and_main():
     for step in STEPS:
         module = importlib.import_module(step.module)

@@ -10,10 +10,10 @@ import signal
 import pytest
 import torch
 
-from tasks.demo.corpus import synthetic_corpus
 from tasks.models.build import build_model, load_tokenizer
 from tasks.train import TrainingData, fit
 from tasks.training.cpu_dropout import ATTENTION, CpuDropout, MaskStream, use_fast_cpu_dropout
+from tests.corpus_support import synthetic_corpus
 from tests.pipeline_support import CPU, LABELS, max_difference, tiny_config
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,44 +22,23 @@ import yaml
 from tasks import crawl
 from tasks.config import PipelineConfig
 from tasks.contract import read_manifest
-from tasks.demo.corpus import synthetic_corpus, write_corpus
-from tasks.demo.site import PRIVATE_PATH, DemoSite, serve
+from tasks.demo.site import PRIVATE_PATH, DemoSite
 from tasks.manifest import Manifest, StepError
 from tasks.records import read_rows
-from tasks.sources import fetch
 from tasks.sources.fetch import address_refusal
 from tasks.store import ArtifactStore
+from tests.corpus_support import SITE_START
 
 LABELS = ["alpha", "beta", "gamma"]
-START = dt.date(2025, 1, 1)
-DAYS = 3
+START = SITE_START
+DAYS = 3  # the `site` fixture's days (conftest.py)
 # A public address literal: the guard accepts it without DNS, and MockTransport never connects.
 PUBLIC_BASE = "http://93.184.215.14/"
 NDJSON = "application/x-ndjson"
 
 
-# ------------------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(autouse=True)
-def pauses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Backoff and pacing delays the crawler asked for; recorded instead of slept."""
-    recorded: list[float] = []
-    monkeypatch.setattr(fetch, "pause", recorded.append)
-    return recorded
-
-
-@pytest.fixture()
-def corpus_path(tmp_path: Path) -> Path:
-    path = tmp_path / "corpus.jsonl"
-    write_corpus(synthetic_corpus(90, LABELS, seed=0), path)
-    return path
-
-
-@pytest.fixture()
-def site(corpus_path: Path) -> Iterator[DemoSite]:
-    with serve(corpus_path, START, DAYS, initial_fraction=0.5) as started:
-        yield started
+# The `site`, `corpus_path` and `pauses` fixtures are in conftest.py; no test here sleeps.
+pytestmark = pytest.mark.usefixtures("pauses")
 
 
 def make_config(tmp_path: Path, mlflow_uri: str, sources: Sequence[dict[str, Any]], **crawl_settings: Any

@@ -14,7 +14,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,7 +28,6 @@ from tasks.contract import read_manifest
 from tasks.manifest import Manifest, StepError
 from tasks.records import read_rows
 from tasks.sources import fetch
-from tasks.sources import html_site as html_crawler
 from tasks.sources.session import SourceSession
 from tasks.store import ArtifactStore
 
@@ -148,9 +147,7 @@ def bad_pages() -> dict[str, Page]:
     }
 
 
-@pytest.fixture(autouse=True)
-def no_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fetch, "pause", lambda seconds: None)
+pytestmark = pytest.mark.usefixtures("pauses")  # conftest.py: delays recorded, never slept
 
 
 @pytest.fixture()
@@ -392,30 +389,21 @@ def test_the_guard_rechecks_the_connected_address_through_the_deadline_transport
 # ------------------------------------------------------------------------------------- checkpoints
 
 
-def test_a_crawl_killed_halfway_resumes_from_its_checkpoint(tmp_path: Path, mlflow_uri: str,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_crawl_killed_halfway_resumes_from_its_checkpoint(
+        tmp_path: Path, mlflow_uri: str, kill_html_crawl: Callable[[int], Callable[[], None]]) -> None:
     pages = {f"/page-{number}.html": Page(article(f"article number {number}", ["alpha", "beta"][number % 2]))
              for number in range(8)}
     site = BadPagesSite(pages)
     try:
         config = make_config(tmp_path, mlflow_uri, site.url, checkpoint_every_pages=1)
         store = ArtifactStore(config.artifact_root)
-        real_crawl_page = html_crawler.HtmlSiteCrawl.crawl_page
-        calls = {"count": 0}
-
-        def dies_halfway(self: html_crawler.HtmlSiteCrawl, url: str, depth: int) -> None:
-            calls["count"] += 1
-            if calls["count"] == 5:
-                raise KeyboardInterrupt  # as if the worker were killed mid-crawl
-            real_crawl_page(self, url, depth)
-
-        monkeypatch.setattr(html_crawler.HtmlSiteCrawl, "crawl_page", dies_halfway)
+        revive = kill_html_crawl(5)
         with pytest.raises(KeyboardInterrupt):
             crawl.run(config, {}, run_id="day-1", store=store, logical_date=LOGICAL_DATE)
         assert read_manifest(store, "day-1", "crawl") is None
         done_before = {path for path, count in site.requests.items() if path.startswith("/page-") and count}
         assert len(done_before) == 4
-        monkeypatch.setattr(html_crawler.HtmlSiteCrawl, "crawl_page", real_crawl_page)
+        revive()
 
         manifest, rows, report = run_crawl(config, "day-1")  # the retry of the killed run
     finally:

@@ -19,9 +19,9 @@ import yaml
 from safetensors.torch import load_file
 
 from tasks.contract import read_manifest
-from tasks.demo.corpus import synthetic_corpus
 from tasks.store import ArtifactStore
 from tests.conftest import REPO
+from tests.corpus_support import synthetic_corpus
 from tests.pipeline_support import LABELS, fake_upstream, max_difference, tiny_config
 
 pytestmark = pytest.mark.slow

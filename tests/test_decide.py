@@ -51,7 +51,7 @@ def decide_for(config, store, run_id, day, upstream, champion=True):
 
 
 def test_new_rows_add_up_over_skipped_days_and_backfill_sees_only_its_past(tmp_path):
-    from tasks.demo.corpus import synthetic_corpus
+    from tests.corpus_support import synthetic_corpus
 
     config = with_schedule(tiny_config(tmp_path), min_new_rows=100, retrain_on_psi=0.1)
     store = ArtifactStore(config.artifact_root)
@@ -88,7 +88,7 @@ def test_new_rows_add_up_over_skipped_days_and_backfill_sees_only_its_past(tmp_p
 
 def test_drift_trains_on_few_rows_and_the_manifest_records_why(tmp_path):
     from tasks.contract import read_manifest
-    from tasks.demo.corpus import synthetic_corpus
+    from tests.corpus_support import synthetic_corpus
 
     config = with_schedule(tiny_config(tmp_path), min_new_rows=100, retrain_on_psi=0.1)
     store = ArtifactStore(config.artifact_root)

@@ -1,4 +1,4 @@
-"""tasks.demo.corpus: Debian control-file parsing, corpus building and the synthetic corpus."""
+"""tasks.demo.corpus: Debian control-file parsing and corpus building."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from tasks.demo.corpus import (
     parse_debian_packages,
     parse_debian_translations,
     stratified_sample,
-    synthetic_corpus,
 )
 
 PACKAGES = """\
@@ -133,25 +132,3 @@ def test_empty_apt_index_tells_the_user_to_run_apt_get_update(monkeypatch: pytes
 def test_long_text_without_translation_lists_names_the_apt_command(tmp_path: Path) -> None:
     with pytest.raises(CorpusError, match=r"apt-get update -o Acquire::Languages=en"):
         demo_corpus.read_apt_translations(lists_dir=tmp_path)
-
-
-def test_synthetic_corpus_is_deterministic_balanced_and_learnable() -> None:
-    labels = ["alpha", "beta", "gamma"]
-    rows = synthetic_corpus(31, labels, seed=7)
-    assert rows == synthetic_corpus(31, labels, seed=7)
-    assert rows != synthetic_corpus(31, labels, seed=8)
-    assert [row["id"] for row in rows] == [f"syn-{index:06d}" for index in range(31)]
-    counts = Counter(row["label"] for row in rows)
-    assert max(counts.values()) - min(counts.values()) <= 1
-    for row in rows:
-        # Every text carries words only its own label uses.
-        indicative = {word for word in row["text"].split() if word.rstrip("0123456789") in labels}
-        assert indicative and all(word.startswith(row["label"]) for word in indicative)
-
-
-def test_cli_writes_a_synthetic_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "synthetic.jsonl"
-    assert demo_corpus.main(["--out", str(out), "--labels", "alpha,beta", "--synthetic", "10"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["rows"] == 10 and summary["labels"] == {"alpha": 5, "beta": 5}
-    assert len(out.read_text().splitlines()) == 10

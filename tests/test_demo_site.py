@@ -14,25 +14,23 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tasks.demo.corpus import synthetic_corpus, write_corpus
 from tasks.demo.site import PRIVATE_PATH, DemoSite, publication_day, serve
+from tests.corpus_support import SITE_START, synthetic_corpus
 
-START = dt.date(2025, 1, 1)
+START = SITE_START
 DAYS = 4
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 
 
+# `site` and `corpus_path` are conftest.py's, over these rows and days.
 @pytest.fixture()
-def corpus_path(tmp_path: Path) -> Path:
-    path = tmp_path / "corpus.jsonl"
-    write_corpus(synthetic_corpus(200, ["alpha", "beta", "gamma"], seed=1), path)
-    return path
+def corpus_rows() -> list[dict[str, str]]:
+    return synthetic_corpus(200, ["alpha", "beta", "gamma"], seed=1)
 
 
 @pytest.fixture()
-def site(corpus_path: Path) -> Iterator[DemoSite]:
-    with serve(corpus_path, START, DAYS, initial_fraction=0.5) as started:
-        yield started
+def site_days() -> int:
+    return DAYS
 
 
 @pytest.fixture()

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from tasks.demo.corpus import synthetic_corpus
 from tasks.models.build import build_model, load_tokenizer
 from tasks.train import TrainingData, fit
 from tasks.training.embedding_rows import RowSparseEmbeddingGradient
+from tests.corpus_support import synthetic_corpus
 from tests.pipeline_support import CPU, LABELS, max_difference, tiny_config
 
 # Words only one step reads: rows a step wrote and the next does not touch must be cleared.

@@ -7,11 +7,11 @@ import pytest
 
 from tasks import clean, inbox, validate
 from tasks.contract import StepContext, execute
-from tasks.demo.corpus import synthetic_corpus
 from tasks.manifest import StepError
 from tasks.records import RECORD_SCHEMA, content_hash, read_rows, write_parquet
 from tasks.snapshots import read_history
 from tasks.store import ArtifactStore
+from tests.corpus_support import synthetic_corpus
 from tests.pipeline_support import LABELS, tiny_config
 
 

@@ -24,13 +24,14 @@ import yaml
 from tasks import model_registry
 from tasks.config import load_config
 from tasks.contract import FAULT_DRILL, read_manifest
-from tasks.demo.corpus import synthetic_corpus, write_corpus
+from tasks.demo.corpus import write_corpus
 from tasks.demo.site import serve
 from tasks.pipeline import STEPS
 from tasks.records import read_rows
 from tasks.snapshots import read_history
 from tasks.store import ArtifactStore
 from tests.conftest import REPO
+from tests.corpus_support import synthetic_corpus
 
 pytestmark = pytest.mark.slow
 LABELS = ["alpha", "beta", "gamma"]

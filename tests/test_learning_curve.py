@@ -7,12 +7,12 @@ import csv
 
 import pytest
 
-from tasks import compress, decide, evaluate, promote, register, train
+from tasks import decide
 from tasks.config import CompressConfig, ScheduleConfig
 from tasks.demo import learning_curve
-from tasks.demo.corpus import synthetic_corpus
 from tasks.store import ArtifactStore
-from tests.pipeline_support import LABELS, tiny_config
+from tests.corpus_support import synthetic_corpus
+from tests.pipeline_support import LABELS, run_model_steps, tiny_config
 from tests.schedule_support import ingest
 
 DAYS = {"run-1": "2026-11-01", "run-2": "2026-11-02", "run-3": "2026-11-03"}
@@ -21,18 +21,8 @@ DAYS = {"run-1": "2026-11-01", "run-2": "2026-11-02", "run-3": "2026-11-03"}
 def run_day(config, store, run_id, day, rows):
     manifests = ingest(config, store, run_id, day, rows)
     decision = decide.run(config, {"validate": manifests["validate"]}, run_id=run_id, store=store, logical_date=day)
-    if not decision.facts["train"]:
-        return
-    manifests["train"] = train.run(config, {"augment": manifests["augment"], "clean": manifests["clean"]},
-                                   run_id=run_id, store=store, logical_date=day)
-    manifests["evaluate"] = evaluate.run(config, {"train": manifests["train"], "clean": manifests["clean"]},
-                                         run_id=run_id, store=store, logical_date=day)
-    manifests["compress"] = compress.run(config, {k: manifests[k] for k in ("train", "evaluate", "clean")},
-                                         run_id=run_id, store=store, logical_date=day)
-    manifests["register"] = register.run(config, {k: manifests[k] for k in ("train", "evaluate", "compress", "validate", "clean")},
-                                         run_id=run_id, store=store, logical_date=day)
-    if manifests["compress"].facts["gate"]["passed"]:  # the DAG's gate skips promote otherwise
-        promote.run(config, {"register": manifests["register"]}, run_id=run_id, store=store, logical_date=day)
+    if decision.facts["train"]:
+        run_model_steps(config, store, run_id, day, manifests, gated=True)
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ import yaml
 
 from tasks.config import PipelineConfig
 from tasks.contract import read_manifest
-from tasks.demo.corpus import synthetic_corpus
 from tasks.store import ArtifactStore
 from tests.conftest import REPO
+from tests.corpus_support import synthetic_corpus
 from tests.model_families import FAMILIES, build_family_dir
 from tests.pipeline_support import LABELS, fake_upstream, tiny_config
 

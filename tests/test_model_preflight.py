@@ -204,9 +204,9 @@ def test_a_failed_training_preflight_loses_nothing_crawled_or_registered(tmp_pat
     """The train step stops before training; the accepted snapshot and its manifests stay, nothing is registered."""
     from tasks import model_registry, train
     from tasks.contract import read_manifest
-    from tasks.demo.corpus import synthetic_corpus
     from tasks.snapshots import read_history
     from tasks.store import ArtifactStore
+    from tests.corpus_support import synthetic_corpus
     from tests.pipeline_support import fake_upstream
 
     directory = build_headless_architecture(tmp_path / "marian")

@@ -43,8 +43,7 @@ def one_day(config, store, day: str, rows, suffix: str = "") -> dict:
 
 @pytest.fixture(scope="module")
 def production(tmp_path_factory):
-    from tests.conftest import run_model_steps
-    from tests.pipeline_support import fake_upstream
+    from tests.pipeline_support import fake_upstream, run_model_steps
     from tests.schedule_support import ingest
 
     root = tmp_path_factory.mktemp("monitored")

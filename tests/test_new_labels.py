@@ -11,13 +11,12 @@ import pytest
 
 from tasks import validate
 from tasks.config import PipelineConfig
-from tasks.demo.corpus import synthetic_corpus
 from tasks.label_set import extend_labels
 from tasks.models.metrics import in_label_space
 from tasks.records import read_rows
 from tasks.store import ArtifactStore
-from tests.conftest import run_model_steps
-from tests.pipeline_support import LABELS, fake_upstream, tiny_config
+from tests.corpus_support import synthetic_corpus
+from tests.pipeline_support import LABELS, fake_upstream, run_model_steps, tiny_config
 from tests.test_validate import REFERENCE, crawl_manifest, make_config, record, sized_text
 
 NEW = "delta"

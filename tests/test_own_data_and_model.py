@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from tasks.demo.corpus import synthetic_corpus
 from tests.conftest import REPO
+from tests.corpus_support import synthetic_corpus
 from tests.model_families import build_family_dir
 
 pytestmark = pytest.mark.slow

@@ -18,9 +18,9 @@ import time
 import pytest
 import yaml
 
-from tasks.demo.corpus import synthetic_corpus
 from tasks.demo.runner import airflow_env
 from tasks.demo.site import serve
+from tests.corpus_support import synthetic_corpus
 
 pytestmark = pytest.mark.slow
 LABELS = ["alpha", "beta", "gamma"]

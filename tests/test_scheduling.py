@@ -29,9 +29,9 @@ from tests.pipeline_support import LABELS, tiny_config
 def test_watcher_sees_pages_the_crawler_has_not_fetched(tmp_path):
     from tasks import crawl
     from tasks.config import PipelineConfig
-    from tasks.demo.corpus import synthetic_corpus
     from tasks.demo.site import serve
     from tasks.sources.watch import pending_pages
+    from tests.corpus_support import synthetic_corpus
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(row) + "\n" for row in synthetic_corpus(60, LABELS, seed=2)))
@@ -103,10 +103,10 @@ def test_watch_dag_records_an_asset_event_only_when_a_page_is_new(tmp_path, monk
     from freshet_airflow import schedule
     from tasks import crawl
     from tasks.config import PipelineConfig
-    from tasks.demo.corpus import synthetic_corpus
     from tasks.demo.site import serve
     from tests.airflow_support import migrate_airflow_db
     from tests.conftest import REPO
+    from tests.corpus_support import synthetic_corpus
 
     migrate_airflow_db()
     corpus = tmp_path / "corpus.jsonl"

@@ -32,10 +32,10 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tasks.demo.corpus import synthetic_corpus
 from tasks.demo.site import serve
 from tests import services
 from tests.conftest import REPO
+from tests.corpus_support import synthetic_corpus
 
 pytestmark = pytest.mark.slow
 LABELS = ["alpha", "beta", "gamma"]

@@ -13,7 +13,7 @@ import gzip
 import json
 import lzma
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,16 +26,14 @@ import pytest
 from tasks import crawl
 from tasks.config import ConfigError, PipelineConfig, load_config
 from tasks.contract import read_manifest
-from tasks.demo.corpus import synthetic_corpus, write_corpus
-from tasks.demo.site import PRIVATE_HTML_PATH, DemoSite, page_path, serve
+from tasks.demo.site import PRIVATE_HTML_PATH, DemoSite, page_path
 from tasks.manifest import Manifest, StepError
 from tasks.records import read_rows
-from tasks.sources import fetch
-from tasks.sources import html_site as crawl_sources
 from tasks.store import ArtifactStore
+from tests.corpus_support import SITE_START, synthetic_corpus
 
 LABELS = ["alpha", "beta", "gamma"]
-START = dt.date(2025, 1, 1)
+START = SITE_START
 DAYS = 3
 
 
@@ -46,22 +44,13 @@ def day(number: int) -> dt.date:
 # ------------------------------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(autouse=True)
-def no_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fetch, "pause", lambda seconds: None)
+# The `site` (over these rows), `corpus_path` and `pauses` fixtures are in conftest.py; no test here sleeps.
+pytestmark = pytest.mark.usefixtures("pauses")
 
 
 @pytest.fixture()
-def corpus_path(tmp_path: Path) -> Path:
-    path = tmp_path / "corpus.jsonl"
-    write_corpus(synthetic_corpus(60, LABELS, seed=3), path)
-    return path
-
-
-@pytest.fixture()
-def site(corpus_path: Path) -> Iterator[DemoSite]:
-    with serve(corpus_path, START, DAYS, initial_fraction=0.5) as started:
-        yield started
+def corpus_rows() -> list[dict[str, str]]:
+    return synthetic_corpus(60, LABELS, seed=3)
 
 
 class StaticSite:
@@ -478,23 +467,14 @@ def test_transfer_encoding_is_decoded_under_the_byte_cap(tmp_path: Path, mlflow_
 
 
 def test_html_crawl_killed_halfway_then_rerun_loses_and_duplicates_nothing(
-        tmp_path: Path, mlflow_uri: str, site: DemoSite, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, mlflow_uri: str, site: DemoSite, kill_html_crawl: Callable[[int], Callable[[], None]]) -> None:
     config = make_config(tmp_path, mlflow_uri, {"name": "pages", "url": site.url, **HTML_DEMO})
     store = ArtifactStore(config.artifact_root)
-    real_crawl_page = crawl_sources.HtmlSiteCrawl.crawl_page
-    calls = {"count": 0}
-
-    def dies_halfway(self: crawl_sources.HtmlSiteCrawl, url: str, depth: int) -> None:
-        calls["count"] += 1
-        if calls["count"] == 10:
-            raise KeyboardInterrupt  # as if the worker were killed mid-crawl
-        real_crawl_page(self, url, depth)
-
-    monkeypatch.setattr(crawl_sources.HtmlSiteCrawl, "crawl_page", dies_halfway)
+    revive = kill_html_crawl(10)
     with pytest.raises(KeyboardInterrupt):
         crawl.run(config, {}, run_id="day-1", store=store, logical_date=day(1).isoformat())
     assert read_manifest(store, "day-1", "crawl") is None and store.read_json("state", "crawl", "pages.json") is None
-    monkeypatch.setattr(crawl_sources.HtmlSiteCrawl, "crawl_page", real_crawl_page)
+    revive()
 
     _, first, _ = run_crawl(config, "day-1", day(1))  # the retry of the killed run
     _, second, _ = run_crawl(config, "day-2", day(2))

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from tasks.contract import read_manifest
-from tasks.demo.corpus import synthetic_corpus
 from tasks.models.inference import predict
 from tasks.records import read_rows
 from tasks.store import ArtifactStore
 from tasks.train import fit, gather_training_data
+from tests.corpus_support import synthetic_corpus
 from tests.pipeline_support import CPU, LABELS, fake_upstream, tiny_config
 
 NEW_CUES = {"alpha": "river", "beta": "stone", "gamma": "cloud"}

@@ -8,11 +8,11 @@ import torch
 import yaml
 
 from tasks.contract import read_manifest
-from tasks.demo.corpus import synthetic_corpus
 from tasks.models.build import build_model, load_classifier
 from tasks.models.inference import predict
 from tasks.store import ArtifactStore
 from tasks.train import TrainingData, fit
+from tests.corpus_support import synthetic_corpus
 from tests.pipeline_support import CPU, LABELS, fake_upstream, max_difference, tiny_config
 
 

@@ -1,10 +1,9 @@
-"""Build the demo corpus: Debian package descriptions labelled by Section, or a tiny synthetic one.
+"""Build the demo corpus: Debian package descriptions labelled by Section.
 
 The Debian corpus comes from the machine's own package index (`apt-cache dumpavail`), so it is real,
 labelled and offline. Text is the one-line synopsis by default; `text="long"` adds the long
 description, which apt keeps in its Translation-en lists (present after
-`apt-get update -o Acquire::Languages=en`). The synthetic corpus is for tests: each label has its own
-indicative words, so a tiny randomly initialised model learns it in seconds.
+`apt-get update -o Acquire::Languages=en`).
 
 Output: JSON lines `{"id", "text", "label"}` sorted by id, the input of `tasks.demo.site`.
 
@@ -29,12 +28,6 @@ from tasks.store import atomic_write_text
 APT_UPDATE_HINT = "run `sudo apt-get update` first"
 APT_TRANSLATIONS_HINT = "run `sudo apt-get update -o Acquire::Languages=en` first"
 APT_LISTS_DIR = Path("/var/lib/apt/lists")
-# Shared by every synthetic label, so the indicative words are a minority of each text.
-SYNTHETIC_FILLER_WORDS = (
-    "the", "a", "for", "with", "and", "tool", "package", "data", "support", "module",
-    "files", "simple", "fast", "library", "program", "system",
-)
-SYNTHETIC_WORDS_PER_LABEL = 8
 
 
 class CorpusError(RuntimeError):
@@ -187,21 +180,6 @@ def build_debian_corpus(
     return write_corpus(rows, out_path)
 
 
-def synthetic_corpus(n_rows: int, labels: Sequence[str], seed: int = 0) -> list[dict[str, str]]:
-    """A balanced toy corpus: label i gets rows i, i+k, ...; texts mix its own words with filler."""
-    generator = random.Random(seed)
-    rows = []
-    for index in range(n_rows):
-        label = labels[index % len(labels)]
-        indicative = [f"{label}{generator.randrange(SYNTHETIC_WORDS_PER_LABEL)}"
-                      for _ in range(generator.randint(2, 4))]
-        filler = generator.choices(SYNTHETIC_FILLER_WORDS, k=generator.randint(3, 6))
-        words = indicative + filler
-        generator.shuffle(words)
-        rows.append({"id": f"syn-{index:06d}", "text": " ".join(words), "label": label})
-    return rows
-
-
 # ---------------------------------------------------------------------------------------------- CLI
 
 
@@ -209,20 +187,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks.demo.corpus", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="JSON-lines file to write")
-    parser.add_argument("--labels", required=True, help="comma-separated Debian sections (or synthetic labels)")
+    parser.add_argument("--labels", required=True, help="comma-separated Debian sections")
     parser.add_argument("--max-rows", type=int, default=None, help="stratified sample of at most N rows")
     parser.add_argument("--text", choices=("short", "long"), default="short")
-    parser.add_argument("--synthetic", type=int, default=None, metavar="N", help="write N synthetic rows instead")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]
     if len(labels) < 2:
         parser.error(f"--labels needs at least two labels, got {labels}")
     try:
-        if args.synthetic is not None:
-            counts = write_corpus(synthetic_corpus(args.synthetic, labels, args.seed), args.out)
-        else:
-            counts = build_debian_corpus(args.out, labels, args.max_rows, args.seed, args.text)
+        counts = build_debian_corpus(args.out, labels, args.max_rows, args.seed, args.text)
     except CorpusError as error:
         print(f"freshet demo_corpus: error: {error}", file=sys.stderr)
         return 2
