@@ -821,18 +821,36 @@ def _apply_override(data: dict[str, Any], override: str, origin: str) -> None:
     node[keys[-1]] = yaml.safe_load(raw_value)
 
 
-def _expand_env(value: Any) -> Any:
+_ENV_REFERENCE = re.compile(r"\$\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\}|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _expand_env(value: Any, origin: str, where: tuple[str, ...] = ()) -> Any:
+    """`${VAR}` (and `$VAR`) from the environment. FRESHET_HOME defaults to ./.freshet, as for the Makefile;
+    any other unset `${VAR}` is an error naming the setting, so a path never silently becomes "${VAR}/..."
+    (a bare unset `$VAR` stays as written: it may be part of a pattern or a password)."""
     if isinstance(value, str):
-        return os.path.expandvars(value)
+        def substitute(match: re.Match[str]) -> str:
+            name = match["braced"] or match["bare"]
+            if name in os.environ:
+                return os.environ[name]
+            if name == "FRESHET_HOME":
+                return str(Path(".freshet").resolve())
+            if match["braced"] is None:
+                return match[0]
+            setting = ".".join(where) or "(top level)"
+            raise ConfigError(f"{origin}: {setting}: the environment variable {name} is not set (it is used as ${{{name}}})")
+
+        return _ENV_REFERENCE.sub(substitute, value)
     if isinstance(value, dict):
-        return {key: _expand_env(item) for key, item in value.items()}
+        return {key: _expand_env(item, origin, (*where, str(key))) for key, item in value.items()}
     if isinstance(value, list):
-        return [_expand_env(item) for item in value]
+        return [_expand_env(item, origin, (*where, str(index))) for index, item in enumerate(value)]
     return value
 
 
 def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
-    """Load and validate a pipeline config; `${VAR}` in strings is expanded from the environment."""
+    """Load and validate a pipeline config; `${VAR}` in strings is expanded from the environment (an unset
+    one is a ConfigError naming the setting; FRESHET_HOME defaults to ./.freshet)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -845,7 +863,7 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, 
     for override in overrides:
         _apply_override(data, override, origin=str(path))
     try:
-        return PipelineConfig.model_validate(_expand_env(data))
+        return PipelineConfig.model_validate(_expand_env(data, str(path)))
     except ValidationError as error:
         problems = "; ".join(
             # A whole-config check (the model preflight) has no location; its message names the setting.

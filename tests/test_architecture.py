@@ -104,3 +104,22 @@ def test_every_registered_step_is_a_module_with_run_and_main():
         assert callable(module.run) and callable(module.main), step.name
         assert getattr(module, "STEP", step.name) == step.name
         assert set(step.inputs) <= {other.name for other in STEPS}, step.name
+
+
+def test_the_readme_layout_table_names_every_tasks_module():
+    rows = [line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("| `tasks/")]
+    cells = {row.split("|")[1].strip(): row for row in rows}
+    steps_row = cells["`tasks/<step>.py`"]
+    unnamed = []
+    for path in sorted((REPO / "tasks").rglob("*.py")):
+        if path.stem in ("__init__", "__main__"):
+            continue
+        relative = path.relative_to(REPO)
+        if len(relative.parts) == 2:  # tasks/<module>.py: a step in the steps row, or its own row
+            named = f"`{path.stem}`" in steps_row or any(f"`{relative}`" in cell for cell in cells)
+        else:
+            package_row = cells.get(f"`{relative.parent}/`", "")
+            named = f"`{path.stem}`" in package_row or f"`{path.name}`" in package_row
+        if not named:
+            unnamed.append(str(relative))
+    assert unnamed == [], "README.md's layout table does not name these modules"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tasks import config_reference
-from tasks.config import PipelineConfig, load_config
+from tasks.config import ConfigError, PipelineConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -87,3 +87,20 @@ def test_config_file_loads(path, monkeypatch):
         monkeypatch.setenv(name, value)
     config = load_config(path)
     assert "${" not in json.dumps(config.to_dict()), f"{path.name} uses a variable this test does not set"
+
+
+def test_an_unset_variable_is_an_error_naming_the_setting_and_freshet_home_defaults(tmp_path, monkeypatch):
+    monkeypatch.delenv("FRESHET_HOME", raising=False)
+    monkeypatch.delenv("FRESHET_TEST_UNSET", raising=False)
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"labels": ["a", "b"], "artifact_root": "${FRESHET_HOME}/artifacts",
+                                    "mlflow": {"tracking_uri": "sqlite:///${FRESHET_HOME}/mlflow.db"},
+                                    "crawl": {"sources": [{"name": "s", "url": "${FRESHET_TEST_UNSET}/feed"}]}}))
+    with pytest.raises(ConfigError, match=r"pipeline\.yaml: crawl\.sources\.0\.url: the environment variable "
+                                          r"FRESHET_TEST_UNSET is not set"):
+        load_config(path)
+    monkeypatch.setenv("FRESHET_TEST_UNSET", "http://127.0.0.1:9")
+    config = load_config(path)
+    assert config.artifact_root == str(tmp_path / ".freshet" / "artifacts")
+    assert config.crawl.sources[0].url.startswith("http://127.0.0.1:9/feed")

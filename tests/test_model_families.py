@@ -27,8 +27,6 @@ DAY = "2026-11-01"
 ALL_VARIANTS = ["int8-dynamic", "onnx-fp32", "onnx-int8", "pruned", "distilled", "distilled-onnx-int8"]
 # Families whose layers the student cannot copy (tasks/models/families.py says why).
 NO_LAYER_COPY = {"modernbert"}
-# Two gloo ranks for the families whose inputs or layout differ most from BERT (each costs a torchrun).
-DDP_FAMILIES = ["distilbert", "roberta", "modernbert"]
 
 
 @pytest.fixture(scope="session")
@@ -139,7 +137,7 @@ json.dump(out, open(target, "w"))
 
 def test_every_family_reproduces_its_serving_sample_in_a_fresh_process(pipeline, tmp_path, mlflow_uri):
     """register's serving check (same comparison), for all families in one fresh process."""
-    from tasks.register import compare_serving
+    from tasks.models.serving_check import compare_serving
 
     samples = {}
     for family in FAMILIES:
@@ -160,7 +158,7 @@ def test_every_family_reproduces_its_serving_sample_in_a_fresh_process(pipeline,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", DDP_FAMILIES)
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_family_trains_with_two_gloo_ranks(family, family_dirs, rows, tmp_path):
     config = family_config(tmp_path, family_dirs[family], family, batch_size=8, warm_start=False, epochs=2)
     store = ArtifactStore(config.artifact_root)

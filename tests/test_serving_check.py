@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tasks.register import check_serving, compare_serving
+from tasks.models.serving_check import compare_serving
+from tasks.register import check_serving
 from tests.pipeline_support import tiny_config
 
 

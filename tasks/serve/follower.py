@@ -7,7 +7,7 @@ moved (`nudge`). Rollbacks are alias moves like any other, followed the same way
 The check: register's serving check, applied to the very object that is about to serve. The version's
 pipeline run (`freshet.run_id` tag) wrote the compress step's `serving_sample` (fixed texts with the
 serving variant's labels and probabilities); the loaded model must reproduce it under the same rule
-(`tasks.register.compare_serving`: equal labels unless a near tie, probabilities within the sample's
+(`tasks.models.serving_check.compare_serving`: equal labels unless a near tie, probabilities within the sample's
 tolerance). Register ran it on a fresh process's load; here it runs on this process's load, the one
 that answers requests. A version without a reachable sample (registered outside the pipeline, or an
 artifact store this server cannot read) is checked on its logged input example instead: as many
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from tasks.config import PipelineConfig
-from tasks.register import compare_serving
+from tasks.models.serving_check import compare_serving
 from tasks.serve.metrics import ServeMetrics, version_number
 from tasks.store import ArtifactStore, safe_run_id
 
