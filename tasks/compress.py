@@ -32,11 +32,23 @@ import mlflow
 
 from tasks.config import PipelineConfig
 from tasks.contract import StepContext, cli, execute
-from tasks.gate_policy import final_verdict, judge_compressed
+from tasks.gate_policy import SliceMetrics, final_verdict, judge_compressed
+from tasks.label_set import run_labels
 from tasks.manifest import Manifest, StepError
+from tasks.models.build import load_classifier, quantize_int8
+from tasks.models.compression import (
+    OnnxClassifier,
+    build_student,
+    distill,
+    export_onnx,
+    prune_magnitude,
+    quantize_onnx_int8,
+    teacher_logits,
+)
 from tasks.models.families import LayerCopyNotApplicable
+from tasks.models.inference import interleaved_latency, predict
 from tasks.models.metrics import score
-from tasks.records import evaluation_slices
+from tasks.records import evaluation_slices, read_rows
 from tasks.store import ArtifactStore
 
 STEP = "compress"
@@ -97,7 +109,6 @@ def distillation_rows(config: PipelineConfig, clean: Manifest, store: ArtifactSt
     """
     import random
 
-    from tasks.records import read_rows
 
     known = set(labels if labels is not None else config.labels)
     uris = [entry["uri"] for entry in clean.facts.get("prior_snapshots", [])] + [clean.output("dataset").uri]
@@ -117,7 +128,6 @@ def distill_student(config: PipelineConfig, teacher, tokenizer, rows: list[dict[
     """The student model and the facts of its training (layers, rows, loss, seconds)."""
     import time
 
-    from tasks.models.compression import build_student, distill, teacher_logits
 
     if not rows:
         raise StepError("compress: distillation needs train-split rows, and the clean dataset (with its prior "
@@ -161,8 +171,6 @@ class VariantBuild:
 
     @functools.cached_property
     def onnx_fp32_path(self) -> Path:
-        from tasks.models.compression import export_onnx
-
         return export_onnx(self.fp32_model, self.tokenizer, self.context.out_dir / ONNX_OUTPUTS[ONNX_FP32][1],
                            opset=self.opset)
 
@@ -179,8 +187,6 @@ class VariantBuild:
         return student, facts
 
     def onnx_variant(self, variant: str, path: Path) -> Any:
-        from tasks.models.compression import OnnxClassifier
-
         output, relative = ONNX_OUTPUTS[variant]
         self.context.add_output(output, relative, "file", variant=variant, opset=self.opset)
         return OnnxClassifier(path, self.fp32_model.config)
@@ -191,8 +197,6 @@ Built = tuple[Any, int, dict[str, Any]]
 
 
 def build_int8(build: VariantBuild) -> Built:
-    from tasks.models.build import load_classifier, quantize_int8
-
     model = quantize_int8(load_classifier(build.model_dir, trust_remote_code=build.config.train.trust_remote_code)[0])
     return model, _saved_size(model), {}  # packed int8 state dict (the recipe is applied at load)
 
@@ -203,16 +207,11 @@ def build_onnx_fp32(build: VariantBuild) -> Built:
 
 
 def build_onnx_int8(build: VariantBuild) -> Built:
-    from tasks.models.compression import quantize_onnx_int8
-
     path = quantize_onnx_int8(build.onnx_fp32_path, build.context.out_dir / ONNX_OUTPUTS[ONNX_INT8][1])
     return build.onnx_variant(ONNX_INT8, path), path.stat().st_size, {}
 
 
 def build_pruned(build: VariantBuild) -> Built:
-    from tasks.models.build import load_classifier
-    from tasks.models.compression import prune_magnitude
-
     amount = build.config.compress.prune_amount
     model, sparsity = prune_magnitude(
         load_classifier(build.model_dir, trust_remote_code=build.config.train.trust_remote_code)[0], amount)
@@ -226,8 +225,6 @@ def build_distilled(build: VariantBuild) -> Built:
 
 
 def build_distilled_onnx_int8(build: VariantBuild) -> Built:
-    from tasks.models.compression import export_onnx, quantize_onnx_int8
-
     student, facts = build.student
     student_fp32 = export_onnx(student, build.tokenizer, build.context.out_dir / "onnx/student.onnx", opset=build.opset)
     path = quantize_onnx_int8(student_fp32, build.context.out_dir / ONNX_OUTPUTS[DISTILLED_ONNX_INT8][1])
@@ -242,13 +239,63 @@ VARIANT_BUILDERS: dict[str, Callable[[VariantBuild], Built]] = {
 }
 
 
+def build_variants(build: VariantBuild, enabled: Sequence[str]) -> tuple[
+        dict[str, Any], dict[str, int], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Every enabled variant built: the models (fp32 first), their sizes, their extra facts, and the variants
+    that could not be built with the reason (not applicable to the family, or failed): said, not crashed."""
+    models: dict[str, Any] = {FP32: build.fp32_model}
+    sizes: dict[str, int] = {}
+    extra: dict[str, dict[str, Any]] = {}
+    unavailable: dict[str, dict[str, Any]] = {}
+    for variant, builder in VARIANT_BUILDERS.items():
+        if variant not in enabled:
+            continue
+        try:
+            models[variant], sizes[variant], extra[variant] = builder(build)
+        except LayerCopyNotApplicable as reason:  # the family has no layers to copy
+            unavailable[variant] = _unavailable("not applicable", str(reason))
+        except Exception as error:  # a variant that cannot be built is reported, not fatal to the step
+            log.exception("compress: variant %s could not be built", variant)
+            unavailable[variant] = _unavailable("failed", f"{type(error).__name__}: {error}")
+        if variant in unavailable:
+            log.warning("compress: %s %s: %s", variant, unavailable[variant]["status"], unavailable[variant]["reason"])
+    if "onnx_fp32_path" in vars(build) and ONNX_FP32 not in enabled:
+        build.onnx_fp32_path.unlink()  # exported only to quantize it
+    return models, sizes, extra, unavailable
+
+
+def measured_against_fp32(latency: Mapping[str, float], fp32_latency: Mapping[str, float], size: int, fp32_size: int,
+                          metrics: SliceMetrics, reference: SliceMetrics) -> dict[str, Any]:
+    """A variant's size, latency and macro-F1 beside the fp32 model's, as ratios and deltas."""
+    return {
+        "size_ratio": size / fp32_size,
+        "latency_ratio_batch1": latency["latency_ms_batch1_p50"] / fp32_latency["latency_ms_batch1_p50"],
+        "latency_ratio_batch32": latency["latency_ms_batch32_p50"] / fp32_latency["latency_ms_batch32_p50"],
+        "macro_f1": {name: value["macro_f1"] for name, value in metrics.items()},
+        "macro_f1_delta": {name: metrics[name]["macro_f1"] - reference[name]["macro_f1"] for name in metrics},
+        "latency_ms": dict(latency), "fp32_latency_ms": dict(fp32_latency),
+        "size_bytes": size, "fp32_size_bytes": fp32_size,
+    }
+
+
+def write_serving_sample(context: StepContext, config: PipelineConfig, model: Any, variant: str, tokenizer: Any,
+                         slices: Mapping[str, list[dict[str, Any]]], labels: list[str]) -> None:
+    """What the served model must reproduce (register's and serve's check): the same texts through the same
+    `predict` call, batching included."""
+    rows = (slices["frozen"] or slices["fresh"])[: config.compress.serving_check_rows]
+    texts = [row["text"] for row in rows]
+    expected = predict(model, tokenizer, texts, max_length=config.train.max_length)
+    (context.out_dir / "serving_sample.json").write_text(json.dumps({
+        "variant": variant, "tolerance": config.compress.serving_check_tolerance,
+        "ids": [row["id"] for row in rows], "texts": texts,
+        "labels": [labels[int(index)] for index in expected.label_ids],
+        "probabilities": expected.probabilities.astype(float).tolist()}))
+    context.add_output("serving_sample", "serving_sample.json", "report", rows=len(rows))
+
+
 def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, store: ArtifactStore,
         logical_date: str | None = None) -> Manifest:
     def body(context: StepContext) -> None:
-        from tasks.label_set import run_labels
-        from tasks.models.build import load_classifier
-        from tasks.models.inference import interleaved_latency, predict
-
         labels = run_labels(config, context.input("clean"), store)
         model_dir = context.input_path("train", "model")
         evaluation = json.loads(context.input_path("evaluate", "evaluation").read_text())
@@ -261,24 +308,7 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         enabled = config.compress.enabled_variants
 
         build = VariantBuild(config, context, store, model_dir, fp32_model, tokenizer, labels)
-        models: dict[str, Any] = {FP32: fp32_model}
-        sizes: dict[str, int] = {}
-        extra: dict[str, dict[str, Any]] = {}
-        unavailable: dict[str, dict[str, Any]] = {}
-        for variant, builder in VARIANT_BUILDERS.items():
-            if variant in enabled:
-                try:
-                    models[variant], sizes[variant], extra[variant] = builder(build)
-                except LayerCopyNotApplicable as reason:  # the family has no layers to copy: said, not crashed
-                    unavailable[variant] = _unavailable("not applicable", str(reason))
-                except Exception as error:  # a variant that cannot be built is reported, not fatal to the step
-                    log.exception("compress: variant %s could not be built", variant)
-                    unavailable[variant] = _unavailable("failed", f"{type(error).__name__}: {error}")
-                if variant in unavailable:
-                    log.warning("compress: %s %s: %s", variant, unavailable[variant]["status"],
-                                unavailable[variant]["reason"])
-        if "onnx_fp32_path" in vars(build) and ONNX_FP32 not in enabled:
-            build.onnx_fp32_path.unlink()  # exported only to quantize it
+        models, sizes, extra, unavailable = build_variants(build, enabled)
 
         latency = interleaved_latency(models, tokenizer, sample, max_length=config.train.max_length,
                                       rounds=config.compress.latency_rounds)
@@ -291,15 +321,8 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
             verdict = judge_compressed(config.evaluate.gate, metrics, reference, variant)
             checks.extend(verdict.checks)
             variants[variant] = {
-                "passed": verdict.passed,
-                "servable": variant in SERVABLE,
-                "size_ratio": sizes[variant] / fp32_size,
-                "latency_ratio_batch1": latency[variant]["latency_ms_batch1_p50"] / latency[FP32]["latency_ms_batch1_p50"],
-                "latency_ratio_batch32": latency[variant]["latency_ms_batch32_p50"] / latency[FP32]["latency_ms_batch32_p50"],
-                "macro_f1": {name: value["macro_f1"] for name, value in metrics.items()},
-                "macro_f1_delta": {name: metrics[name]["macro_f1"] - reference[name]["macro_f1"] for name in metrics},
-                "latency_ms": latency[variant], "fp32_latency_ms": latency[FP32],
-                "size_bytes": sizes[variant], "fp32_size_bytes": fp32_size,
+                "passed": verdict.passed, "servable": variant in SERVABLE,
+                **measured_against_fp32(latency[variant], latency[FP32], sizes[variant], fp32_size, metrics, reference),
                 **extra.get(variant, {}),
             }
         variants.update(unavailable)
@@ -307,16 +330,7 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         serving_artifact = ONNX_OUTPUTS[serving_variant][0] if serving_variant in ONNX_OUTPUTS else None
         serving_model = STUDENT_OUTPUT[0] if serving_variant == DISTILLED else None
         if config.compress.serving_check_rows:
-            # What the served model must reproduce: same texts, same `predict` call (batching included).
-            rows = (slices["frozen"] or slices["fresh"])[: config.compress.serving_check_rows]
-            texts = [row["text"] for row in rows]
-            expected = predict(models[serving_variant], tokenizer, texts, max_length=config.train.max_length)
-            (context.out_dir / "serving_sample.json").write_text(json.dumps({
-                "variant": serving_variant, "tolerance": config.compress.serving_check_tolerance,
-                "ids": [row["id"] for row in rows], "texts": texts,
-                "labels": [labels[int(index)] for index in expected.label_ids],
-                "probabilities": expected.probabilities.astype(float).tolist()}))
-            context.add_output("serving_sample", "serving_sample.json", "report", rows=len(rows))
+            write_serving_sample(context, config, models[serving_variant], serving_variant, tokenizer, slices, labels)
         gate = final_verdict(context.input("evaluate").facts["gate"], checks, serving_variant)
         (context.out_dir / "compression.json").write_text(json.dumps(
             {"variants": variants, "serving_variant": serving_variant, "serving_artifact": serving_artifact,

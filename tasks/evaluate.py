@@ -15,10 +15,22 @@ from typing import Any
 
 import mlflow
 
+from tasks import model_registry
 from tasks.config import GatePolicy, PipelineConfig
 from tasks.contract import StepContext, cli, execute
-from tasks.gate_policy import BOOTSTRAP_METRICS, BestScore, PairedComparison, Verdict, compare_paired, judge_candidate
+from tasks.gate_policy import (
+    BOOTSTRAP_METRICS,
+    BestScore,
+    PairedComparison,
+    SliceMetrics,
+    Verdict,
+    compare_paired,
+    judge_candidate,
+)
+from tasks.label_set import run_labels
 from tasks.manifest import Manifest
+from tasks.models.build import load_classifier, model_labels, model_size_bytes
+from tasks.models.inference import measure_latency
 from tasks.models.metrics import score
 from tasks.records import evaluation_slices, write_parquet
 from tasks.store import ArtifactStore
@@ -106,10 +118,52 @@ def best_champion_so_far(recorded: tuple[float, str] | None, champion: Mapping[s
     return BestScore(value=value, version=version)
 
 
+def score_champion(config: PipelineConfig, champion_version: str, slices: Mapping[str, list[dict[str, Any]]],
+                   labels: list[str], settings: dict[str, Any]) -> tuple[SliceMetrics, dict[str, Any], list[str]]:
+    """The champion on the candidate's slices: its metrics, its predictions (ids in the run's label set) and the
+    run's classes it never had. A champion from before the label set grew predicts over fewer classes: mapped
+    by name."""
+    champion_dir = model_registry.download_model_dir(config, champion_version)
+    champion_model, tokenizer = load_classifier(champion_dir, trust_remote_code=config.train.trust_remote_code)
+    champion_labels = model_labels(champion_model)
+    new_classes = [label for label in labels if label not in champion_labels]
+    metrics, predicted = score(champion_model, tokenizer, slices, labels, model_labels=champion_labels, **settings)
+    return metrics, predicted, new_classes
+
+
+def write_predictions(path: Path, slices: Mapping[str, list[dict[str, Any]]], labels: list[str],
+                      candidate: Mapping[str, Any], champion: Mapping[str, Any] | None) -> None:
+    """Every slice row with the candidate's prediction and the champion's (None without a champion)."""
+    def name_of(label_id: int) -> str | None:  # -1: a champion label the run no longer has
+        return labels[label_id] if label_id >= 0 else None
+
+    write_parquet([{"slice": name, "id": row["id"], "text": row["text"], "label": row["label"],
+                    "predicted": name_of(predicted),
+                    "champion_predicted": name_of(champion[name][position]) if champion else None}
+                   for name in slices
+                   for position, (row, predicted) in enumerate(zip(slices[name], candidate[name]))], path)
+
+
+def slice_metrics(candidate: SliceMetrics, champion: SliceMetrics | None,
+                  paired: Mapping[str, PairedComparison]) -> dict[str, Any]:
+    """The manifest's (and MLflow's) flat metrics per slice: the candidate's, the champion's, the paired bounds."""
+    metrics: dict[str, Any] = {}
+    for name, values in candidate.items():
+        metrics[f"candidate.{name}.macro_f1"] = values["macro_f1"]
+        metrics[f"candidate.{name}.accuracy"] = values["accuracy"]
+        metrics[f"{name}.rows"] = values["rows"]
+        metrics[f"candidate.{name}.ece"] = values["ece"]
+        if champion:
+            metrics[f"champion.{name}.macro_f1"] = champion[name]["macro_f1"]
+        if name in paired:
+            metrics[f"paired.{name}.ci_low"] = paired[name].ci_low
+            metrics[f"paired.{name}.ci_high"] = paired[name].ci_high
+            metrics[f"paired.{name}.mcnemar_p"] = paired[name].mcnemar_p_value
+    return metrics
+
+
 def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, store: ArtifactStore,
         logical_date: str | None = None) -> Manifest:
-    from tasks import model_registry
-
     champion = model_registry.version_by_alias(config, model_registry.CHAMPION)
     champion_version = str(champion.version) if champion else None
     policy = config.evaluate.gate
@@ -119,10 +173,6 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
                                                      f"candidate.frozen.{policy.primary_metric}")
 
     def body(context: StepContext) -> None:
-        from tasks.label_set import run_labels
-        from tasks.models.build import load_classifier, model_labels, model_size_bytes
-        from tasks.models.inference import measure_latency
-
         labels = run_labels(config, context.input("clean"), store)
         slices = evaluation_slices(context.input("clean"), store)
         remote = config.train.trust_remote_code
@@ -134,14 +184,8 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         champion_metrics, champion_predicted, paired = None, None, {}
         new_classes: list[str] = []
         if champion_version is not None:
-            champion_dir = model_registry.download_model_dir(config, champion_version)
-            champion_model, champion_tokenizer = load_classifier(champion_dir, trust_remote_code=remote)
-            # A champion from before the label set grew predicts over fewer classes: mapped by name.
-            champion_labels = model_labels(champion_model)
-            new_classes = [label for label in labels if label not in champion_labels]
-            champion_metrics, champion_predicted = score(champion_model, champion_tokenizer, slices, labels,
-                                                         model_labels=champion_labels, **settings)
-            del champion_model
+            champion_metrics, champion_predicted, new_classes = score_champion(
+                config, champion_version, slices, labels, settings)
             paired = paired_comparisons(policy, slices, labels, candidate_predicted, champion_predicted)
 
         sample = [row["text"] for row in slices["fresh"][:16]] or [row["text"] for row in slices["frozen"][:16]]
@@ -162,33 +206,15 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
                         paired, new_classes))
         confusion_png(candidate["frozen"]["confusion_matrix"], labels, "candidate, frozen test",
                       context.out_dir / "confusion_frozen.png")
-        def name_of(label_id: int) -> str | None:  # -1: a champion label the run no longer has
-            return labels[label_id] if label_id >= 0 else None
-
-        write_parquet([{"slice": name, "id": row["id"], "text": row["text"], "label": row["label"],
-                        "predicted": name_of(predicted),
-                        "champion_predicted": (name_of(champion_predicted[name][position])
-                                               if champion_predicted else None)}
-                       for name in slices
-                       for position, (row, predicted) in enumerate(zip(slices[name], candidate_predicted[name]))],
-                      context.out_dir / "predictions.parquet")
+        write_predictions(context.out_dir / "predictions.parquet", slices, labels, candidate_predicted,
+                          champion_predicted)
         context.add_output("evaluation", "evaluation.json", "report")
         context.add_output("gate", "gate.json", "report")
         context.add_output("report", "report.md", "report")
         context.add_output("confusion_matrix", "confusion_frozen.png", "file")
         context.add_output("predictions", "predictions.parquet", "dataset",
                            rows=sum(len(rows) for rows in slices.values()))
-        for name, metrics in candidate.items():
-            context.metrics[f"candidate.{name}.macro_f1"] = metrics["macro_f1"]
-            context.metrics[f"candidate.{name}.accuracy"] = metrics["accuracy"]
-            context.metrics[f"{name}.rows"] = metrics["rows"]
-            context.metrics[f"candidate.{name}.ece"] = metrics["ece"]
-            if champion_metrics:
-                context.metrics[f"champion.{name}.macro_f1"] = champion_metrics[name]["macro_f1"]
-            if name in paired:
-                context.metrics[f"paired.{name}.ci_low"] = paired[name].ci_low
-                context.metrics[f"paired.{name}.ci_high"] = paired[name].ci_high
-                context.metrics[f"paired.{name}.mcnemar_p"] = paired[name].mcnemar_p_value
+        context.metrics.update(slice_metrics(candidate, champion_metrics, paired))
         context.metrics.update(latency)
         context.metrics["size_bytes"] = model_size
         context.metrics["gate_passed"] = verdict.passed

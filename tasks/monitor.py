@@ -33,6 +33,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from tasks import model_registry
@@ -40,8 +41,11 @@ from tasks.config import PipelineConfig
 from tasks.contract import StepContext, cli, execute, logical_day, step_fingerprint
 from tasks.manifest import Manifest
 from tasks.monitoring import breach as breaches
-from tasks.monitoring.feedback import feedback_runs
-from tasks.monitoring.predictions import log_parts, window
+from tasks.monitoring.feedback import feedback_runs, labelled_rows
+from tasks.monitoring.predictions import log_parts, read_parts, window, with_probabilities
+from tasks.monitoring.reference import NoReference, load_or_build
+from tasks.monitoring.report import render_html, version_png
+from tasks.monitoring.scorer import load_scorer
 from tasks.store import ArtifactStore
 
 STEP = "monitor"
@@ -190,6 +194,67 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def judge_versions(config: PipelineConfig, store: ArtifactStore, context: StepContext, frame: Any, labelled: Any
+                   ) -> tuple[dict[str, dict[str, Any]], dict[str, Path]]:
+    """Every model version in the window with at least `monitor.min_rows` predictions judged against its own
+    reference, with its plots; the others skipped with the reason."""
+    settings = config.monitor
+    client = model_registry.client(config)
+    results: dict[str, dict[str, Any]] = {}
+    pictures: dict[str, Path] = {}
+    for version, count in frame["model_version"].value_counts().items():
+        version = str(version)
+        if count < settings.min_rows:
+            results[version] = {"status": "skipped", "rows": int(count),
+                                "reason": f"{count} predictions < monitor.min_rows={settings.min_rows}: not judged"}
+            continue
+        try:
+            model_version = client.get_model_version(config.mlflow.model_name, version)
+            scorer = load_scorer(config, version)
+            reference = load_or_build(config, store, scorer, model_version)
+        except NoReference as error:
+            results[version] = {"status": "skipped", "rows": int(count), "reason": str(error)}
+            continue
+        rows = frame[frame["model_version"] == version]
+        results[version] = judge(config, reference, scorer, rows, labelled)
+        picture = context.out_dir / f"monitor_v{version}.png"
+        version_png(reference, rows, version, picture, settings.confidence_bins)
+        context.add_output(f"plots_v{version}", picture.name, "report")
+        pictures[version] = picture
+        del scorer  # one version's model in memory at a time
+    return results, pictures
+
+
+def new_breach(run_id: str, day: dt.date, moment: dt.datetime, fingerprint: str, judged: Mapping[str, dict[str, Any]],
+               champion_version: str | None, near: dict[str, Any] | None, cooldown_hours: float) -> dict[str, Any]:
+    """The breach of this monitor day: its failed checks, and `suppressed` (why) when a breach within the
+    cooldown holds it back."""
+    failed = [f"version {version}: {problem}" for version, result in judged.items() for problem in result["failed"]]
+    breach: dict[str, Any] = {
+        "id": f"breach-{day.isoformat()}-{fingerprint.removeprefix('sha256:')[:10]}", "run_id": run_id,
+        "logical_date": day.isoformat(), "at": moment.isoformat(),
+        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "reasons": failed,
+        "versions": sorted(version for version, result in judged.items() if result["failed"]),
+        "champion": champion_version, "emitted": near is None, "suppressed": None}
+    if near is not None:
+        breach["suppressed"] = (f"held back by the cooldown: breach {near['id']} (monitor day "
+                                f"{near['logical_date']}) is {breaches.hours_apart(near, moment):.0f} h of data"
+                                f" time away, within monitor.cooldown_hours={cooldown_hours:g}")
+    return breach
+
+
+def verdict_of(empty: bool, primary: str | None, breach: dict[str, Any] | None, failed: Sequence[str]) -> str:
+    if empty:
+        return "no predictions in the window"
+    if primary is None:
+        return "no version with enough predictions to judge"
+    if breach is None:
+        return "no breach"
+    if breach["emitted"]:
+        return f"BREACH emitted ({breach['id']}): " + "; ".join(failed)
+    return f"breach {breach['suppressed']}: " + "; ".join(failed)
+
+
 def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, store: ArtifactStore,
         logical_date: str | None = None) -> Manifest:
     settings = config.monitor
@@ -208,63 +273,16 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
     fingerprint = step_fingerprint(STEP, config, inputs, logical_date, (STEP, "mlflow"), extra)
 
     def body(context: StepContext) -> None:
-        from tasks.monitoring.feedback import labelled_rows
-        from tasks.monitoring.predictions import read_parts, with_probabilities
-        from tasks.monitoring.reference import NoReference, load_or_build
-        from tasks.monitoring.report import render_html, version_png
-        from tasks.monitoring.scorer import load_scorer
-
         frame = with_probabilities(store, read_parts(store, parts))
         labelled = labelled_rows(store, feedback, settings.feedback_sources) if len(frame) else None
-        client = model_registry.client(config)
-        results: dict[str, dict[str, Any]] = {}
-        pictures = {}
-        for version, count in frame["model_version"].value_counts().items():
-            version = str(version)
-            if count < settings.min_rows:
-                results[version] = {"status": "skipped", "rows": int(count),
-                                    "reason": f"{count} predictions < monitor.min_rows={settings.min_rows}: not judged"}
-                continue
-            try:
-                model_version = client.get_model_version(config.mlflow.model_name, version)
-                scorer = load_scorer(config, version)
-                reference = load_or_build(config, store, scorer, model_version)
-            except NoReference as error:
-                results[version] = {"status": "skipped", "rows": int(count), "reason": str(error)}
-                continue
-            rows = frame[frame["model_version"] == version]
-            results[version] = judge(config, reference, scorer, rows, labelled)
-            picture = context.out_dir / f"monitor_v{version}.png"
-            version_png(reference, rows, version, picture, settings.confidence_bins)
-            context.add_output(f"plots_v{version}", picture.name, "report")
-            pictures[version] = picture
-            del scorer
-
+        results, pictures = judge_versions(config, store, context, frame, labelled)
         judged = {version: result for version, result in results.items() if result["status"] == "judged"}
         failed = [f"version {version}: {problem}" for version, result in judged.items() for problem in result["failed"]]
         emitted = bool(failed) and near is None
-        breach = None
-        if failed:
-            breach = {"id": f"breach-{day.isoformat()}-{fingerprint.removeprefix('sha256:')[:10]}", "run_id": run_id,
-                      "logical_date": day.isoformat(), "at": moment.isoformat(),
-                      "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "reasons": failed,
-                      "versions": sorted(version for version, result in judged.items() if result["failed"]),
-                      "champion": champion_version, "emitted": emitted, "suppressed": None}
-            if near is not None:
-                breach["suppressed"] = (f"held back by the cooldown: breach {near['id']} (monitor day "
-                                        f"{near['logical_date']}) is {breaches.hours_apart(near, moment):.0f} h of data"
-                                        f" time away, within monitor.cooldown_hours={settings.cooldown_hours:g}")
+        breach = new_breach(run_id, day, moment, fingerprint, judged, champion_version, near, settings.cooldown_hours
+                            ) if failed else None
         primary = max(judged, key=lambda version: judged[version]["rows"], default=None)
-        if frame.empty:
-            verdict = "no predictions in the window"
-        elif primary is None:
-            verdict = "no version with enough predictions to judge"
-        elif breach is None:
-            verdict = "no breach"
-        elif emitted:
-            verdict = f"BREACH emitted ({breach['id']}): " + "; ".join(failed)
-        else:
-            verdict = f"breach {breach['suppressed']}: " + "; ".join(failed)
+        verdict = verdict_of(frame.empty, primary, breach, failed)
         notes = [(f"window {days[0]}..{days[-1]}: {len(frame)} predictions in {len(parts)} part(s) of the prediction "
                   f"log; {len(feedback)} run(s) of labelled feedback; champion {champion_version}")]
         (context.out_dir / REPORT_FILE).write_text(render_html(f"freshet monitor, {day}", verdict, results, pictures,

@@ -33,7 +33,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import mlflow
 import numpy as np
@@ -44,8 +44,9 @@ import pyarrow.parquet as pq
 from tasks.config import PipelineConfig, digest_json
 from tasks.contract import StepContext, cli, execute, read_manifest
 from tasks.inbox import pending_batches, set_aside, taken_elsewhere
+from tasks.label_set import extend_labels, snapshot_labels
 from tasks.manifest import ArtifactRef, Manifest, StepError
-from tasks.monitoring.drift import PSI_EPSILON, label_psi, length_psi, psi  # noqa: F401  (moved; re-exported)
+from tasks.monitoring.drift import label_psi, length_psi
 from tasks.records import QUARANTINE_SCHEMA, RECORD_COLUMNS, RECORD_SCHEMA, read_rows, write_parquet
 from tasks.snapshots import prior_snapshots
 from tasks.store import ArtifactStore, digest_path
@@ -558,26 +559,11 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         logical_date: str | None = None) -> Manifest:
     # The drift reference is accepted history, so it is an input: a new snapshot recomputes the step.
     snapshots = prior_snapshots(store, run_id, logical_date)
-    taken = taken_elsewhere(store, run_id)
-    if taken is not None:
-        by = taken["accepted_by"] or taken["rejected_by"]
-        raise StepError(f"{STEP}: run {run_id}'s crawl batch was already {'accepted' if taken['accepted_by'] else 'set aside'}"
-                        f" by run {by} (state/inbox.json); nothing of it is taken in twice. Nothing to do for this run.")
-    # Batches committed by earlier runs that never got them accepted (a run that died after its crawl); taken in
-    # with a batch that has the record columns (a batch without them is rejected, and must not take them along).
-    own_columns = pq.read_schema(store.local_path(inputs["crawl"].output("records").uri)).names
-    stranded = [entry for entry in pending_batches(store, run_id) if entry["run_id"] != run_id
-                and set(RECORD_COLUMNS) <= set(own_columns)]
+    stranded = stranded_batches(store, run_id, inputs["crawl"])
 
     def body(context: StepContext) -> None:
         crawl = context.input("crawl")
-        table, extra_columns = read_batch(context.input_path("crawl", "records"))
-        if stranded:
-            earlier = [read_batch(store.local_path(entry["records"]))[0] for entry in stranded]
-            table = pa.concat_tables([*(part.select(list(RECORD_COLUMNS)) for part in earlier),
-                                      table.select(list(RECORD_COLUMNS))])
-            log.info("validate: taking in %d rows from %d earlier run(s) whose batches were never accepted: %s",
-                     sum(part.num_rows for part in earlier), len(stranded), [entry["run_id"] for entry in stranded])
+        table, extra_columns = read_batches(context, store, stranded)
         context.facts["inbox_batches"] = [{key: entry[key] for key in ("run_id", "logical_date", "rows", "digest")}
                                           for entry in stranded]
         rows = table.to_pylist()
@@ -636,12 +622,9 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         context.add_output("validation_report", REPORT_FILE, "report")
         context.facts["failed_expectations"] = {outcome.name: len(numbers) for outcome, numbers in failures}
         if config.validate_.new_labels == "extend":
-            from tasks.label_set import extend_labels, snapshot_labels
-
-            before = extend_labels(config.labels, (snapshot_labels(store, entry["uri"]) for entry in snapshots))
-            after = extend_labels(before, [{str(row["label"]) for row in valid}])
-            context.facts.update({"labels": after, "labels_new": after[len(before):]})
-            context.metrics["labels_new"] = len(after) - len(before)
+            labels, new = grown_labels(config, store, snapshots, valid)
+            context.facts.update({"labels": labels, "labels_new": new})
+            context.metrics["labels_new"] = len(new)
         if extra_columns:
             context.facts["ignored_columns"] = extra_columns
 
@@ -658,18 +641,58 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
                                               "inbox": [entry["digest"] for entry in stranded]},
                            track=track)
     except BatchRejected as rejection:
-        # Set aside, so the next run does not take a rejected batch in again (and fail the same way).
-        set_aside(store, [run_id, *(entry["run_id"] for entry in stranded)], run_id, str(rejection))
-        # Raised inside the MLflow run so it ends FAILED, with the evidence attached.
-        with step_run(config, run_id, STEP, logical_date):
-            failed = read_manifest(store, run_id, FAILED_STEP)
-            if failed is not None:
-                log_manifest(failed)
-            mlflow.set_tag("freshet.status", "rejected")
-            mlflow.log_artifacts(str(store.local_path(rejection.failed_uri)), artifact_path=FAILED_STEP)
-            log_snapshots(config, store, inputs["crawl"].output("records"))
-            raise
+        record_rejection(config, store, run_id, logical_date, inputs["crawl"], stranded, rejection)
     return manifest
+
+
+def stranded_batches(store: ArtifactStore, run_id: str, crawl: Manifest) -> list[dict[str, Any]]:
+    """The batches earlier runs committed but never got accepted (a run that died after its crawl), to take in
+    with this run's, oldest first; none when this run's batch lacks the record columns (it will be rejected,
+    and must not take them along). This run's batch already taken in by another run stops the step."""
+    taken = taken_elsewhere(store, run_id)
+    if taken is not None:
+        by = taken["accepted_by"] or taken["rejected_by"]
+        raise StepError(f"{STEP}: run {run_id}'s crawl batch was already {'accepted' if taken['accepted_by'] else 'set aside'}"
+                        f" by run {by} (state/inbox.json); nothing of it is taken in twice. Nothing to do for this run.")
+    own_columns = pq.read_schema(store.local_path(crawl.output("records").uri)).names
+    return [entry for entry in pending_batches(store, run_id) if entry["run_id"] != run_id
+            and set(RECORD_COLUMNS) <= set(own_columns)]
+
+
+def read_batches(context: StepContext, store: ArtifactStore, stranded: Sequence[dict[str, Any]]
+                 ) -> tuple[pa.Table, list[str]]:
+    """The stranded batches' records, then this run's (and the extra columns this run's batch carried)."""
+    table, extra_columns = read_batch(context.input_path("crawl", "records"))
+    if stranded:
+        earlier = [read_batch(store.local_path(entry["records"]))[0] for entry in stranded]
+        table = pa.concat_tables([*(part.select(list(RECORD_COLUMNS)) for part in earlier),
+                                  table.select(list(RECORD_COLUMNS))])
+        log.info("validate: taking in %d rows from %d earlier run(s) whose batches were never accepted: %s",
+                 sum(part.num_rows for part in earlier), len(stranded), [entry["run_id"] for entry in stranded])
+    return table, extra_columns
+
+
+def grown_labels(config: PipelineConfig, store: ArtifactStore, snapshots: Sequence[dict[str, Any]],
+                 valid: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """`validate.new_labels: extend`: the label set after this batch, and the labels it added (in order)."""
+    before = extend_labels(config.labels, (snapshot_labels(store, entry["uri"]) for entry in snapshots))
+    after = extend_labels(before, [{str(row["label"]) for row in valid}])
+    return after, after[len(before):]
+
+
+def record_rejection(config: PipelineConfig, store: ArtifactStore, run_id: str, logical_date: str | None,
+                     crawl: Manifest, stranded: Sequence[dict[str, Any]], rejection: BatchRejected) -> NoReturn:
+    """A rejected batch (and the stranded ones it took in) set aside, so the next run does not take it in again
+    and fail the same way; the step's MLflow run ends FAILED with the evidence attached."""
+    set_aside(store, [run_id, *(entry["run_id"] for entry in stranded)], run_id, str(rejection))
+    with step_run(config, run_id, STEP, logical_date):
+        failed = read_manifest(store, run_id, FAILED_STEP)
+        if failed is not None:
+            log_manifest(failed)
+        mlflow.set_tag("freshet.status", "rejected")
+        mlflow.log_artifacts(str(store.local_path(rejection.failed_uri)), artifact_path=FAILED_STEP)
+        log_snapshots(config, store, crawl.output("records"))
+        raise rejection  # inside the run, so it ends FAILED
 
 
 def log_snapshots(config: PipelineConfig, store: ArtifactStore, records: ArtifactRef,

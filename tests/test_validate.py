@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pyarrow as pa
 import pytest
 import yaml
@@ -17,6 +18,7 @@ from tasks import validate
 from tasks.config import PipelineConfig
 from tasks.contract import StepContext, execute, read_manifest
 from tasks.manifest import Manifest, StepError
+from tasks.monitoring import drift
 from tasks.records import QUARANTINE_SCHEMA, RECORD_SCHEMA, read_rows, write_parquet
 from tasks.snapshots import record_snapshot
 from tasks.store import ArtifactStore
@@ -325,12 +327,13 @@ def test_a_small_batch_skips_drift(with_history: dict[str, Any]) -> None:
 
 
 def test_psi_is_zero_for_equal_and_grows_with_shift() -> None:
-    assert validate.label_psi(["a", "b"] * 50, ["b", "a"] * 10) == pytest.approx(0)
+    # validate's drift checks use the monitor's PSI (tasks.monitoring.drift).
+    assert drift.label_psi(["a", "b"] * 50, ["b", "a"] * 10) == pytest.approx(0)
     # Empty bins use an epsilon instead of dividing by zero.
-    assert 0 < validate.label_psi(["a", "b"] * 50, ["a"] * 20) < float("inf")
-    reference = validate.np.arange(100)
-    assert validate.length_psi(reference, validate.np.arange(0, 100, 5), 10) == pytest.approx(0)
-    assert validate.length_psi(reference, validate.np.arange(90, 100), 10) > 1
+    assert 0 < drift.label_psi(["a", "b"] * 50, ["a"] * 20) < float("inf")
+    reference = np.arange(100)
+    assert drift.length_psi(reference, np.arange(0, 100, 5), 10) == pytest.approx(0)
+    assert drift.length_psi(reference, np.arange(90, 100), 10) > 1
 
 
 def test_an_empty_batch_is_rejected(tmp_path: Path, tracking: Path) -> None:

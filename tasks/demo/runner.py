@@ -34,8 +34,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from tasks import model_registry
 from tasks.config import ConfigError, PipelineConfig, load_config
 from tasks.contract import read_manifest
+from tasks.demo.corpus import CorpusError, extend_debian_corpus
+from tasks.demo.learning_curve import build as build_learning_curve
+from tasks.demo.site import serve
 from tasks.manifest import Manifest
 from tasks.pipeline import PIPELINE_STEP_NAMES as STEP_NAMES
 from tasks.store import ArtifactStore, atomic_write_text
@@ -106,7 +110,6 @@ class DemoError(RuntimeError):
 
 def extend_corpus(config: PipelineConfig, path: Path, plan: DemoPlan) -> int:
     """The corpus holds every day up to this invocation's last: new packages for the new days."""
-    from tasks.demo.corpus import CorpusError, extend_debian_corpus
 
     path.parent.mkdir(parents=True, exist_ok=True)
     def extend() -> int:
@@ -358,8 +361,6 @@ def monitor_table(days: list[dict[str, Any]]) -> list[str]:
 def aliases(config: PipelineConfig) -> dict[str, str]:
     import mlflow
 
-    from tasks import model_registry
-
     try:
         model = model_registry.client(config).get_registered_model(config.mlflow.model_name)
     except mlflow.exceptions.MlflowException:  # no model registered yet
@@ -416,15 +417,34 @@ def main(argv: Sequence[str] | None = None) -> int:
               " (or `make demo` after `make clean`).")
         return 0
     prepare_airflow(env, config)
+    summary, run_ids, monitored = run_days(config, store, env, home, plan, corpus if demo_site else None, since)
+    print("\n".join(["", "=" * 78, "freshet demo summary", "=" * 78, *summary,
+                     *(monitor_table(monitored) if monitored else [])]))
+    print(f"\nregistry: {config.mlflow.model_name} aliases {json.dumps(aliases(config))}")
+    if run_ids:
+        _, paths = build_learning_curve(config, store, run_ids, home / "reports")
+        print(f"\n{paths['markdown'].read_text()}")
+        print(f"learning curve: {paths['png']} (table: {paths['markdown']}, {paths['csv']}; also in MLflow"
+              " as the run 'learning-curve')")
+    print(f"demo wall time: {time.perf_counter() - started:.0f} s\n")
+    print("Look at it:")
+    print(f"  Airflow UI:  FRESHET_HOME={home} make airflow-ui     (airflow standalone on :8080, parallelism 4;"
+          f" admin password in {home}/airflow/simple_auth_manager_passwords.json.generated)")
+    print(f"  MLflow UI:   FRESHET_HOME={home} make mlflow-ui      (mlflow ui on :5000 over {config.mlflow.tracking_uri})")
+    return 0
 
-    from tasks.demo.site import serve
 
+def run_days(config: PipelineConfig, store: ArtifactStore, env: dict[str, str], home: Path, plan: DemoPlan,
+             corpus: Path | None, since: str) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """The planned days, one after the other (the demo site serving `corpus` when the config crawls it): each
+    day's texts scored before the pipeline learns their labels, the pipeline, then the monitor. Returns the
+    summary lines, the pipeline runs and each day's monitor figures."""
     summary: list[str] = []
     run_ids: list[str] = []
     monitored: list[dict[str, Any]] = []
     last_day = plan.first_day + plan.days - 1
     with contextlib.ExitStack() as stack:
-        if demo_site:
+        if corpus is not None:
             source = urlsplit(config.crawl.sources[0].url)
             # Every corpus row names its day, so the site publishes exactly the planned days.
             site = stack.enter_context(serve(corpus, plan.start_date, days=last_day, initial_fraction=0.0,
@@ -440,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             day_started = time.perf_counter()
             # The day's texts are scored (by yesterday's champion) before the pipeline learns their labels.
-            production = demo_site and drop_published_texts(config, site.url, logical_date) is not None
+            production = corpus is not None and drop_published_texts(config, site.url, logical_date) is not None
             if production:
                 print(f"running DAG freshet_score for {logical_date} ...", flush=True)
                 run_production_dag(env, "freshet_score", logical_date, log_path.with_name(f"score-{logical_date}.log"))
@@ -459,22 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lines, figures = summarize_production(store, logical_date, since)
                 summary += lines
                 monitored.append(figures)
-    print("\n".join(["", "=" * 78, "freshet demo summary", "=" * 78, *summary,
-                     *(monitor_table(monitored) if monitored else [])]))
-    print(f"\nregistry: {config.mlflow.model_name} aliases {json.dumps(aliases(config))}")
-    if run_ids:
-        from tasks.demo.learning_curve import build
-
-        _, paths = build(config, store, run_ids, home / "reports")
-        print(f"\n{paths['markdown'].read_text()}")
-        print(f"learning curve: {paths['png']} (table: {paths['markdown']}, {paths['csv']}; also in MLflow"
-              " as the run 'learning-curve')")
-    print(f"demo wall time: {time.perf_counter() - started:.0f} s\n")
-    print("Look at it:")
-    print(f"  Airflow UI:  FRESHET_HOME={home} make airflow-ui     (airflow standalone on :8080, parallelism 4;"
-          f" admin password in {home}/airflow/simple_auth_manager_passwords.json.generated)")
-    print(f"  MLflow UI:   FRESHET_HOME={home} make mlflow-ui      (mlflow ui on :5000 over {config.mlflow.tracking_uri})")
-    return 0
+    return summary, run_ids, monitored
 
 
 if __name__ == "__main__":
