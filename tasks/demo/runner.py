@@ -422,7 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      *(monitor_table(monitored) if monitored else [])]))
     print(f"\nregistry: {config.mlflow.model_name} aliases {json.dumps(aliases(config))}")
     if run_ids:
-        _, paths = build_learning_curve(config, store, run_ids, home / "reports")
+        # Over every day this home has run, not only this invocation's: the criterion is about the whole curve.
+        _, paths = build_learning_curve(config, store, None, home / "reports")
         print(f"\n{paths['markdown'].read_text()}")
         print(f"learning curve: {paths['png']} (table: {paths['markdown']}, {paths['csv']}; also in MLflow"
               " as the run 'learning-curve')")
