@@ -109,7 +109,6 @@ def distillation_rows(config: PipelineConfig, clean: Manifest, store: ArtifactSt
     """
     import random
 
-
     known = set(labels if labels is not None else config.labels)
     uris = [entry["uri"] for entry in clean.facts.get("prior_snapshots", [])] + [clean.output("dataset").uri]
     rows: dict[str, dict[str, Any]] = {}
@@ -127,7 +126,6 @@ def distill_student(config: PipelineConfig, teacher, tokenizer, rows: list[dict[
                     labels: Sequence[str] | None = None):
     """The student model and the facts of its training (layers, rows, loss, seconds)."""
     import time
-
 
     if not rows:
         raise StepError("compress: distillation needs train-split rows, and the clean dataset (with its prior "

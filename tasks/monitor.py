@@ -226,14 +226,14 @@ def judge_versions(config: PipelineConfig, store: ArtifactStore, context: StepCo
 
 
 def new_breach(run_id: str, day: dt.date, moment: dt.datetime, fingerprint: str, judged: Mapping[str, dict[str, Any]],
-               champion_version: str | None, near: dict[str, Any] | None, cooldown_hours: float) -> dict[str, Any]:
-    """The breach of this monitor day: its failed checks, and `suppressed` (why) when a breach within the
-    cooldown holds it back."""
-    failed = [f"version {version}: {problem}" for version, result in judged.items() for problem in result["failed"]]
+               failed: Sequence[str], champion_version: str | None, near: dict[str, Any] | None,
+               cooldown_hours: float) -> dict[str, Any]:
+    """The breach of this monitor day (`failed`: its failed checks), `emitted` unless a breach within the
+    cooldown holds it back, and then `suppressed` says which."""
     breach: dict[str, Any] = {
         "id": f"breach-{day.isoformat()}-{fingerprint.removeprefix('sha256:')[:10]}", "run_id": run_id,
         "logical_date": day.isoformat(), "at": moment.isoformat(),
-        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "reasons": failed,
+        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "reasons": list(failed),
         "versions": sorted(version for version, result in judged.items() if result["failed"]),
         "champion": champion_version, "emitted": near is None, "suppressed": None}
     if near is not None:
@@ -278,9 +278,9 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         results, pictures = judge_versions(config, store, context, frame, labelled)
         judged = {version: result for version, result in results.items() if result["status"] == "judged"}
         failed = [f"version {version}: {problem}" for version, result in judged.items() for problem in result["failed"]]
-        emitted = bool(failed) and near is None
-        breach = new_breach(run_id, day, moment, fingerprint, judged, champion_version, near, settings.cooldown_hours
-                            ) if failed else None
+        breach = new_breach(run_id, day, moment, fingerprint, judged, failed, champion_version, near,
+                            settings.cooldown_hours) if failed else None
+        emitted = breach is not None and breach["emitted"]
         primary = max(judged, key=lambda version: judged[version]["rows"], default=None)
         verdict = verdict_of(frame.empty, primary, breach, failed)
         notes = [(f"window {days[0]}..{days[-1]}: {len(frame)} predictions in {len(parts)} part(s) of the prediction "

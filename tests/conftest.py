@@ -72,7 +72,9 @@ def corpus_rows() -> list[dict[str, str]]:
 @pytest.fixture()
 def site_days() -> int:
     """Days the `site` fixture publishes after its first (tests.corpus_support.SITE_START)."""
-    return 3
+    from tests.corpus_support import SITE_DAYS
+
+    return SITE_DAYS
 
 
 @pytest.fixture()

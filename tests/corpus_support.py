@@ -32,5 +32,7 @@ def synthetic_corpus(n_rows: int, labels: Sequence[str], seed: int = 0) -> list[
     return rows
 
 
-# The first publication day of the demo site the `site` fixture (conftest.py) serves.
+# The demo site the `site` fixture (conftest.py) serves: its first publication day, and the days after it
+# (a module overrides the `site_days` fixture for another number).
 SITE_START = dt.date(2025, 1, 1)
+SITE_DAYS = 3

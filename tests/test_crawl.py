@@ -27,11 +27,11 @@ from tasks.manifest import Manifest, StepError
 from tasks.records import read_rows
 from tasks.sources.fetch import address_refusal
 from tasks.store import ArtifactStore
-from tests.corpus_support import SITE_START
+from tests.corpus_support import SITE_DAYS, SITE_START
 
 LABELS = ["alpha", "beta", "gamma"]
 START = SITE_START
-DAYS = 3  # the `site` fixture's days (conftest.py)
+DAYS = SITE_DAYS
 # A public address literal: the guard accepts it without DNS, and MockTransport never connects.
 PUBLIC_BASE = "http://93.184.215.14/"
 NDJSON = "application/x-ndjson"

@@ -30,11 +30,11 @@ from tasks.demo.site import PRIVATE_HTML_PATH, DemoSite, page_path
 from tasks.manifest import Manifest, StepError
 from tasks.records import read_rows
 from tasks.store import ArtifactStore
-from tests.corpus_support import SITE_START, synthetic_corpus
+from tests.corpus_support import SITE_DAYS, SITE_START, synthetic_corpus
 
 LABELS = ["alpha", "beta", "gamma"]
 START = SITE_START
-DAYS = 3
+DAYS = SITE_DAYS
 
 
 def day(number: int) -> dt.date:

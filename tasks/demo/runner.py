@@ -110,7 +110,6 @@ class DemoError(RuntimeError):
 
 def extend_corpus(config: PipelineConfig, path: Path, plan: DemoPlan) -> int:
     """The corpus holds every day up to this invocation's last: new packages for the new days."""
-
     path.parent.mkdir(parents=True, exist_ok=True)
     def extend() -> int:
         return extend_debian_corpus(path, config.labels, rows_per_day=plan.rows_per_day, first_day=plan.first_day,
