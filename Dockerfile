@@ -7,6 +7,29 @@
 #                                          # PyPI's Linux x86_64 torch wheel is the CUDA build
 #
 # For production, pin the base by digest as well (python:3.11-slim-bookworm@sha256:...).
+#
+# Two stages: `wheel` builds the freshet wheel from the code; the image installs that wheel, so what runs
+# is what `pip install` of the package gives (every module, the `freshet` command), never the source tree.
+
+# ---------------------------------------------------------------------------------------- the wheel
+FROM python:3.11-slim-bookworm AS wheel
+
+ARG PIP_VERSION=26.3
+# The build backend pinned here, not fetched unpinned by build isolation (pyproject says setuptools>=68).
+ARG SETUPTOOLS_VERSION=84.2.1
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+
+WORKDIR /src
+RUN pip install "pip==${PIP_VERSION}" "setuptools==${SETUPTOOLS_VERSION}"
+COPY pyproject.toml README.md ./
+COPY tasks/ tasks/
+COPY plugins/ plugins/
+RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
+
+# ---------------------------------------------------------------------------------------- the image
 FROM python:3.11-slim-bookworm
 
 # Where torch comes from. The CPU index keeps the image ~2 GB smaller than the CUDA build; a GPU
@@ -46,19 +69,19 @@ WORKDIR /opt/freshet
 
 # Dependencies first, in their own layers, so code changes rebuild in seconds. The same order as
 # `make venv`: pip, then torch alone (requirements.lock leaves torch out, so the build chosen by
-# TORCH_INDEX_URL is never swapped), then the lock, then our package without dependencies.
+# TORCH_INDEX_URL is never swapped), then the lock, then our wheel without dependencies.
 RUN pip install "pip==${PIP_VERSION}"
 COPY requirements-torch.txt ./
 RUN pip install --index-url "${TORCH_INDEX_URL}" -r requirements-torch.txt
 COPY requirements.lock ./
 RUN pip install -r requirements.lock
 
-COPY pyproject.toml README.md ./
-COPY tasks/ tasks/
-COPY plugins/ plugins/
-COPY dags/ dags/
+# The package from the wheel stage into site-packages. No code is copied into /opt/freshet (the working
+# directory), so `python -m tasks.<step>` imports the installed package, not a shadowing source tree.
+# configs/ is there for `--config /opt/freshet/configs/...` (runner.container_config_path, compose's serve).
 COPY configs/ configs/
-RUN pip install --no-deps . \
+COPY --from=wheel /wheels/ /tmp/wheels/
+RUN pip install --no-deps /tmp/wheels/freshet-*.whl \
  && pip check
 
 ENV FRESHET_HOME=/var/lib/freshet \

@@ -37,7 +37,6 @@ import json
 import logging
 import shutil
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import fsspec
 import httpx
@@ -80,7 +79,6 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         logical_date: str | None = None, client: httpx.Client | None = None) -> Manifest:
     """Crawl every configured source; `client` is injectable (tests use `httpx.MockTransport`)."""
     until = logical_day(logical_date)
-    report: dict[str, Any] = {}
     # The checkpoints of this run's earlier attempts count only for the same config and logical date.
     fingerprint = step_fingerprint(STEP, config, inputs, logical_date, CONFIG_SECTIONS)
 
@@ -113,8 +111,8 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
             state_path.parent.mkdir(parents=True, exist_ok=True)
             state_path.write_text(json.dumps(crawl.state, sort_keys=True))
         context.add_output("crawl_state", "crawl_state", "directory", sources=sources)
-        report.update(run_id=run_id, logical_date=logical_date,
-                      sources={crawl.report.source: crawl.report.to_dict() for crawl in crawls})
+        report = {"run_id": run_id, "logical_date": logical_date,
+                  "sources": {crawl.report.source: crawl.report.to_dict() for crawl in crawls}}
         (context.out_dir / "crawl_report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
         context.add_output("report", "crawl_report.json", "report")
 
@@ -148,7 +146,8 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
                             failed["url"], failed["reason"], failed["detail"])
 
     def track(manifest: Manifest) -> None:
-        mlflow.log_dict(report, "crawl_report.json")
+        # From the committed artifacts only: after a kill past the commit, the rerun skips `body` and tracks here.
+        mlflow.log_artifact(str(store.local_path(manifest.output("report").uri)))
         # The crawled batch as a dataset output; validate logs the same name and digest as its input.
         records = manifest.output("records")
         log_dataset(pd.read_parquet(store.local_path(records.uri)), records, name=f"{config.name}.records",

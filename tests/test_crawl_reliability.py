@@ -11,6 +11,10 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -20,16 +24,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pytest
+import yaml
 
 from tasks import crawl
 from tasks.config import PipelineConfig
-from tasks.contract import read_manifest
+from tasks.contract import FAULT_DRILL, read_manifest
 from tasks.manifest import Manifest, StepError
 from tasks.records import read_rows
 from tasks.sources import fetch
 from tasks.sources.session import SourceSession
 from tasks.store import ArtifactStore
+from tasks.tracking import TRACKED_TAG
 
 DEADLINE_S = 0.5
 GRACE_S = 0.2
@@ -438,3 +445,47 @@ def test_a_checkpoint_from_another_config_is_not_resumed(tmp_path: Path, mlflow_
         site.close()
     assert report["pages_resumed"] == 0 and len(rows) == 3
     assert all(site.requests[f"/page-{number}.html"] == 2 for number in range(3))
+
+
+# ------------------------------------------------------------------------------------- kill recovery
+
+
+def test_a_crawl_killed_after_its_commit_logs_the_full_report_on_recovery(tmp_path: Path, mlflow_uri: str) -> None:
+    """SIGKILLed past the commit with its MLflow run open (the fault drill's `tracked` point), the crawl's rerun
+    skips `body` and completes the MLflow record: the report it logs is the committed one, not an empty one."""
+    site = BadPagesSite({f"/page-{number}.html": Page(article(f"article number {number}")) for number in range(3)})
+    try:
+        config = make_config(tmp_path, mlflow_uri, site.url)
+        config_path = tmp_path / "pipeline.yaml"
+        config_path.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_defaults=True)))
+        command = [sys.executable, "-m", "tasks.crawl", "--config", str(config_path), "--run-id", "day-1",
+                   "--logical-date", LOGICAL_DATE]
+
+        def crawl_process(fault: str | None) -> subprocess.CompletedProcess[str]:
+            environment = {key: value for key, value in os.environ.items() if key != FAULT_DRILL}
+            environment |= {FAULT_DRILL: fault} if fault else {}
+            # Its own process group: the drill kills the group, which must not include pytest.
+            return subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120,
+                                  start_new_session=True, check=False)
+
+        killed = crawl_process("crawl:tracked")
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        recovered = crawl_process(None)
+        assert recovered.returncode == 0, recovered.stderr[-2000:]
+    finally:
+        site.close()
+    assert all(site.requests[f"/page-{number}.html"] == 1 for number in range(3)), "the rerun crawled again"
+    store = ArtifactStore(config.artifact_root)
+    manifest = read_manifest(store, "day-1", "crawl")
+    assert manifest is not None
+    committed = json.loads(store.local_path(manifest.output("report").uri).read_text())
+    assert committed["sources"]["site"]["records_new"] == 3  # what the uninterrupted body wrote
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_uri)
+    experiment = client.get_experiment_by_name(config.mlflow.experiment)
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id],
+                                "tags.`freshet.run_id` = 'day-1' and tags.`freshet.step` = 'crawl'")
+    assert run.data.tags[TRACKED_TAG] == manifest.fingerprint and run.info.status == "FINISHED"
+    logged = Path(client.download_artifacts(run.info.run_id, "crawl_report.json", str(tmp_path)))
+    assert json.loads(logged.read_text()) == committed

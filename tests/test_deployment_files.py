@@ -489,12 +489,18 @@ def test_every_base_image_is_pinned_to_a_tag(name: str) -> None:
             f"{name}:{item.line}: FROM {image} is not pinned to a tag")
 
 
+# How each project image installs freshet: the step image from the wheel it builds (what `pip install` of the
+# package gives, every module and the `freshet` command), the Airflow image from the mounted checkout.
+PACKAGE_INSTALLS = {"Dockerfile": r"pip install --no-deps /tmp/wheels/freshet-\*\.whl(?:\s|$)",
+                    "docker/airflow.Dockerfile": r"pip install --no-deps (?:-e )?\.(?:\s|$)"}
+
+
 @pytest.mark.parametrize("name", sorted(PROJECT_DOCKERFILES))
 def test_project_image_installs_torch_then_the_lock_then_the_package(name: str) -> None:
     parsed = dockerfile(name)
     torch = parsed.index_of_run(r"pip install\b.*--index-url \"?\$\{?TORCH_INDEX_URL\}?\"?.*-r requirements-torch\.txt")
     lock = parsed.index_of_run(r"pip install\b(?:(?!&&).)*-r requirements\.lock")
-    package = parsed.index_of_run(r"pip install --no-deps (?:-e )?\.(?:\s|$)")
+    package = parsed.index_of_run(PACKAGE_INSTALLS[name])
     assert torch < lock < package, f"{name}: install order must be torch, lock, package"
     assert parsed.arg_defaults().get("TORCH_INDEX_URL") == "https://download.pytorch.org/whl/cpu"
 
@@ -535,7 +541,8 @@ def test_project_image_layout(name: str) -> None:
     parsed = dockerfile(name)
     assert parsed.all("WORKDIR")[-1].arguments == "/opt/freshet"
     copied = {source.rstrip("/") for item in parsed.all("COPY") for source in copy_sources(item)}
-    assert {"tasks", "plugins", "dags", "configs", "pyproject.toml", "README.md"} <= copied
+    needed = {"tasks", "plugins", "configs", "pyproject.toml", "README.md"}
+    assert needed | ({"dags"} if name == "docker/airflow.Dockerfile" else set()) <= copied
     labels = " ".join(item.arguments for item in parsed.all("LABEL"))
     for label in ("org.opencontainers.image.title", "org.opencontainers.image.source",
                   "org.opencontainers.image.version", "org.opencontainers.image.revision"):
@@ -544,9 +551,44 @@ def test_project_image_layout(name: str) -> None:
     assert not entrypoint or entrypoint[-1].arguments == '["tini", "--"]', "the operator gives the command"
 
 
+def stages(parsed: Dockerfile) -> list[list[Instruction]]:
+    """The instructions of each build stage, a FROM first."""
+    found: list[list[Instruction]] = []
+    for item in parsed.instructions:
+        if item.keyword == "FROM":
+            found.append([])
+        if found:
+            found[-1].append(item)
+    return found
+
+
+def test_step_image_installs_the_wheel_it_builds_not_the_source_tree() -> None:
+    parsed = dockerfile("Dockerfile")
+    *builders, image = stages(parsed)
+    (builder,) = builders
+    builder_name = builder[0].arguments.split()[-1]
+    assert builder[0].arguments.split()[-2].upper() == "AS"
+    builder_copies = {source.rstrip("/") for item in builder if item.keyword == "COPY" for source in copy_sources(item)}
+    assert {"pyproject.toml", "README.md", "tasks", "plugins"} <= builder_copies
+    assert any(re.search(r"pip wheel --no-deps --no-build-isolation --wheel-dir /wheels \.(?:\s|$)", item.arguments)
+               for item in builder if item.keyword == "RUN"), "the wheel stage builds no wheel into /wheels"
+    assert any(re.search(r"\bsetuptools==\$\{?SETUPTOOLS_VERSION\}?", item.arguments)
+               for item in builder if item.keyword == "RUN"), "the build backend is not pinned"
+    # The image takes the wheel and no code: a tasks/ in the working directory would shadow the installed
+    # package for `python -m tasks.<step>`.
+    image_copies = [item for item in image if item.keyword == "COPY"]
+    assert any(item.arguments.split() == [f"--from={builder_name}", "/wheels/", "/tmp/wheels/"]
+               for item in image_copies), "the image does not take the wheel stage's wheel"
+    sources = {source.rstrip("/") for item in image_copies if "--from=" not in item.arguments
+               for source in copy_sources(item)}
+    assert sources.isdisjoint({"tasks", "plugins", "dags", "pyproject.toml"}), f"the image copies code: {sources}"
+    assert any("pip check" in item.arguments for item in image if item.keyword == "RUN")
+
+
 def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
     patterns = dockerignore_patterns()
-    for path in (".venv", ".freshet", ".git", "tasks/__pycache__", "mlflow.db", "mlruns", "mlartifacts", "runs", ".env"):
+    for path in (".venv", ".freshet", ".git", "tasks/__pycache__", "mlflow.db", "mlruns", "mlartifacts", "runs", ".env",
+                 "build", "freshet.egg-info", "dist"):
         assert is_dockerignored(path, patterns), f".dockerignore does not exclude {path}"
     for path in ("tasks", "plugins", "dags", "configs", "pyproject.toml", "requirements.lock"):
         assert not is_dockerignored(path, patterns), f".dockerignore excludes {path}, which the images need"

@@ -11,6 +11,8 @@ import yaml
 
 from freshet_airflow import control, schedule
 from freshet_airflow.notify import WebhookNotifier
+from tasks.config import GatePolicy
+from tasks.gate_policy import Check, final_verdict, judge_candidate, judge_compressed
 from tests.airflow_support import WebhookReceiver, migrate_airflow_db
 
 
@@ -50,31 +52,39 @@ def test_notifier_raises_when_the_webhook_refuses(receiver):
         WebhookNotifier(receiver.url)({"ti": SimpleNamespace(dag_id="d", run_id="r", task_id="t", try_number=1)})
 
 
-def _rejected_manifest() -> dict:
-    return {"step": "compress", "facts": {"gate": {"passed": False, "reasons": ["frozen.macro_f1 0.21 < floor 0.5"],
-                                                   "checks": [{"name": "floor:frozen.macro_f1", "verdict": "failed",
-                                                               "detail": "0.21 < 0.5"},
-                                                              {"name": "floor:fresh.macro_f1", "verdict": "passed",
-                                                               "detail": "0.61 >= 0.5"}]}}}
+def _compress_manifest(frozen_macro_f1: float) -> dict:
+    """A compress manifest whose gate verdict is built by the gate policy itself, as compress builds it:
+    the candidate judged against two floors, with an int8 variant's re-gate listed beside it."""
+    policy = GatePolicy(floors={"frozen.macro_f1": 0.5, "fresh.macro_f1": 0.5}, max_compressed_drop=0.03)
+    candidate = {"frozen": {"macro_f1": frozen_macro_f1, "rows": 200}, "fresh": {"macro_f1": 0.61, "rows": 40}}
+    compressed = {"frozen": {"macro_f1": frozen_macro_f1 - 0.01, "rows": 200}}
+    verdict = judge_candidate(policy, candidate, champion=None)
+    regate = judge_compressed(policy, compressed, candidate, "int8")
+    gate = final_verdict(verdict.summary(), regate.checks, serving_variant="int8")
+    return {"step": "compress", "facts": {"gate": gate, "serving_variant": "int8"}}
 
 
-def test_gate_rejection_is_notified_and_still_short_circuits(tmp_path, receiver):
+def test_gate_rejection_notifies_its_failed_checks_and_still_short_circuits(tmp_path, receiver):
     config_path = write_config(tmp_path, receiver.url)
     ti = SimpleNamespace(dag_id="freshet", run_id="scheduled__2026-11-02", task_id="gate", try_number=1)
-    assert control.gate_outcome(_rejected_manifest(), config_path, ti=ti) is False
+    rejected = _compress_manifest(frozen_macro_f1=0.21)
+    assert control.gate_outcome(rejected, config_path, ti=ti) is False
     (rejection,) = receiver.events("gate_rejected")
     assert rejection["run_id"] == "scheduled__2026-11-02" and rejection["task_id"] == "gate"
-    assert rejection["reason"] == "frozen.macro_f1 0.21 < floor 0.5"
-    assert [check["name"] for check in rejection["checks"]] == ["floor:frozen.macro_f1"]
-    passed = {"facts": {"gate": {"passed": True, "reasons": [], "checks": []}}}
-    assert control.gate_outcome(passed, config_path, ti=ti) is True
+    assert rejection["reason"] == "; ".join(rejected["facts"]["gate"]["reasons"])
+    assert "frozen.macro_f1" in rejection["reason"] and "0.21" in rejection["reason"]
+    (failed,) = rejection["checks"]
+    assert Check.model_validate(failed) == Check(
+        name="floor:frozen.macro_f1", value=0.21, threshold=0.5, comparison=">=", verdict="fail",
+        detail="candidate frozen.macro_f1 floor: 0.2100 violates >= 0.5000")
+    assert control.gate_outcome(_compress_manifest(frozen_macro_f1=0.72), config_path, ti=ti) is True
     assert len(receiver.received) == 1, "a passing gate must not notify"
 
 
 def test_dead_webhook_does_not_turn_a_rejection_into_a_failure(tmp_path):
     config_path = write_config(tmp_path, "http://127.0.0.1:9/unreachable")
-    assert control.gate_outcome(_rejected_manifest(), config_path, ti=SimpleNamespace(dag_id="d", run_id="r", task_id="gate",
-                                                                               try_number=1)) is False
+    ti = SimpleNamespace(dag_id="d", run_id="r", task_id="gate", try_number=1)
+    assert control.gate_outcome(_compress_manifest(frozen_macro_f1=0.21), config_path, ti=ti) is False
 
 
 def test_failed_task_notifies_from_a_real_dag_run(tmp_path, receiver, monkeypatch):

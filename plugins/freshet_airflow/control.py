@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
@@ -25,6 +25,9 @@ from freshet_airflow.schedule import (
     source_asset,
     webhook,
 )
+
+if TYPE_CHECKING:
+    from tasks.gate_policy import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -96,26 +99,37 @@ def should_train(config_path: str, **operator_kwargs: Any) -> BaseOperator:
 
 # -------------------------------------------------------------------------------------------- gate
 
+def gate_verdict(manifest: dict[str, Any] | str) -> Verdict:
+    """The gate verdict in the compress manifest (gate_policy.final_verdict), read through the type that wrote
+    it, so a check's verdict is one of that type's words, not a string this module guesses."""
+    from tasks.gate_policy import Verdict  # here, not at the top: it brings numpy (~0.1 s) into every DAG parse
+
+    return Verdict.model_validate(xcom_manifest(manifest, "compress")["facts"]["gate"])
+
+
 def gate_passed(manifest: dict[str, Any] | str) -> bool:
     """ShortCircuit callable: True lets promotion run; False skips it and the log says why."""
-    gate = xcom_manifest(manifest, "compress")["facts"]["gate"]
-    if gate["passed"]:
-        log.info("gate PASSED (serving variant %s); promoting", gate.get("serving_variant"))
+    verdict = gate_verdict(manifest)
+    if verdict.passed:
+        serving_variant = xcom_manifest(manifest, "compress")["facts"].get("serving_variant")
+        log.info("gate PASSED (serving variant %s); promoting", serving_variant)
     else:
-        log.warning("gate REJECTED the candidate; promotion skipped. Reasons: %s", "; ".join(gate["reasons"]))
-    for check in gate["checks"]:
-        log.info("  %-45s %-8s %s", check["name"], check["verdict"], check["detail"])
-    return bool(gate["passed"])
+        log.warning("gate REJECTED the candidate; promotion skipped. Reasons: %s", "; ".join(verdict.reasons))
+    for check in verdict.checks:
+        log.info("  %-45s %-8s %s", check.name, check.verdict, check.detail)
+    return verdict.passed
 
 
 def gate_outcome(manifest: dict[str, Any] | str, config_path: str | None = None, **context: Any) -> bool:
-    """gate_passed, and a rejection notified by webhook when the config asks for it."""
+    """gate_passed, and a rejection notified by webhook, with its failed checks, when the config asks for it."""
     passed = gate_passed(manifest)
     config = pipeline_config(config_path) if config_path else None
     if not passed and config is not None and config.notify.webhook_url and config.notify.on_gate_rejection:
-        facts = xcom_manifest(manifest, "compress")["facts"]
-        notifier = webhook(config, event="gate_rejected", reason="; ".join(facts["gate"]["reasons"]),
-                           details={"checks": [item for item in facts["gate"]["checks"] if item["verdict"] == "failed"]})
+        verdict = gate_verdict(manifest)
+        # Every failed check, a compressed variant's re-gate included: it does not reject, but it is news.
+        failed = [check.model_dump() for check in verdict.checks if check.verdict == "fail"]
+        notifier = webhook(config, event="gate_rejected", reason="; ".join(verdict.reasons),
+                           details={"checks": failed})
         try:
             notifier(context)
         except Exception:  # a dead webhook must not turn a normal rejection into a failed run

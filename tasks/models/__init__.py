@@ -1,0 +1,1 @@
+"""Model families, building, inference, compression, metrics and the MLflow serving model."""

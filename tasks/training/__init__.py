@@ -1,0 +1,1 @@
+"""Training internals behind `tasks.train`: the loop, batches, DDP ranks, checkpoints and precision."""
