@@ -33,19 +33,15 @@ test: venv  ## lint (ruff), types (mypy on tasks/ and plugins/), then the whole 
 lock:  ## re-pin requirements.lock from the current venv (torch stays in requirements-torch.txt)
 	$(VENV)/bin/pip freeze --exclude-editable | grep -viE '^(torch|freshet)==' > requirements.lock
 
-AIRFLOW_ENV = PATH=$(abspath $(VENV))/bin:$$PATH AIRFLOW_HOME=$(FRESHET_HOME)/airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
-	AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins AIRFLOW__CORE__LOAD_EXAMPLES=False \
-	AIRFLOW__CORE__PARALLELISM=4 FRESHET_CONFIG=$(CURDIR)/configs/demo.yaml
+# The UIs over any config's stores (CONFIG=, default the demo's; FRESHET_HOME= its home), from anywhere:
+# `make -C /path/to/freshet mlflow-ui CONFIG=/abs/my.yaml FRESHET_HOME=/abs/.freshet`, or `freshet ui ...`.
+UI_CONFIG = $(abspath $(or $(CONFIG),configs/demo.yaml))
 
-airflow-ui: venv  ## Airflow UI on :8080 over the demo's SQLite metadata DB (stop with Ctrl-C)
-	# The training pool first: the scheduler leaves tasks of a missing pool queued forever.
-	$(AIRFLOW_ENV) $(VENV)/bin/airflow db migrate >/dev/null
-	$(AIRFLOW_ENV) $(VENV)/bin/airflow pools set freshet_training 1 "freshet: training jobs (one GPU job at a time)" >/dev/null
-	$(AIRFLOW_ENV) $(VENV)/bin/airflow standalone
+airflow-ui: venv  ## Airflow UI on :8080 over the home's SQLite metadata DB, the training pool created first (Ctrl-C stops)
+	$(PY) -m tasks.cli ui airflow --config "$(UI_CONFIG)" --home "$(FRESHET_HOME)"
 
-mlflow-ui: venv  ## MLflow UI on :5000 over the demo's tracking DB and artifacts
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(FRESHET_HOME)/mlflow.db \
-	  --default-artifact-root $(FRESHET_HOME)/mlartifacts --host 127.0.0.1 --port 5000
+mlflow-ui: venv  ## MLflow UI on :5000 over the config's tracking URI (a relative sqlite path: the config's directory)
+	$(PY) -m tasks.cli ui mlflow --config "$(UI_CONFIG)" --home "$(FRESHET_HOME)"
 
 SERVE_PORT ?= 8000
 

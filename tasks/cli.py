@@ -1,5 +1,5 @@
-"""The `freshet` command: run the demo, a single step, the demo source, a rollback, the champion history, or
-the model server."""
+"""The `freshet` command: run the demo, a single step, the demo source, the UIs, a rollback, the champion history,
+or the model server."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from tasks.pipeline import STEP_NAMES as STEPS
 
 USAGE = """freshet <command> [args]
 
-  demo [--days N] [--fresh]        the whole pipeline on the embedded default (Airflow + MLflow on SQLite)
+  demo [--days N] [--fresh]        the whole pipeline on the embedded default (Airflow + MLflow on SQLite);
+       [--config F] [--force-training]  or on your config; exits 1 naming the failed task when a run fails
+  ui airflow|mlflow --config F     the Airflow or MLflow UI over that config's stores (--home H), from anywhere
   step <name> --config ... ...     run one step (same as python -m tasks.<name>); steps: {steps}
   demo-corpus --out F --labels ..  build the Debian demo corpus
   demo-site --corpus F ...         serve a corpus day by day over HTTP
@@ -72,11 +74,13 @@ def history_main(argv: Sequence[str]) -> int:
         print(f"{name}: no version has been champion yet")
         return 0
     print(f"{name}: champion timeline (UTC)")
-    print(f"{'version':>7}  {'since':<32} {'until':<32} {'how':<9} {'by':<20} why / ended by")
+    # As wide as the longest "by" ("airflow dag_id=freshet run_id=..."): a cut one no longer says who.
+    by_width = max(len("by"), *(len(row["by"] or "?") for row in timeline))
+    print(f"{'version':>7}  {'since':<32} {'until':<32} {'how':<9} {'by':<{by_width}} why / ended by")
     for row in timeline:
         ended = f" | ended: {row['ended_by']}" if row.get("ended_by") else ""
         print(f"{row['version']:>7}  {row['since'] or '?':<32} {row['until'] or '(current)':<32} {row['kind']:<9} "
-              f"{(row['by'] or '?')[:20]:<20} {row['why'] or ''}{ended}")
+              f"{row['by'] or '?':<{by_width}} {row['why'] or ''}{ended}")
     return 0
 
 
@@ -92,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return importlib.import_module(f"tasks.{rest[0]}").main(rest[1:])
     modules = {"demo": "tasks.demo.runner", "demo-corpus": "tasks.demo.corpus", "demo-site": "tasks.demo.site",
-               "serve": "tasks.serve.app"}
+               "serve": "tasks.serve.app", "ui": "tasks.demo.ui"}
     if command in modules:
         return importlib.import_module(modules[command]).main(rest)
     if command == "rollback":

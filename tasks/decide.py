@@ -11,7 +11,11 @@ training is costly, so it runs only when it can change something:
   served predictions or inputs, or a drop of the estimated or real macro-F1; `monitor.retrain_on_breach`),
   whatever the number of new rows: the reason starts "production drift:" and the manifest's
   `production_drift` facts name the breaches it consumed, so the next decide does not train on them again, or
-- the run was started with `force` (the DAG's `force_training` param).
+- the run was started with `force` (the DAG's `force_training` param),
+
+but never when this run's snapshot has fewer train-split rows than training needs (one per training process:
+a round trains on this run's train split, plus replay and augmentation of it): then the run ends green
+without training, whatever the reason above, and the rows wait for the next day's round.
 
 The verdict and its reason are facts of this step's manifest (and the DAG's XCom), whatever they are.
 """
@@ -51,6 +55,25 @@ def untrained_snapshots(store: ArtifactStore, since: str | None, run_id: str,
                  or (entry.get("logical_date") or "") <= logical_date)]
 
 
+def training_processes(config: PipelineConfig) -> int:
+    """The DDP ranks a round will have, as far as the config tells before the launch: with nproc_per_node
+    "auto" the CPU fallback (`cpu_processes`); a GPU host with more GPUs than that is checked again by the trainer."""
+    settings = config.train
+    per_node = settings.nproc_per_node if isinstance(settings.nproc_per_node, int) else settings.cpu_processes
+    return per_node * settings.nnodes
+
+
+def train_split_rows(store: ArtifactStore, run_id: str) -> int | None:
+    """Rows in the train split of this run's cleaned snapshot (what a round trains on); None: no snapshot yet."""
+    import pyarrow.parquet as pq
+
+    entry = next((item for item in read_history(store) if item["run_id"] == run_id), None)
+    if entry is None:
+        return None
+    splits = pq.read_table(store.local_path(entry["uri"]), columns=["split"]).column("split").to_pylist()
+    return sum(split == "train" for split in splits)
+
+
 def production_drift_reason(pending: Sequence[Mapping[str, Any]], new_rows: int) -> str:
     """Why a pending breach trains: the latest breach's failed checks, which breach, and how many others."""
     latest = pending[-1]
@@ -62,10 +85,18 @@ def production_drift_reason(pending: Sequence[Mapping[str, Any]], new_rows: int)
 
 
 def decide(config: PipelineConfig, *, has_champion: bool, new_rows: int, drift: Mapping[str, float | None],
-           force: bool = False, production_drift: Sequence[Mapping[str, Any]] = ()) -> tuple[bool, str]:
+           force: bool = False, production_drift: Sequence[Mapping[str, Any]] = (),
+           train_rows: int | None = None) -> tuple[bool, str]:
     """(train?, why) from the facts; pure, so the policy is testable without a pipeline. `production_drift`: the
-    monitor's breaches no earlier decide trained on, oldest first."""
+    monitor's breaches no earlier decide trained on, oldest first. `train_rows`: this run's train-split rows
+    (None: not known, not checked)."""
     settings = config.schedule
+    processes = training_processes(config)
+    if train_rows is not None and train_rows < processes:
+        # A round that cannot train would fail and be retried; waiting for more rows is the normal outcome.
+        return False, (f"this run's snapshot has {train_rows} train-split rows, fewer than the {processes} a round "
+                       f"needs (one per training process); not training{' even though forced' if force else ''}, "
+                       f"the {new_rows} new rows wait for the next round")
     if force:
         return True, "forced by the run's force_training param"
     if not has_champion:
@@ -99,6 +130,7 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
     snapshots = untrained_snapshots(store, since, run_id, logical_date)
     champion = has_champion(config) if champion is None else champion
     pending = breaches.pending(store, run_id, logical_date) if config.monitor.retrain_on_breach else []
+    train_rows = train_split_rows(store, run_id)
 
     def body(context: StepContext) -> None:
         validation = context.input("validate").metrics
@@ -106,7 +138,7 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
                  for name in DRIFT_METRICS}
         new_rows = sum(int(entry.get("rows") or 0) for entry in snapshots)
         train, reason = decide(config, has_champion=champion, new_rows=new_rows, drift=drift, force=force,
-                               production_drift=pending)
+                               production_drift=pending, train_rows=train_rows)
         context.facts.update({
             "train": train, "reason": reason, "has_champion": champion, "forced": force,
             "last_training": {"run_id": previous.run_id, "logical_date": previous.logical_date} if previous else None,
@@ -119,7 +151,7 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
                                  "consumed": [item["id"] for item in pending] if train else [],
                                  "latest": pending[-1] if pending else None},
         })
-        context.metrics.update({"train": train, "rows_since_last_training": new_rows,
+        context.metrics.update({"train": train, "rows_since_last_training": new_rows, "train_split_rows": train_rows,
                                 "snapshots_since_last_training": len(snapshots),
                                 "production_drift": bool(pending)})
         # A skip is logged as a warning so it stands out in the task log; the run itself succeeds.
@@ -128,7 +160,7 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
     return execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
                    config_sections=("schedule",),
                    extra_fingerprint={"snapshots": [entry.get("digest") for entry in snapshots], "since": since,
-                                      "champion": champion, "force": force,
+                                      "champion": champion, "force": force, "train_rows": train_rows,
                                       "breaches": [item["id"] for item in pending]})
 
 

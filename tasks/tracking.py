@@ -11,12 +11,35 @@ import os
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from tasks.config import PipelineConfig
 from tasks.manifest import ArtifactRef, Manifest, airflow_identity
 
 log = logging.getLogger("freshet.tracking")
+
+
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def default_artifact_location(tracking_uri: str, artifact_root: str) -> str | None:
+    """Where an experiment keeps its artifacts when `mlflow.artifact_location` is not set.
+
+    With a database tracking URI MLflow's client would put them in `./mlruns` of whatever directory the step
+    runs in (a stray folder there, and artifacts scattered over working directories): `mlartifacts` beside the
+    SQLite file instead (`mlflow ui`'s own convention), or under `artifact_root` for another database. None for
+    a tracking server or a file store, which have their own place."""
+    scheme = tracking_uri.split(":", 1)[0].split("+", 1)[0]
+    if "://" not in tracking_uri or scheme not in DATABASE_SCHEMES:
+        return None
+    if scheme == "sqlite":
+        database = tracking_uri.removeprefix("sqlite:///")
+        if database and database != tracking_uri and database != ":memory:":
+            return str(Path(database).resolve().parent / "mlartifacts")
+    if "://" in artifact_root:
+        return f"{artifact_root.rstrip('/')}/mlartifacts"
+    return str(Path(artifact_root).resolve() / "mlartifacts")
 
 
 def configure(config: PipelineConfig):
@@ -30,8 +53,10 @@ def configure(config: PipelineConfig):
     experiment = client.get_experiment_by_name(config.mlflow.experiment)
     if experiment is not None:
         return experiment.experiment_id
+    artifact_location = (config.mlflow.artifact_location
+                         or default_artifact_location(config.mlflow.tracking_uri, config.artifact_root))
     try:
-        return client.create_experiment(config.mlflow.experiment, artifact_location=config.mlflow.artifact_location)
+        return client.create_experiment(config.mlflow.experiment, artifact_location=artifact_location)
     except mlflow.exceptions.MlflowException:
         # Another step created it concurrently.
         created = client.get_experiment_by_name(config.mlflow.experiment)

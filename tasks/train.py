@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from tasks.config import PipelineConfig
 from tasks.contract import StepContext, cli, execute, read_manifest, step_fingerprint
 from tasks.manifest import Manifest, StepError
-from tasks.records import read_rows
+from tasks.records import read_rows, write_parquet
 from tasks.store import ArtifactStore, atomic_write_text
 from tasks.training.data import TrainingData
 from tasks.training.distributed import DistributedEnv
@@ -153,6 +154,10 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
             result.model.save_pretrained(model_dir, safe_serialization=True)
             result.tokenizer.save_pretrained(model_dir)
             atomic_write_text(context.out_dir / "training_data.json", _json(data.counts))
+            # The exact rows: evaluate fits the lexical baseline on the same train rows and picks the blend
+            # weight on the same validation rows.
+            write_parquet([_trained_row(row) for row in data.train], context.out_dir / "train_rows.parquet")
+            write_parquet([_trained_row(row) for row in data.validation], context.out_dir / "validation_rows.parquet")
             label_map = {"labels": labels, "id2label": {str(index): label for index, label in enumerate(labels)},
                          "new_vs_config": [label for label in labels if label not in config.labels]}
             atomic_write_text(context.out_dir / "label_map.json", _json(label_map))
@@ -161,6 +166,8 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
                              "freshet.precision_reason": result.facts["precision"]["reason"]})
             context.add_output("model", "model", "model", labels=labels, warm_started_from=champion_version)
             context.add_output("label_map", "label_map.json", "report")
+            context.add_output("train_rows", "train_rows.parquet", "dataset", rows=len(data.train))
+            context.add_output("validation_rows", "validation_rows.parquet", "dataset", rows=len(data.validation))
             context.metrics.update(data.counts)
             context.metrics.update(result.metrics)
             context.metrics["peak_memory_mb"] = peak_memory_mb(environment.device)
@@ -208,10 +215,16 @@ def _mlflow_params(config: PipelineConfig, champion_version: str | None) -> dict
     return flat | peft | {"champion_version": champion_version}
 
 
+def _trained_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "text": row["text"], "label": row["label"],
+            "augmented_from": row.get("augmented_from") or None}
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True)
 
 
+@record  # a rank's uncaught exception goes to its torch elastic error file, which the training operator reads
 def main(argv: list[str] | None = None) -> int:
     return cli(STEP, run, argv, __doc__)
 

@@ -85,26 +85,56 @@ def test_files_and_mlflow_run(report):
     assert artifacts == {"learning_curve.csv", "learning_curve.md", "learning_curve.png"}
 
 
-def curve_row(day, fresh, old, promoted=True):
+def curve_row(day, fresh, old, promoted=True, *, step=None, baseline=None, over_baseline=None):
+    """A row as `collect` makes it: `step` = (difference, ci_low, ci_high) against the champion it replaced,
+    `over_baseline` the same against the TF-IDF baseline, `baseline` its fresh macro-F1."""
     model = "candidate" if promoted else "champion"
-    return {"day": day, "promoted": promoted, f"{model}.fresh.macro_f1": fresh, f"{model}.old.macro_f1": old}
+    row = {key: None for key in learning_curve.COLUMNS} | {
+        "day": day, "promoted": promoted, f"{model}.fresh.macro_f1": fresh, f"{model}.old.macro_f1": old,
+        "compared_version": str(day - 1) if day > 1 else None, "champion_version": str(day),
+        "baseline.fresh.macro_f1": baseline}
+    for kind, values in (("paired", step), ("over_baseline", over_baseline)):
+        if values is not None:
+            row |= dict(zip((f"{kind}.fresh.difference", f"{kind}.fresh.ci_low", f"{kind}.fresh.ci_high"), values))
+    return row
 
 
-def test_criterion_rising_fresh_and_old_within_a_point_of_its_best():
-    rows = [curve_row(1, 0.60, None), curve_row(2, 0.70, 0.71), curve_row(3, 0.68, 0.705, promoted=False),
-            curve_row(4, 0.78, 0.72)]
+def test_criterion_compares_like_with_like_and_old_within_a_point_of_its_best():
+    rows = [curve_row(1, 0.60, None, baseline=0.58, over_baseline=(0.02, -0.01, 0.05)),
+            curve_row(2, 0.70, 0.71, step=(0.04, 0.01, 0.07), baseline=0.69, over_baseline=(0.01, -0.02, 0.04)),
+            curve_row(3, 0.68, 0.705, promoted=False, baseline=0.66),
+            curve_row(4, 0.78, 0.72, step=(0.02, -0.01, 0.05))]
     verdict = learning_curve.criterion(rows)
-    assert verdict["fresh_rising"] and verdict["fresh_slope_per_day"] > 0
+    assert [step["day"] for step in verdict["promotions"]] == [2, 4] and verdict["promotions_worse"] == 0
+    assert [item["day"] for item in verdict["against_baseline"]] == [1, 2, 3] and verdict["days_below_baseline"] == 0
     assert verdict["old_best"] == 0.72 and verdict["old_max_drop_below_best"] == pytest.approx(0.005)
-    assert verdict["met"]
-    assert "criterion met" in "\n".join(learning_curve.criterion_lines(verdict))
+    assert verdict["fresh_slope_per_day"] > 0 and verdict["met"]
+    lines = "\n".join(learning_curve.criterion_lines(verdict))
+    assert "v2 vs v1 it replaced, on day 2's fresh slice: +4.0 points (95% CI +1.0..+7.0)" in lines
+    assert "day 3: champion vs TF-IDF + LR on the same train rows, fresh slice: +2.0 points (kept champion" in lines
+    assert "informative, not judged" in lines and "criterion met" in lines
 
 
-def test_criterion_fails_on_forgetting_or_flat_new_data():
+def test_criterion_fails_on_a_worse_promotion_the_baseline_or_forgetting():
+    worse = learning_curve.criterion([curve_row(1, 0.6, None), curve_row(2, 0.5, 0.6, step=(-0.08, -0.12, -0.03))])
+    assert worse["promotions_worse"] == 1 and not worse["met"]
+    assert "WORSE" in "\n".join(learning_curve.criterion_lines(worse))
+    below = learning_curve.criterion([curve_row(1, 0.6, None, baseline=0.7, over_baseline=(-0.1, -0.14, -0.06))])
+    assert below["days_below_baseline"] == 1 and not below["met"]
+    kept_below = learning_curve.criterion([curve_row(1, 0.6, None, promoted=False, baseline=0.65)])
+    assert kept_below["days_below_baseline"] == 1 and not kept_below["met"]
     forgetting = learning_curve.criterion([curve_row(1, 0.6, None), curve_row(2, 0.7, 0.80), curve_row(3, 0.8, 0.785)])
-    assert forgetting["fresh_rising"] and not forgetting["old_within_bound"] and not forgetting["met"]
-    assert forgetting["old_max_drop_day"] == 3
+    assert not forgetting["old_within_bound"] and not forgetting["met"] and forgetting["old_max_drop_day"] == 3
     assert "OUTSIDE 1 point" in "\n".join(learning_curve.criterion_lines(forgetting))
-    flat = learning_curve.criterion([curve_row(1, 0.7, None), curve_row(2, 0.75, 0.8), curve_row(3, 0.7, 0.8)])
-    assert not flat["fresh_rising"] and not flat["met"]
-    assert "needs at least two" in learning_curve.criterion_lines(learning_curve.criterion([curve_row(1, 0.7, None)]))[0]
+
+
+def test_no_trend_from_two_points_and_no_score_on_classes_the_champion_never_knew():
+    two = learning_curve.criterion([curve_row(1, 0.88, None), curve_row(2, 0.70, 0.9, step=(0.01, -0.02, 0.04))])
+    assert two["fresh_slope_per_day"] is None and two["met"]  # a lower fresh F1 on other rows is not a verdict
+    assert "no trend claimed from 2 day(s)" in "\n".join(learning_curve.criterion_lines(two))
+    # Day 2's fresh slice is all a new class the kept champion never had: evaluate scored it on no row (NaN).
+    day2 = curve_row(2, None, 0.9, promoted=False)
+    day2["champion.fresh.macro_f1"] = learning_curve._measured(float("nan"))
+    verdict = learning_curve.criterion([curve_row(1, 0.88, None), day2])
+    assert verdict["fresh_days"] == 1 and verdict["fresh_last"] == 0.88 and verdict["met"]
+    assert "no evaluated day yet" in learning_curve.criterion_lines(learning_curve.criterion([]))[0]

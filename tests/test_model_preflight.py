@@ -107,6 +107,38 @@ def test_a_hub_id_in_the_local_cache_resolves_offline_at_its_pinned_revision(ber
     assert found.model_dir == repo / "snapshots" / commit and found.model_type == "bert"
 
 
+def config_in(folder, **train) -> str:
+    """A config file in `folder` (not the working directory), with these train settings."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = tiny_config(folder).to_dict()
+    data["train"].update(train)
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_a_relative_model_path_is_read_from_the_config_files_directory(bert_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # elsewhere: the config lives in tmp_path/project
+    shutil.copytree(bert_dir, tmp_path / "project" / "models" / "my-encoder")
+    for written in ("models/my-encoder", "./models/my-encoder"):
+        config = load_config(config_in(tmp_path / "project", model=written))
+        assert config.train.model == str((tmp_path / "project" / "models" / "my-encoder").resolve())
+        assert resolve_model_source(config.train).kind == "local"
+
+
+def test_a_missing_bare_model_folder_fails_at_load_naming_both_readings(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    where = re.escape(str((tmp_path / "project" / "models" / "my-encoder").resolve()))
+    with pytest.raises(ConfigError, match=rf"train.model='models/my-encoder' is neither a local folder nor a usable hub "
+                                          rf"id: a local folder was not found at {where} .*as a hub id it needs "
+                                          r"network and a pinned train.revision"):
+        load_config(config_in(tmp_path / "project", model="models/my-encoder"))
+    with pytest.raises(ConfigError, match=rf"train.model='{where}': no such directory {where}"):
+        load_config(config_in(tmp_path / "project", model="./models/my-encoder"))
+    with pytest.raises(ModelSetupError, match=r"train.model='org/name' is neither a local folder nor a usable hub id"):
+        resolve_model_source(TrainConfig(model="org/name"))
+
+
 def test_docker_and_kubernetes_modes_leave_the_directory_to_the_image(tmp_path):
     base = tiny_config(tmp_path).to_dict()
     base["train"]["model"] = "/opt/models/in-the-image"

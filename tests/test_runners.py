@@ -162,3 +162,66 @@ def test_the_cli_runs_every_registered_step_decide_included(capsys):
     assert exited.value.code == 0
     assert "--force-training" in capsys.readouterr().out
     assert main(["step", "nonsense"]) == 2
+
+
+FAILING_RANK = '''
+import os, sys
+from torch.distributed.elastic.multiprocessing.errors import record
+
+@record
+def main():
+    if os.environ["RANK"] == "1":
+        if os.environ.get("HOW") == "step-error":
+            print("freshet train: error: train rank 1: the shard of row 7 is empty", file=sys.stderr)
+            return 2
+        raise ValueError("rank one cannot parse row 7")
+    import time
+    time.sleep(30)  # rank 0 waits; torch elastic ends it when rank 1 fails
+    return 0
+
+raise SystemExit(main())
+'''
+
+
+@pytest.mark.parametrize("how", ["exception", "step-error"])
+def test_a_failed_ranks_own_reason_reaches_the_training_tasks_exception(tmp_path, how):
+    """Rank 1 (whose output the task log does not show) fails: the exception names its reason, from its torch
+    elastic error file (an exception, `@record`) or its own error line (a StepError printed by the step CLI),
+    never only torch elastic's "ChildFailedError ... error_file: <N/A>"."""
+    from freshet_airflow.operators import StepFailed
+
+    (tmp_path / "failing_rank.py").write_text(FAILING_RANK)
+    operator = DDPTrainOperator(task_id="train", arguments=[], nproc_per_node=2, max_restarts=0,
+                                env={"PYTHONPATH": str(tmp_path), "HOW": how})
+    operator.module = "failing_rank"
+    with pytest.raises(StepFailed) as failed:
+        operator.execute(context={})
+    message = str(failed.value)
+    assert message.startswith("step train exited with 1: rank 1")
+    if how == "exception":
+        assert "rank 1 (its error file): ValueError: rank one cannot parse row 7" in message
+        assert 'raise ValueError("rank one cannot parse row 7")' in message, "the traceback's last lines"
+    else:
+        assert "rank 1: freshet train: error: train rank 1: the shard of row 7 is empty" in message
+    assert "ChildFailedError" not in message and "<N/A>" not in message
+
+
+def test_the_training_steps_own_error_is_the_tasks_exception(tmp_path):
+    """The real `torchrun -m tasks.train`: a step error (here a missing config) is what the task says."""
+    from freshet_airflow.operators import StepFailed
+
+    missing = tmp_path / "missing.yaml"
+    operator = DDPTrainOperator(task_id="train", nproc_per_node=1,
+                                arguments=["--config", str(missing), "--run-id", "r1", "--logical-date", "2026-11-01"])
+    with pytest.raises(StepFailed, match=f"exited with 1: freshet train: error: config file not found: {missing}$"):
+        operator.execute(context={})
+
+
+def test_a_steps_failure_names_its_own_error_line_not_the_last_line_mentioning_error():
+    from freshet_airflow.operators import failure_reason
+
+    lines = ["INFO loading", "2026-12-07 freshet validate: error: batch rejected: 3 rows lack a label",
+             "WARNING error_handler: no error file", "ERROR something else"]
+    assert failure_reason("validate", lines) == "freshet validate: error: batch rejected: 3 rows lack a label"
+    crash = ["Traceback (most recent call last):", '  File "x.py", line 1, in <module>', "KeyError: 'label'"]
+    assert failure_reason("clean", crash) == "KeyError: 'label'"

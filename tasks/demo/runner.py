@@ -24,6 +24,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -37,34 +38,17 @@ from urllib.parse import urlsplit
 from tasks import model_registry
 from tasks.config import ConfigError, PipelineConfig, load_config
 from tasks.contract import read_manifest
+from tasks.demo.airflow_home import REPO, airflow_env, prepare_airflow
 from tasks.demo.corpus import CorpusError, extend_debian_corpus
+from tasks.demo.dag_log import TaskFailure, failed_tasks, last_error_line
 from tasks.demo.learning_curve import build as build_learning_curve
 from tasks.demo.site import serve
+from tasks.demo.ui import MLFLOW_PORT, absolute_tracking_uri, mlflow_ui_command, ui_command
 from tasks.manifest import Manifest
 from tasks.pipeline import PIPELINE_STEP_NAMES as STEP_NAMES
 from tasks.store import ArtifactStore, atomic_write_text
 
-REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "freshet"
-
-
-def airflow_env(home: Path, config_path: Path) -> dict[str, str]:
-    """Airflow standalone-style settings on SQLite, sized for a 2-core laptop."""
-    return {
-        **os.environ,
-        "FRESHET_HOME": str(home),
-        "FRESHET_CONFIG": str(config_path),
-        "AIRFLOW_HOME": str(home / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-        "AIRFLOW__API_AUTH__JWT_SECRET": os.environ.get("AIRFLOW__API_AUTH__JWT_SECRET", "freshet-demo-" + "x" * 64),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), str(REPO / "plugins"), os.environ.get("PYTHONPATH")])),
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
 
 
 @dataclass(frozen=True)
@@ -127,20 +111,41 @@ def extend_corpus(config: PipelineConfig, path: Path, plan: DemoPlan) -> int:
     return added
 
 
-def prepare_airflow(env: dict[str, str], config: PipelineConfig) -> None:
-    """Migrate the metadata DB and create the training pool (the scheduler leaves tasks of a missing pool queued)."""
-    airflow = [sys.executable, "-m", "airflow"]
-    subprocess.run([*airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if config.schedule.training_pool:
-        subprocess.run([*airflow, "pools", "set", config.schedule.training_pool, str(config.schedule.training_pool_slots),
-                        "freshet: training jobs (one GPU job at a time)"],
-                       env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+@dataclass(frozen=True)
+class DagOutcome:
+    """How one `airflow dags test` went: its exit code, the tasks that failed for good (dag_log), its log."""
+
+    dag_id: str
+    exit_code: int
+    failures: tuple[TaskFailure, ...]
+    log_path: Path
+
+    @property
+    def failed(self) -> bool:
+        return self.exit_code != 0 or bool(self.failures)
+
+    def describe(self) -> list[str]:
+        """Lines naming each failed task and its error (or the log's last error line when no task ran)."""
+        if not self.failed:
+            return []
+        lines = [f"  {self.dag_id} FAILED (airflow exit {self.exit_code}): {failure.describe()}"
+                 for failure in self.failures]
+        if not lines:
+            last = last_error_line(self.log_path.read_text(errors="replace").splitlines()) if self.log_path.exists() else None
+            lines.append(f"  {self.dag_id} FAILED (airflow exit {self.exit_code}): {last or 'no error line in the log'}")
+        return [*lines, f"  log: {self.log_path}"]
 
 
-def run_dag(env: dict[str, str], logical_date: dt.date, log_path: Path) -> int:
-    command = [sys.executable, "-m", "airflow", "dags", "test", DAG_ID, logical_date.isoformat()]
+def run_dag(env: dict[str, str], logical_date: dt.date, log_path: Path, dag_id: str = DAG_ID,
+            conf: dict[str, Any] | None = None) -> DagOutcome:
+    """`airflow dags test` of `dag_id` for the date (with `conf` as the run's params), its output in `log_path`."""
+    command = [sys.executable, "-m", "airflow", "dags", "test", dag_id, logical_date.isoformat()]
+    if conf:
+        command += ["--conf", json.dumps(conf)]
     with open(log_path, "w") as log:
-        return subprocess.run(command, check=False, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(command, check=False, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    failures = failed_tasks(log_path.read_text(errors="replace").splitlines())
+    return DagOutcome(dag_id, code, tuple(failures), log_path)
 
 
 def find_run(store: ArtifactStore, logical_date: dt.date, since: str, step: str = "crawl") -> str | None:
@@ -201,6 +206,55 @@ def describe_model(train: Manifest) -> str:
     return line
 
 
+def quoted(labels: Sequence[str]) -> str:
+    return ", ".join(json.dumps(label, ensure_ascii=False) for label in labels)
+
+
+def quarantine_reasons(store: ArtifactStore, manifests: dict[str, Manifest], top: int = 3) -> list[str]:
+    """The commonest reasons in the run's quarantine (validate's, which carries the crawl's; the crawl's alone
+    when validate did not commit), with counts: the console says why, not only how many."""
+    import pyarrow.parquet as pq
+
+    owner = next((manifests[step] for step in ("validate", "crawl")
+                  if step in manifests and "quarantine" in manifests[step].outputs), None)
+    if owner is None or not owner.outputs["quarantine"].rows:
+        return []
+    path = store.local_path(owner.output("quarantine").uri)
+    table = pq.read_table(str(path), columns=[name for name in ("step", "check", "field", "reason")
+                                              if name in pq.read_schema(str(path)).names])
+    # One group per check on a field (a duplicate id's reason names the id, so reasons alone would not group).
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for row in table.to_pylist():
+        groups.setdefault((row.get("step"), row.get("check"), row.get("field")), []).append(str(row.get("reason")))
+    ranked = sorted(groups.items(), key=lambda item: -len(item[1]))
+    lines = [f"  quarantine reasons ({table.num_rows} row(s); {path}):"]
+    for (step, check, field), reasons in ranked[:top]:
+        same = len(set(reasons)) == 1
+        lines.append(f"    {len(reasons)} x {reasons[0]}" if same else
+                     f"    {len(reasons)} x {step} {check} on {field}, e.g. {reasons[0]}")
+    if len(ranked) > top:
+        lines.append(f"    ... and {sum(len(reasons) for _, reasons in ranked[top:])} more under"
+                     f" {len(ranked) - top} other reason(s)")
+    return lines
+
+
+def macro_f1_table(evaluation: Manifest) -> list[str]:
+    """Candidate (what would be served) vs champion per slice, beside the lexical baseline fitted on the same
+    train rows ("-" where the evaluate step recorded none)."""
+    lines = ["  macro-F1      candidate  champion  baseline"]
+    for slice_name in ("frozen", "fresh", "old"):
+        scores = {model: evaluation.metrics.get(f"{model}.{slice_name}.macro_f1")
+                  for model in ("candidate", "champion", "baseline")}
+        if scores["candidate"] is not None:
+            lines.append(f"    {slice_name:<11} {_f1(scores['candidate'])}     {_f1(scores['champion'])}    "
+                         f"{_f1(scores['baseline'])}   ({evaluation.metrics.get(f'{slice_name}.rows')} rows)")
+    blend = evaluation.metrics.get("blend_weight")
+    if isinstance(blend, int | float) and not isinstance(blend, bool):
+        lines.append(f"  candidate = {blend:.2f} x transformer + {1 - blend:.2f} x baseline (blend weight from the"
+                     " validation rows)")
+    return lines
+
+
 def summarize_run(store: ArtifactStore, run_id: str) -> list[str]:
     manifests: dict[str, Manifest] = {step: m for step in STEP_NAMES if (m := read_manifest(store, run_id, step))}
     lines = [f"run {run_id}: steps completed: {', '.join(manifests) or 'none'}"]
@@ -214,6 +268,11 @@ def summarize_run(store: ArtifactStore, run_id: str) -> list[str]:
     if "validate" in manifests:
         lines.append(f"  quarantined by validation {manifests['validate'].metrics.get('rows_quarantined')},"
                      f" valid {manifests['validate'].metrics.get('rows_valid')}")
+        new_labels = manifests["validate"].facts.get("labels_new") or []
+        if new_labels:
+            # Quoted: a folder name with spaces or odd characters becomes a label as it is spelled.
+            lines.append(f"  new label(s) joined the label set (validate.new_labels: extend): {quoted(new_labels)}")
+    lines += quarantine_reasons(store, manifests)
     if "clean" in manifests:
         metrics = manifests["clean"].metrics
         lines.append(f"  cleaned rows {metrics.get('rows_out')} (train {metrics.get('rows_train')},"
@@ -232,13 +291,7 @@ def summarize_run(store: ArtifactStore, run_id: str) -> list[str]:
                      f" ({metrics.get('rows_replay')} replayed), {metrics.get('samples_per_second', 0):.0f} samples/s,"
                      f" warm start from version {manifests['train'].facts.get('champion_version')}")
     if "evaluate" in manifests:
-        evaluation = manifests["evaluate"]
-        lines.append("  macro-F1      candidate  champion")
-        for slice_name in ("frozen", "fresh", "old"):
-            candidate = evaluation.metrics.get(f"candidate.{slice_name}.macro_f1")
-            if candidate is not None:
-                lines.append(f"    {slice_name:<11} {_f1(candidate)}     {_f1(evaluation.metrics.get(f'champion.{slice_name}.macro_f1'))}"
-                             f"   ({evaluation.metrics.get(f'{slice_name}.rows')} rows)")
+        lines += macro_f1_table(manifests["evaluate"])
     if "compress" in manifests:
         compress = manifests["compress"]
         gate = compress.facts["gate"]
@@ -287,12 +340,6 @@ def drop_published_texts(config: PipelineConfig, site_url: str, logical_date: dt
     text = "".join(json.dumps({"id": record["id"], "text": record["text"]}) + "\n" for record in records)
     atomic_write_text(folder / "published.jsonl", text)
     return len(records)
-
-
-def run_production_dag(env: dict[str, str], dag_id: str, logical_date: dt.date, log_path: Path) -> int:
-    command = [sys.executable, "-m", "airflow", "dags", "test", dag_id, logical_date.isoformat()]
-    with open(log_path, "w") as log:
-        return subprocess.run(command, check=False, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
 def _psi(value: Any) -> str:
@@ -368,7 +415,9 @@ def aliases(config: PipelineConfig) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="freshet demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="freshet demo", description=__doc__,
+                                     epilog="Exit status: 0 when every run succeeded, 1 when a run failed (the summary "
+                                            "names the failed task and its error), 2 for bad arguments or config.")
     parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
     parser.add_argument("--home", default=os.environ.get("FRESHET_HOME", str(REPO / ".freshet")))
     parser.add_argument("--days", type=int, default=2, help="consecutive logical dates to run")
@@ -378,6 +427,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="delete earlier demo state first")
     parser.add_argument("--model", default=None,
                         help="train.model for this demo: a local Hugging Face model directory, or a hub id")
+    parser.add_argument("--force-training", action="store_true",
+                        help="start every run of this invocation with the DAG param force_training=true: decide "
+                             "trains whatever schedule.min_new_rows and drift say (a retry after fixing a failed "
+                             "round); a run whose crawl found nothing new still ends at new_data, before decide")
     args = parser.parse_args(argv)
     if args.days < 1 or args.rows_per_day < 1:
         parser.error(f"--days and --rows-per-day must be at least 1 (got {args.days} and {args.rows_per_day})")
@@ -416,32 +469,65 @@ def main(argv: Sequence[str] | None = None) -> int:
               " (or `make demo` after `make clean`).")
         return 0
     prepare_airflow(env, config)
-    summary, run_ids, monitored = run_days(config, store, env, home, plan, corpus if demo_site else None, since)
-    print("\n".join(["", "=" * 78, "freshet demo summary", "=" * 78, *summary,
-                     *(monitor_table(monitored) if monitored else [])]))
+    conf = {"force_training": True} if args.force_training else None
+    days = run_days(config, store, env, home, plan, corpus if demo_site else None, since, conf)
+    print("\n".join(["", "=" * 78, "freshet demo summary", "=" * 78, *days.summary,
+                     *(monitor_table(days.monitored) if days.monitored else [])]))
     print(f"\nregistry: {config.mlflow.model_name} aliases {json.dumps(aliases(config))}")
-    if run_ids:
+    if days.run_ids:
         # Over every day this home has run, not only this invocation's: the criterion is about the whole curve.
-        _, paths = build_learning_curve(config, store, None, home / "reports")
-        print(f"\n{paths['markdown'].read_text()}")
-        print(f"learning curve: {paths['png']} (table: {paths['markdown']}, {paths['csv']}; also in MLflow"
-              " as the run 'learning-curve')")
+        try:
+            _, paths = build_learning_curve(config, store, None, home / "reports")
+        except FileNotFoundError as error:  # no run got past validate yet (the first one failed there)
+            print(f"\n{error}")
+        else:
+            print(f"\n{paths['markdown'].read_text()}")
+            print(f"learning curve: {paths['png']} (table: {paths['markdown']}, {paths['csv']}; also in MLflow"
+                  " as the run 'learning-curve')")
     print(f"demo wall time: {time.perf_counter() - started:.0f} s\n")
-    print("Look at it:")
-    print(f"  Airflow UI:  FRESHET_HOME={home} make airflow-ui     (airflow standalone on :8080, parallelism 4;"
-          f" admin password in {home}/airflow/simple_auth_manager_passwords.json.generated)")
-    print(f"  MLflow UI:   FRESHET_HOME={home} make mlflow-ui      (mlflow ui on :5000 over {config.mlflow.tracking_uri})")
+    print("\n".join(ui_hints(config, config_path, home)))
+    if days.failed:
+        again = shlex.join(["freshet", "demo", "--config", str(config_path), "--home", str(home), "--days", "1",
+                            "--force-training"])
+        print(f"\nfreshet demo: FAILED on {days.failed}. After fixing the cause, `{again}` runs the next day and"
+              " trains whatever decide's thresholds say (when its crawl brings new rows: a run with nothing new ends"
+              " at new_data, before decide).", file=sys.stderr)
+        return 1
     return 0
 
 
+def ui_hints(config: PipelineConfig, config_path: Path, home: Path) -> list[str]:
+    """How to open the UIs over this demo's stores: commands with absolute paths, for any directory."""
+    # The steps resolved a relative tracking path against this directory; `freshet ui` would take the config's.
+    here, tracking_uri = Path.cwd(), config.mlflow.tracking_uri
+    same = absolute_tracking_uri(tracking_uri, here) == absolute_tracking_uri(tracking_uri, config_path.parent)
+    mlflow = (f"{shlex.join(ui_command('mlflow', config_path, home, None if same else here))}     (mlflow ui on"
+              f" :{MLFLOW_PORT} over {absolute_tracking_uri(tracking_uri, here)})"
+              if mlflow_ui_command(config, config_path, here) else f"{tracking_uri} (the tracking server's own UI)")
+    airflow = (f"{shlex.join(ui_command('airflow', config_path, home))}     (airflow standalone on :8080,"
+               f" parallelism 4; admin password in {home}/airflow/simple_auth_manager_passwords.json.generated)")
+    title = ("Look at it (from any directory; in the checkout, `make airflow-ui` / `make mlflow-ui` with CONFIG= and"
+             " FRESHET_HOME= run the same):")
+    return [title, f"  Airflow UI:  {airflow}", f"  MLflow UI:   {mlflow}"]
+
+
+@dataclass
+class DaysRun:
+    """What `run_days` did: the summary lines, the pipeline runs, each day's monitor figures, and the first
+    failed DAG run ("day N (date): task X ...", None when every run succeeded)."""
+
+    summary: list[str]
+    run_ids: list[str]
+    monitored: list[dict[str, Any]]
+    failed: str | None = None
+
+
 def run_days(config: PipelineConfig, store: ArtifactStore, env: dict[str, str], home: Path, plan: DemoPlan,
-             corpus: Path | None, since: str) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+             corpus: Path | None, since: str, conf: dict[str, Any] | None = None) -> DaysRun:
     """The planned days, one after the other (the demo site serving `corpus` when the config crawls it): each
-    day's texts scored before the pipeline learns their labels, the pipeline, then the monitor. Returns the
-    summary lines, the pipeline runs and each day's monitor figures."""
-    summary: list[str] = []
-    run_ids: list[str] = []
-    monitored: list[dict[str, Any]] = []
+    day's texts scored before the pipeline learns their labels, the pipeline (with `conf` as its params), then
+    the monitor. A failed DAG run ends the days: the next ones would meet the same cause."""
+    days = DaysRun([], [], [])
     last_day = plan.first_day + plan.days - 1
     with contextlib.ExitStack() as stack:
         if corpus is not None:
@@ -459,27 +545,44 @@ def run_days(config: PipelineConfig, store: ArtifactStore, env: dict[str, str], 
             log_path = home / "logs" / f"dag-{logical_date}.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
             day_started = time.perf_counter()
+            outcomes: list[DagOutcome] = []
             # The day's texts are scored (by yesterday's champion) before the pipeline learns their labels.
             production = corpus is not None and drop_published_texts(config, site.url, logical_date) is not None
             if production:
                 print(f"running DAG freshet_score for {logical_date} ...", flush=True)
-                run_production_dag(env, "freshet_score", logical_date, log_path.with_name(f"score-{logical_date}.log"))
+                outcomes.append(run_dag(env, logical_date, log_path.with_name(f"score-{logical_date}.log"),
+                                        "freshet_score"))
             print(f"running DAG {DAG_ID} for {logical_date} (log: {log_path}) ...", flush=True)
-            code = run_dag(env, logical_date, log_path)
+            pipeline = run_dag(env, logical_date, log_path, conf=conf)
+            outcomes.append(pipeline)
             if production:
                 print(f"running DAG freshet_monitor for {logical_date} ...", flush=True)
-                run_production_dag(env, "freshet_monitor", logical_date,
-                                   log_path.with_name(f"monitor-{logical_date}.log"))
+                outcomes.append(run_dag(env, logical_date, log_path.with_name(f"monitor-{logical_date}.log"),
+                                        "freshet_monitor"))
             write_demo_state(home, plan, day + 1)
             run_id = find_run(store, logical_date, since)
-            run_ids += [run_id] if run_id else []
-            summary += [f"--- {logical_date} ({time.perf_counter() - day_started:.0f} s, airflow exit {code})"]
-            summary += summarize_run(store, run_id) if run_id else [f"  no run recorded; see {log_path}"]
+            days.run_ids += [run_id] if run_id else []
+            failed = [outcome for outcome in outcomes if outcome.failed]
+            verdict = ("FAILED: " + ", ".join(outcome.dag_id for outcome in failed)) if failed else "ok"
+            days.summary += [f"--- day {day + 1}, {logical_date} ({time.perf_counter() - day_started:.0f} s): {verdict}"]
+            days.summary += summarize_run(store, run_id) if run_id else [f"  no run recorded; see {log_path}"]
+            if conf and conf.get("force_training") and run_id and read_manifest(store, run_id, "decide") is None:
+                days.summary.append("  force_training did not apply: the run ended before decide (a forced round"
+                                    " needs a crawl that brings new rows)")
+            for outcome in failed:
+                days.summary += outcome.describe()
             if production:
                 lines, figures = summarize_production(store, logical_date, since)
-                summary += lines
-                monitored.append(figures)
-    return summary, run_ids, monitored
+                days.summary += lines
+                days.monitored.append(figures)
+            if failed:
+                first = failed[0]
+                reason = first.failures[0].describe() if first.failures else f"airflow exit {first.exit_code}"
+                days.failed = f"day {day + 1} ({logical_date}): {first.dag_id} {reason}"
+                if day < last_day:
+                    days.summary.append(f"  the day(s) after it ({day + 2}..{last_day + 1}) were not run")
+                break
+    return days
 
 
 if __name__ == "__main__":

@@ -143,11 +143,33 @@ class ModelSource:
         return self.kind
 
 
+def is_relative_path(model: str) -> bool:
+    """A `train.model` that names a path relative to somewhere (not bundled, absolute or `~`)."""
+    return model not in BUNDLED and not model.startswith(("/", "~"))
+
+
+def is_explicit_path(model: str) -> bool:
+    """`./x`, `../x`, `/x` and `~/x` can only be paths, never hub ids."""
+    return model.startswith(("/", "./", "../", "~")) or model in (".", "..")
+
+
+def unresolved_model_message(model: str, local: Path) -> str:
+    """Why a bare `train.model` (`models/x`, `org/name`) that is no directory and has no revision is refused:
+    it could mean either, and neither reading works here."""
+    return (f"train.model={model!r} is neither a local folder nor a usable hub id: a local folder was not found at "
+            f"{local} (a relative train.model is read from the config file's directory), and as a hub id it needs "
+            f"network and a pinned train.revision. Put the model directory there and write it as "
+            f"'./{model.removeprefix('./')}' (a path that cannot be taken for a hub id), or set train.revision to "
+            f"pin the hub id")
+
+
 def resolve_model_source(settings: ModelSettings) -> ModelSource:
     """(kind, path or hub id, revision) of `train.model`.
 
-    An existing directory wins; `./x`, `../x`, `/x` and `~/x` are always paths; otherwise a name shaped like
-    `org/name` (or `name`) is a hub id, which is how transformers reads `from_pretrained` arguments too.
+    An existing directory wins; `./x`, `../x`, `/x` and `~/x` are always paths; a name shaped like `org/name`
+    (or `name`) with `train.revision` pinned is a hub id, which is how transformers reads `from_pretrained`
+    arguments too. A bare name that is neither an existing directory nor pinned is refused, naming both readings.
+    `load_config` has already made a relative path absolute from the config file's directory where it exists there.
     """
     model = settings.model
     if model in BUNDLED:
@@ -156,12 +178,13 @@ def resolve_model_source(settings: ModelSettings) -> ModelSource:
                                   f"train.model={model!r}; remove train.revision")
         return ModelSource(model, None)  # type: ignore[arg-type]
     path = Path(model).expanduser()
-    explicit_path = model.startswith(("/", "./", "../", "~")) or model in (".", "..")
-    if path.is_dir() or explicit_path or not HUB_ID.match(model):
+    if path.is_dir() or is_explicit_path(model) or not HUB_ID.match(model):
         if settings.revision is not None:
             raise ModelSetupError(f"train.revision={settings.revision!r} applies to a hub id only; train.model="
                                   f"{model!r} is a local directory (remove train.revision)")
         return ModelSource("local", str(path.resolve()))
+    if settings.revision is None:
+        raise ModelSetupError(unresolved_model_message(model, path.resolve()))
     return ModelSource("hub", model, settings.revision)
 
 

@@ -53,6 +53,7 @@ MEDIA_BY_KIND: dict[str, tuple[frozenset[str], str]] = {
     "debian_index": (COMPRESSED_MEDIA_TYPES | {"text/plain"},
                      "application/gzip, application/x-xz, text/plain;q=0.5, application/octet-stream;q=0.3"),
     "local": (frozenset(), ""),
+    "label_studio": (frozenset(), ""),  # its REST API goes through tasks/labelling/label_studio.py
 }
 # A server may ask for a long pause; past this the crawl is better off failing and being retried.
 MAX_RETRY_AFTER_S = 300.0

@@ -1,4 +1,4 @@
-"""What several source kinds decode the same way: charsets, `{date}` URLs, capped decompression, XML
+"""What several source kinds decode the same way: charsets (`charsets.py`, re-exported), `{date}` URLs, capped decompression, XML
 roots, and records from JSON items or table rows by configured field paths.
 """
 
@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import lzma
-import re
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -17,6 +16,7 @@ from tasks.config import (
     LocalSource,
 )
 from tasks.manifest import StepError
+from tasks.sources.charsets import UndecodableTextError, decode_text  # noqa: F401 (the kinds decode through here)
 from tasks.sources.fetch import CrawlError, FeedFormatError
 from tasks.sources.session import SourceSession
 
@@ -25,7 +25,6 @@ log = logging.getLogger("freshet.crawl")
 DECOMPRESS_CHUNK_BYTES = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
 XZ_MAGIC = b"\xfd7zXZ\x00"
-CHARSET_PATTERN = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
 
 
 class DecompressionBombError(CrawlError):
@@ -40,26 +39,6 @@ def with_logical_date(session: SourceSession, url: str) -> str:
     if session.until is None:
         raise StepError(f"crawl source {session.source.name!r}: {url} has {{date}} but the crawl has no logical date")
     return url.replace("{date}", session.until.isoformat())
-
-
-def decode_text(body: bytes, content_type: str | None = None) -> str:
-    """Text from bytes: the declared charset (header or <meta>), else UTF-8, else the detected one."""
-    declared = None
-    if content_type and "charset=" in content_type.lower():
-        declared = content_type.lower().split("charset=", 1)[1].split(";", 1)[0].strip().strip('"\'')
-    else:
-        match = CHARSET_PATTERN.search(body[:4096])
-        declared = match.group(1).decode("ascii", "replace") if match else None
-    for encoding in (declared, "utf-8"):
-        if encoding:
-            try:
-                return body.decode(encoding)
-            except (LookupError, UnicodeDecodeError):
-                continue
-    from charset_normalizer import from_bytes
-
-    guess = from_bytes(body).best()
-    return str(guess) if guess is not None else body.decode("utf-8", errors="replace")
 
 
 def normalise_text(text: str) -> str:

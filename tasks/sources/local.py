@@ -13,8 +13,9 @@ from pathlib import Path
 from tasks.config import (
     LocalSource,
 )
+from tasks.sources.charsets import BYTE_ORDER_MARKS, UndecodableTextError, decode_text
 from tasks.sources.fetch import CrawlError
-from tasks.sources.formats import decode_text, emit_item, normalise_text
+from tasks.sources.formats import emit_item, normalise_text
 from tasks.sources.session import SourceSession
 
 log = logging.getLogger("freshet.crawl")
@@ -29,8 +30,14 @@ def _local_items(session: SourceSession, source: LocalSource, path: Path, root: 
     if file_format == "text":
         relative = path.relative_to(root).as_posix() if path != root else path.name
         label = path.parent.name if path != root and path.parent != root else None
-        text = normalise_text(decode_text(body))
         record_id = f"{source.name}:{relative}"
+        try:
+            text = normalise_text(decode_text(body, encoding=source.encoding))
+        except UndecodableTextError as error:
+            # The file, not the crawl, is bad: quarantined with the reason, like an empty one.
+            session.quarantine(url, "undecodable_text", str(error), json.dumps({"path": relative}),
+                               record_id=record_id, field_name="text")
+            return
         raw = json.dumps({"path": relative, "text": text[:10_000]}, ensure_ascii=False)
         if not label:
             session.quarantine(url, "missing_field", "a text file needs a label folder (root/<label>/<file>)", raw,
@@ -42,13 +49,22 @@ def _local_items(session: SourceSession, source: LocalSource, path: Path, root: 
             session.emit(record_id, text, label, url=url)
         return
     if file_format == "csv":
-        reader = csv.DictReader(io.StringIO(decode_text(body).removeprefix("\ufeff"), newline=""))
+        try:
+            content = decode_text(body, encoding=source.encoding)
+        except UndecodableTextError as error:
+            session.quarantine(url, "undecodable_text", str(error), "")
+            return
+        reader = csv.DictReader(io.StringIO(content.removeprefix("\ufeff"), newline=""))
         for number, row in enumerate(reader, start=2):  # line 1 is the header
             emit_item(session, row, f"{url} line {number}", source)
     elif file_format == "jsonl":
-        for number, line in enumerate(body.split(b"\n"), start=1):
+        for number, line in _jsonl_lines(session, source, body, url):
             if line.strip():
-                text = decode_text(line)
+                try:
+                    text = decode_text(line, encoding=source.encoding) if isinstance(line, bytes) else line
+                except UndecodableTextError as error:
+                    session.quarantine(f"{url} line {number}", "undecodable_text", str(error), "")
+                    continue
                 try:
                     item = json.loads(text)
                 except ValueError as error:
@@ -66,6 +82,20 @@ def _local_items(session: SourceSession, source: LocalSource, path: Path, root: 
             return
         for number, row in enumerate(rows, start=1):
             emit_item(session, row, f"{url} row {number}", source)
+
+
+def _jsonl_lines(session: SourceSession, source: LocalSource, body: bytes, url: str
+                 ) -> list[tuple[int, bytes | str]]:
+    """(line number, line): bytes decoded line by line (a file may mix a stray Latin-1 line into UTF-8), except
+    where the whole file has one charset by construction (a byte-order mark, a configured encoding)."""
+    if source.encoding == "auto" and not any(body.startswith(mark) for mark, _ in BYTE_ORDER_MARKS):
+        return list(enumerate(body.split(b"\n"), start=1))
+    try:
+        text = decode_text(body, encoding=source.encoding)
+    except UndecodableTextError as error:
+        session.quarantine(url, "undecodable_text", str(error), "")
+        return []
+    return list(enumerate(text.removeprefix("\ufeff").split("\n"), start=1))
 
 
 def crawl_local(session: SourceSession) -> None:

@@ -23,9 +23,11 @@ from tasks.config import (
 )
 from tasks.manifest import StepError
 from tasks.records import content_hash
+from tasks.sources.charsets import UndecodableTextError, declared_charset, text_encoding
 from tasks.sources.fetch import (
     ContentTypeRefusedError,
     CrawlError,
+    FeedFormatError,
     Fetched,
     GuardRefusedError,
     HttpStatusError,
@@ -131,6 +133,20 @@ class Progress:
             log.info("crawl %s: fetched %d%s %s", self.source, done, "" if total is None else f"/{total}", what)
 
 
+def undecodable_reason(fetched: Fetched) -> str | None:
+    """Why a text response (text/*, JSON, XML) cannot be decoded (tasks/sources/charsets.py); None: it can, or it is
+    not text, or not modified. The kinds then decode it the same way, by its declared charset or the detection."""
+    content_type = fetched.headers.get("content-type", "").lower()
+    media_type = content_type.split(";", 1)[0].strip()
+    if fetched.status == 304 or not (media_type.startswith("text/") or "json" in media_type or "xml" in media_type):
+        return None
+    try:
+        text_encoding(fetched.body, declared_charset(content_type))
+    except UndecodableTextError as error:
+        return str(error)
+    return None
+
+
 class SourceSession:
     """One source's crawl: the shared fetch path (conditional GET against the page state, errors
     noted in the report), record de-duplication against earlier crawls, quarantine, and the new state.
@@ -229,6 +245,15 @@ class SourceSession:
             self.report.pages_not_modified += 1
         else:
             self.report.pages_fetched += 1
+        undecodable = undecodable_reason(fetched)
+        if undecodable is not None:
+            if required or listing:
+                raise FeedFormatError(self.source.name, url, undecodable)
+            # Quarantined with the reason, and remembered: the same bytes are not quarantined again tomorrow.
+            log.warning("crawl %s: %s quarantined: %s", self.source.name, url, undecodable)
+            self.quarantine(url, "undecodable_text", undecodable, "")
+            self.remember(url, fetched)
+            return None
         return self._hand_to_kind(url, fetched)
 
     def _hand_to_kind(self, url: str, fetched: Fetched) -> Fetched:

@@ -21,11 +21,16 @@ class TrainingData:
 
 def bucketed_batches(lengths: Sequence[int], batch_size: int, world_size: int, seed: int, epoch: int,
                      bucket_factor: int = 50) -> list[list[list[int]]]:
-    """Global batches for one epoch, each split into one per-rank batch of `batch_size`.
+    """Global batches for one epoch, each split into one per-rank batch of `batch_size` (the last one may be short).
 
     Shuffle, then sort by length inside windows of `bucket_factor` global batches so padding is
     small but order stays random; deterministic in (seed, epoch), so a resumed run replays exactly
     the same order and can skip the batches it already did.
+
+    The rows left after the full global batches form one short batch, so a day smaller than a batch
+    still trains: they are split evenly across the ranks (sizes differ by at most one), every rank
+    getting at least one row; only fewer rows than ranks cannot be split and sit out this epoch
+    (the next epoch's shuffle picks others).
     """
     generator = random.Random(seed * 1_000_003 + epoch)
     order = list(range(len(lengths)))
@@ -35,11 +40,24 @@ def bucketed_batches(lengths: Sequence[int], batch_size: int, world_size: int, s
     batches: list[list[list[int]]] = []
     for start in range(0, len(order), window):
         chunk = sorted(order[start:start + window], key=lambda index: lengths[index])
-        for offset in range(0, len(chunk) - global_size + 1, global_size):
+        for offset in range(0, len(chunk), global_size):
             block = chunk[offset:offset + global_size]
-            batches.append([block[rank * batch_size:(rank + 1) * batch_size] for rank in range(world_size)])
+            if len(block) >= world_size:
+                batches.append(split_across_ranks(block, world_size))
     generator.shuffle(batches)
     return batches
+
+
+def split_across_ranks(block: Sequence[int], world_size: int) -> list[list[int]]:
+    """Contiguous per-rank slices of a global batch, sizes differing by at most one (a full batch: equal)."""
+    base, extra = divmod(len(block), world_size)
+    bounds = [rank * base + min(rank, extra) for rank in range(world_size + 1)]
+    return [list(block[bounds[rank]:bounds[rank + 1]]) for rank in range(world_size)]
+
+
+def rows_in(global_batch: Sequence[Sequence[int]]) -> int:
+    """Rows of a global batch over all ranks (a short last batch has fewer than batch_size x ranks)."""
+    return sum(len(rank_rows) for rank_rows in global_batch)
 
 
 def pad_batch(sequences: Sequence[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:

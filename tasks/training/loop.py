@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -28,7 +29,7 @@ from tasks.models.inference import predict
 from tasks.models.metrics import classification_metrics
 from tasks.training.checkpoints import latest_checkpoint, save_checkpoint
 from tasks.training.cpu_dropout import MaskStream, use_fast_cpu_dropout
-from tasks.training.data import TrainingData, bucketed_batches, pad_batch
+from tasks.training.data import TrainingData, bucketed_batches, pad_batch, rows_in
 from tasks.training.distributed import DistributedEnv, StopRequested, inject_fault_drill
 from tasks.training.embedding_rows import RowSparseEmbeddingGradient
 from tasks.training.precision import PrecisionChoice, choose_precision, cpu_has_native_bf16
@@ -113,7 +114,7 @@ class Trainer:
                           if parameter.requires_grad]
         self.learning_rate = self._peak_learning_rate(init_dir)
         self.optimizer = self._build_optimizer()
-        self.accumulation = self.settings.gradient_accumulation_steps
+        self.accumulation = self._accumulation_steps()
         self.total_steps = self._count_total_steps()
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, int(self.settings.warmup_fraction * self.total_steps), self.total_steps)
@@ -128,6 +129,12 @@ class Trainer:
         self.encoded = self.tokenizer(texts, truncation=True, max_length=self.settings.max_length)["input_ids"]
         self.targets = [self.label_index[row["label"]] for row in self.data.train]
         self.lengths = [len(ids) for ids in self.encoded]
+        self.class_weights: torch.Tensor | None = None
+        if self.settings.class_balanced_loss:
+            # Inverse frequency, normalised to mean 1 over the classes present (absent ones weigh nothing).
+            counts = torch.bincount(torch.tensor(self.targets, dtype=torch.long), minlength=len(self.labels)).double()
+            weights = torch.where(counts > 0, counts.sum() / counts.clamp(min=1), torch.zeros_like(counts))
+            self.class_weights = (weights * (counts > 0).sum() / weights.sum()).float().to(self.device)
 
     def _build_model(self, init_dir: Path | None) -> Classifier:
         model = build_model(self.settings, self.labels, init_dir=init_dir, pad_token_id=self.pad_id)
@@ -170,24 +177,40 @@ class Trainer:
         return self.settings.learning_rate
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
-        groups = [
-            {"params": [p for n, p in self.trainable if not n.endswith(NO_WEIGHT_DECAY)],
-             "weight_decay": self.settings.weight_decay},
-            {"params": [p for n, p in self.trainable if n.endswith(NO_WEIGHT_DECAY)], "weight_decay": 0.0},
-        ]
+        """Weight decay except on biases and norms; with `layer_lr_decay` < 1 one group per depth (LLRD)."""
+        decay, depths = self.settings.layer_lr_decay, layer_depths([name for name, _ in self.trainable])
+        top = max(depths.values(), default=0)
+        grouped: dict[tuple[int, bool], list[torch.nn.Parameter]] = {}
+        for name, parameter in self.trainable:
+            depth = depths[name] if decay < 1.0 else top
+            grouped.setdefault((depth, name.endswith(NO_WEIGHT_DECAY)), []).append(parameter)
+        groups = [{"params": parameters, "lr": self.learning_rate * decay ** (top - depth),
+                   "weight_decay": 0.0 if no_decay else self.settings.weight_decay}
+                  for (depth, no_decay), parameters in sorted(grouped.items(), key=lambda item: item[0])]
         if self.settings.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=self.learning_rate)
         # Fused AdamW has CPU and CUDA kernels: one pass over the parameters instead of a dozen.
         return torch.optim.AdamW(groups, lr=self.learning_rate, fused=True)
 
-    def _count_total_steps(self) -> int:
-        settings, world_size = self.settings, self.environment.world_size
+    def _accumulation_steps(self) -> int:
+        """`gradient_accumulation_steps`, but never more than an epoch's batches: a small day still takes a step."""
         micro_batches_per_epoch = len(self._epoch_batches(0))
         if micro_batches_per_epoch == 0:
-            raise StepError(f"train: {len(self.lengths)} rows is fewer than one global batch "
-                            f"({settings.batch_size} x {world_size} ranks); lower train.batch_size")
+            # bucketed_batches gives every rank at least one row; decide never starts a round this small.
+            raise StepError(f"train: {len(self.lengths)} training rows cannot give each of the "
+                            f"{self.environment.world_size} ranks one row; train on more rows or fewer processes "
+                            f"(train.nproc_per_node / train.cpu_processes)")
+        configured = self.settings.gradient_accumulation_steps
+        if micro_batches_per_epoch < configured and self.environment.is_main:
+            log.info("train: %d batches per epoch < train.gradient_accumulation_steps=%d; accumulating %d",
+                     micro_batches_per_epoch, configured, micro_batches_per_epoch)
+        return min(configured, micro_batches_per_epoch)
+
+    def _count_total_steps(self) -> int:
+        """Steps for train.epochs; every epoch has the same batches (the last one may be short, see bucketed_batches)."""
+        micro_batches_per_epoch = len(self._epoch_batches(0))
         steps_per_epoch = max(1, micro_batches_per_epoch // self.accumulation)
-        return max(1, math.ceil(settings.epochs * steps_per_epoch))
+        return max(1, math.ceil(self.settings.epochs * steps_per_epoch))
 
     def _choose_precision(self) -> PrecisionChoice:
         """bf16 autocast or fp32 (tasks/training/precision.py), and why; the reason goes into the manifest."""
@@ -261,13 +284,15 @@ class Trainer:
     def _optimisation_step(self, batches: list[list[list[int]]]) -> None:
         """One optimizer step over `accumulation` micro-batches; DDP all-reduces on the last one only."""
         self.optimizer.zero_grad(set_to_none=True)
+        first = self.progress.batch_in_epoch
         for micro in range(self.accumulation):
             sync = micro == self.accumulation - 1 or self.environment.world_size == 1
-            self._forward_backward(batches, self.progress.batch_in_epoch + micro, sync)
+            self._forward_backward(batches, first + micro, sync)
         self.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
         self.scheduler.step()
-        global_samples = self.settings.batch_size * self.environment.world_size * self.accumulation
+        # Counted, not assumed: the epoch's last batch may be short.
+        global_samples = sum(rows_in(batches[number]) for number in range(first, first + self.accumulation))
         self.progress.step += 1
         self.progress.batch_in_epoch += self.accumulation
         self.progress.samples_seen += global_samples
@@ -286,7 +311,11 @@ class Trainer:
         context = self.ddp_model.no_sync() if not sync else contextlib.nullcontext()
         with context, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             logits = self.forward_model(**features).logits
-            loss = torch.nn.functional.cross_entropy(logits.float(), batch_targets) / self.accumulation
+            loss = torch.nn.functional.cross_entropy(logits.float(), batch_targets,
+                                                     weight=self.class_weights) / self.accumulation
+            # A short last batch splits unevenly across ranks (bucketed_batches): weigh each rank by its rows,
+            # so DDP's mean over ranks is the batch's mean (1.0 for a full batch).
+            loss = loss * (len(indices) * self.environment.world_size / rows_in(global_batch))
             loss.backward()
         self.window.loss += loss.detach()  # no .item() here: a device sync every micro-batch
         self.window.micro_batches += 1
@@ -391,6 +420,17 @@ class Trainer:
 
 
 # ------------------------------------------------------------------------------ model helpers
+
+
+LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")
+
+
+def layer_depths(names: list[str]) -> dict[str, int]:
+    """Each parameter's depth for layer-wise learning-rate decay: embeddings 0, encoder layer i at i + 1 (BERT
+    `layer.i`, ModernBERT/DistilBERT `layers.i` / `layer.i`), everything above the encoder (pooler, head) on top."""
+    layers = {name: int(match.group(1)) + 1 for name in names if (match := LAYER_INDEX.search(name))}
+    top = max(layers.values(), default=0) + 1
+    return {name: layers.get(name, 0 if "embed" in name else top) for name in names}
 
 
 def head_modules(model: Classifier) -> list[str]:

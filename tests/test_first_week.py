@@ -1,0 +1,68 @@
+"""A newcomer's first week on a folder source, through the real DAG (`freshet demo --config`, `airflow dags test`):
+the README's own-data config on a tiny local BERT. Day 1 fails in training (the model folder's tokenizer has no
+pad token): the command exits 1 and names the failed task and the step's own error, and nothing claims the round
+trained. After the fix, with a day of new files, `--force-training` runs the round and registers version 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.corpus_support import synthetic_corpus
+from tests.model_families import build_family_dir
+from tests.test_own_data_and_model import readme_section
+
+pytestmark = pytest.mark.slow
+LABELS = ["billing", "outage", "praise"]
+
+
+def write_files(root, rows) -> None:
+    for row in rows:
+        folder = root / "data" / "tickets" / row["label"]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{row['id']}.txt").write_text(row["text"])
+
+
+def freshet(tmp_path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FRESHET_HOME": str(tmp_path / ".freshet"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "tasks.cli", *arguments], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900, check=False)
+
+
+def test_a_failed_day_exits_non_zero_naming_task_and_error_then_a_forced_round_after_the_fix_succeeds(tmp_path):
+    config_text, _ = readme_section()
+    config = yaml.safe_load(config_text)
+    # Kept small: no retry of the failing training, one compressed variant.
+    config.update(schedule={"train_retries": 0}, compress={"variants": ["int8-dynamic"]})
+    (tmp_path / "tickets.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    corpus = synthetic_corpus(210, LABELS, seed=8)
+    write_files(tmp_path, corpus[:150])
+    model_dir = build_family_dir("bert", tmp_path / config["train"]["model"])
+    tokenizer_config = model_dir / "tokenizer_config.json"
+    settings = json.loads(tokenizer_config.read_text())
+    tokenizer_config.write_text(json.dumps({**settings, "pad_token": None}))  # passes the load-time preflight
+
+    failed = freshet(tmp_path, "demo", "--config", "tickets.yaml", "--days", "1")
+    output = failed.stdout + failed.stderr
+    assert failed.returncode == 1, output[-4000:]
+    assert "--- day 1, 2026-11-01" in output and "FAILED" in output
+    assert "task train failed: step train exited with 1: freshet train: error: train.model: the tokenizer" in output
+    assert "has no pad token" in output and "ChildFailedError" not in output
+    assert "- day 1: trained" not in output, "the learning curve must not claim the failed round trained"
+
+    tokenizer_config.write_text(json.dumps(settings))  # the fix
+    write_files(tmp_path, corpus[150:])  # and a day of new files
+    forced = freshet(tmp_path, "demo", "--config", "tickets.yaml", "--days", "1", "--force-training")
+    output = forced.stdout + forced.stderr
+    assert forced.returncode == 0, output[-4000:]
+    assert "--- day 2, 2026-11-02" in output and "training: yes - forced by the run's force_training param" in output
+    assert "registered version 1" in output
+    assert "registry: tickets aliases" in output, "the registered model is named after the pipeline"
+    assert not (tmp_path / "mlruns").exists()
