@@ -35,6 +35,7 @@ from tasks.contract import StepContext, cli, execute
 from tasks.gate_policy import SliceMetrics, final_verdict, judge_compressed
 from tasks.label_set import run_labels
 from tasks.manifest import Manifest, StepError
+from tasks.models.blend import Blend, load_blend
 from tasks.models.build import load_classifier, quantize_int8
 from tasks.models.compression import (
     OnnxClassifier,
@@ -277,12 +278,12 @@ def measured_against_fp32(latency: Mapping[str, float], fp32_latency: Mapping[st
 
 
 def write_serving_sample(context: StepContext, config: PipelineConfig, model: Any, variant: str, tokenizer: Any,
-                         slices: Mapping[str, list[dict[str, Any]]], labels: list[str]) -> None:
+                         slices: Mapping[str, list[dict[str, Any]]], labels: list[str], blend: Blend | None) -> None:
     """What the served model must reproduce (register's and serve's check): the same texts through the same
-    `predict` call, batching included."""
+    `predict` call, batching and the lexical blend included."""
     rows = (slices["frozen"] or slices["fresh"])[: config.compress.serving_check_rows]
     texts = [row["text"] for row in rows]
-    expected = predict(model, tokenizer, texts, max_length=config.train.max_length)
+    expected = predict(model, tokenizer, texts, max_length=config.train.max_length, blend=blend)
     (context.out_dir / "serving_sample.json").write_text(json.dumps({
         "variant": variant, "tolerance": config.compress.serving_check_tolerance,
         "ids": [row["id"] for row in rows], "texts": texts,
@@ -300,7 +301,11 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         reference = evaluation["candidate"]
         slices = evaluation_slices(context.input("clean"), store)
         fp32_model, tokenizer = load_classifier(model_dir, trust_remote_code=config.train.trust_remote_code)
-        settings: dict[str, Any] = {"max_length": config.train.max_length, "batch_size": config.evaluate.batch_size}
+        # Every variant is served with the candidate's lexical blend, so each is measured with it too.
+        blend = (load_blend(context.input_path("evaluate", "blend"))
+                 if "blend" in context.input("evaluate").outputs else None)
+        settings: dict[str, Any] = {"max_length": config.train.max_length, "batch_size": config.evaluate.batch_size,
+                                    "blend": blend}
         sample = [row["text"] for row in (slices["fresh"] or slices["frozen"])[: config.compress.latency_sample_rows]]
         fp32_size = sum(path.stat().st_size for path in Path(model_dir).glob("*.safetensors")) or _saved_size(fp32_model)
         enabled = config.compress.enabled_variants
@@ -328,7 +333,8 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         serving_artifact = ONNX_OUTPUTS[serving_variant][0] if serving_variant in ONNX_OUTPUTS else None
         serving_model = STUDENT_OUTPUT[0] if serving_variant == DISTILLED else None
         if config.compress.serving_check_rows:
-            write_serving_sample(context, config, models[serving_variant], serving_variant, tokenizer, slices, labels)
+            write_serving_sample(context, config, models[serving_variant], serving_variant, tokenizer, slices, labels,
+                                 blend)
         gate = final_verdict(context.input("evaluate").facts["gate"], checks, serving_variant)
         (context.out_dir / "compression.json").write_text(json.dumps(
             {"variants": variants, "serving_variant": serving_variant, "serving_artifact": serving_artifact,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 
 from tasks import model_registry
 from tasks.config import GatePolicy, PipelineConfig
@@ -29,10 +30,12 @@ from tasks.gate_policy import (
 )
 from tasks.label_set import run_labels
 from tasks.manifest import Manifest
+from tasks.models.blend import Blend, choose_weight, load_blend
 from tasks.models.build import load_classifier, model_labels, model_size_bytes
-from tasks.models.inference import measure_latency
-from tasks.models.metrics import score
-from tasks.records import evaluation_slices, write_parquet
+from tasks.models.inference import measure_latency, predict
+from tasks.models.lexical import BaselineSkipped, LexicalModel
+from tasks.models.metrics import slice_probabilities, slice_scores
+from tasks.records import evaluation_slices, read_rows, write_parquet
 from tasks.store import ArtifactStore
 
 STEP = "evaluate"
@@ -73,32 +76,56 @@ def confusion_png(matrix: Sequence[Sequence[int]], labels: Sequence[str], title:
     plt.close(figure)
 
 
+def _f1(metrics: Mapping[str, Any] | None, name: str) -> str:
+    value = (metrics or {}).get(name, {}).get("macro_f1")
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _paired_table(title: str, paired: Mapping[str, PairedComparison], other: str) -> list[str]:
+    lines = ["", title, "",
+             f"| slice | metric | difference | CI low | CI high | only candidate right | only {other} right | McNemar p |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, comparison in paired.items():
+        lines.append(f"| {name} | {comparison.metric} | {comparison.difference:+.4f} | {comparison.ci_low:+.4f} | "
+                     f"{comparison.ci_high:+.4f} | {comparison.candidate_only_correct} | "
+                     f"{comparison.champion_only_correct} | {comparison.mcnemar_p_value:.3g} |")
+    return lines
+
+
 def gate_report(verdict: Verdict, candidate: Mapping[str, Any], champion: Mapping[str, Any] | None,
                 champion_version: str | None, title: str,
-                paired: Mapping[str, PairedComparison] | None = None, new_classes: Sequence[str] = ()) -> str:
+                paired: Mapping[str, PairedComparison] | None = None, new_classes: Sequence[str] = (), *,
+                transformer: Mapping[str, Any] | None = None, baseline: Mapping[str, Any] | None = None,
+                over_baseline: Mapping[str, PairedComparison] | None = None,
+                blend: Mapping[str, Any] | None = None) -> str:
+    """The evaluation report (Markdown): the candidate (what would be served), the transformer alone, the lexical
+    baseline and the champion per slice, the paired comparisons, and every gate check."""
     lines = [f"# {title}", "", f"**Verdict: {'PASS' if verdict.passed else 'REJECT'}**", ""]
     if verdict.reasons:
         lines += ["Reasons:", *[f"- {reason}" for reason in verdict.reasons], ""]
     if new_classes and champion is not None:
-        lines += [("New classes (the champion never had them; scored for the candidate, not compared per class): "
-                   + ", ".join(new_classes)), ""]
+        lines += [("New classes (the champion never had them; judged on their own rows, left out of the champion "
+                   "comparisons): " + ", ".join(new_classes)), ""]
+    if blend is not None:
+        weight = blend.get("weight", 1.0)
+        served = ("the transformer alone" if weight >= 1.0 else "the TF-IDF baseline alone" if weight <= 0.0
+                  else f"{weight:.2f} x transformer + {1 - weight:.2f} x TF-IDF baseline")
+        lines += [f"Served candidate: {served} ({blend.get('reason', '')}).", ""]
     lines += [f"Champion compared: {('version ' + champion_version) if champion_version else 'none (first run: floors only)'}", "",
-              "| slice | rows | candidate macro-F1 | champion macro-F1 | candidate accuracy | candidate ECE |",
-              "|---|---|---|---|---|---|"]
+              ("| slice | rows | candidate macro-F1 | transformer alone | TF-IDF baseline | champion macro-F1 | "
+               "candidate accuracy | candidate ECE |"),
+              "|---|---|---|---|---|---|---|---|"]
     for name, metrics in candidate.items():
-        champion_f1 = champion.get(name, {}).get("macro_f1") if champion else None
         ece = metrics.get("ece")
-        lines.append(f"| {name} | {metrics['rows']} | {metrics['macro_f1']:.4f} | "
-                     f"{'-' if champion_f1 is None else f'{champion_f1:.4f}'} | {metrics['accuracy']:.4f} | "
+        lines.append(f"| {name} | {metrics['rows']} | {metrics['macro_f1']:.4f} | {_f1(transformer, name)} | "
+                     f"{_f1(baseline, name)} | {_f1(champion, name)} | {metrics['accuracy']:.4f} | "
                      f"{'-' if ece is None else f'{ece:.4f}'} |")
     if paired:
-        lines += ["", "Paired comparison on the same rows (candidate - champion; percentile bootstrap, exact McNemar):", "",
-                  "| slice | metric | difference | CI low | CI high | only candidate right | only champion right | McNemar p |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for name, comparison in paired.items():
-            lines.append(f"| {name} | {comparison.metric} | {comparison.difference:+.4f} | {comparison.ci_low:+.4f} | "
-                         f"{comparison.ci_high:+.4f} | {comparison.candidate_only_correct} | "
-                         f"{comparison.champion_only_correct} | {comparison.mcnemar_p_value:.3g} |")
+        lines += _paired_table("Paired comparison on the same rows (candidate - champion; percentile bootstrap, "
+                               "exact McNemar):", paired, "champion")
+    if over_baseline:
+        lines += _paired_table("Paired comparison with the TF-IDF + logistic-regression baseline fitted on the same "
+                               "train rows (candidate - baseline):", over_baseline, "baseline")
     lines += ["", "| check | value | threshold | verdict |", "|---|---|---|---|"]
     for check in verdict.checks:
         value = "-" if check.value is None else f"{check.value:.4f}"
@@ -119,16 +146,68 @@ def best_champion_so_far(recorded: tuple[float, str] | None, champion: Mapping[s
 
 
 def score_champion(config: PipelineConfig, champion_version: str, slices: Mapping[str, list[dict[str, Any]]],
-                   labels: list[str], settings: dict[str, Any]) -> tuple[SliceMetrics, dict[str, Any], list[str]]:
-    """The champion on the candidate's slices: its metrics, its predictions (ids in the run's label set) and the
-    run's classes it never had. A champion from before the label set grew predicts over fewer classes: mapped
-    by name."""
+                   labels: list[str], settings: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray],
+                                                                           list[str]]:
+    """The champion as it is served (with its blend, if it has one) on the candidate's slices: probabilities and
+    predicted ids in the run's label set, and the run's classes it never had. A champion from before the label
+    set grew predicts over fewer classes: mapped by name."""
     champion_dir = model_registry.download_model_dir(config, champion_version)
     champion_model, tokenizer = load_classifier(champion_dir, trust_remote_code=config.train.trust_remote_code)
     champion_labels = model_labels(champion_model)
     new_classes = [label for label in labels if label not in champion_labels]
-    metrics, predicted = score(champion_model, tokenizer, slices, labels, model_labels=champion_labels, **settings)
-    return metrics, predicted, new_classes
+    probabilities, label_ids = slice_probabilities(
+        champion_model, tokenizer, slices, labels, model_labels=champion_labels,
+        blend=load_blend(model_registry.blend_dir(config, champion_version)), **settings)
+    return probabilities, label_ids, new_classes
+
+
+def fit_baseline(config: PipelineConfig, context: StepContext, labels: list[str]) -> tuple[LexicalModel | None, str]:
+    """The lexical baseline on the candidate's exact train rows, or None and why it could not be fitted."""
+    if config.evaluate.baseline is None:
+        return None, "evaluate.baseline is null"
+    if "train_rows" not in context.input("train").outputs:
+        return None, "the train step recorded no train_rows (a model trained before freshet kept them)"
+    rows = read_rows(context.input_path("train", "train_rows"))
+    try:
+        return LexicalModel.fit([row["text"] for row in rows], [row["label"] for row in rows], labels,
+                                config.evaluate.baseline), ""
+    except BaselineSkipped as reason:
+        log.warning("evaluate: lexical baseline skipped: %s", reason)
+        return None, str(reason)
+
+
+def choose_blend(config: PipelineConfig, context: StepContext, lexical: LexicalModel, model: Any, tokenizer: Any,
+                 labels: list[str]) -> tuple[Blend | None, dict[str, Any]]:
+    """The transformer's weight in the served blend, chosen on the trainer's validation rows (log-loss); None
+    where the transformer alone is served (blend off, no validation rows, or weight 1)."""
+    if not config.evaluate.blend:
+        return None, {"weight": 1.0, "reason": "evaluate.blend is false"}
+    rows = (read_rows(context.input_path("train", "validation_rows"))
+            if "validation_rows" in context.input("train").outputs else [])
+    index = {label: position for position, label in enumerate(labels)}
+    rows = [row for row in rows if row["label"] in index]
+    if not rows:
+        return None, {"weight": 1.0, "reason": "no validation rows to choose a blend weight on"}
+    texts = [row["text"] for row in rows]
+    transformer = predict(model, tokenizer, texts, max_length=config.train.max_length,
+                          batch_size=config.evaluate.batch_size).probabilities
+    choice = choose_weight([index[row["label"]] for row in rows], transformer, lexical.predict_proba(texts),
+                           config.evaluate.blend_grid)
+    facts = {"weight": choice.weight, "validation_rows": len(rows), "validation_log_loss": choice.log_loss,
+             "transformer_temperature": choice.transformer_temperature,
+             "lexical_temperature": choice.lexical_temperature, "grid": choice.grid,
+             "reason": "each model calibrated by a temperature, then the weight of lowest log-loss on the trainer's "
+                       "validation rows"}
+    if choice.weight >= 1.0:
+        return None, facts
+    return Blend(choice.weight, lexical, choice.transformer_temperature, choice.lexical_temperature), facts
+
+
+def known_class_rows(slices: Mapping[str, list[dict[str, Any]]], new_classes: Sequence[str],
+                     ) -> dict[str, list[int]]:
+    """Per slice, the positions of rows whose class the champion knows: what the champion comparisons read."""
+    return {name: [position for position, row in enumerate(rows) if row["label"] not in new_classes]
+            for name, rows in slices.items()}
 
 
 def write_predictions(path: Path, slices: Mapping[str, list[dict[str, Any]]], labels: list[str],
@@ -145,20 +224,32 @@ def write_predictions(path: Path, slices: Mapping[str, list[dict[str, Any]]], la
 
 
 def slice_metrics(candidate: SliceMetrics, champion: SliceMetrics | None,
-                  paired: Mapping[str, PairedComparison]) -> dict[str, Any]:
-    """The manifest's (and MLflow's) flat metrics per slice: the candidate's, the champion's, the paired bounds."""
+                  paired: Mapping[str, PairedComparison], transformer: SliceMetrics | None = None,
+                  baseline: SliceMetrics | None = None,
+                  over_baseline: Mapping[str, PairedComparison] | None = None) -> dict[str, Any]:
+    """The manifest's (and MLflow's) flat metrics per slice: the candidate's (what would be served), the
+    transformer alone, the lexical baseline, the champion's, and the paired bounds."""
     metrics: dict[str, Any] = {}
     for name, values in candidate.items():
         metrics[f"candidate.{name}.macro_f1"] = values["macro_f1"]
         metrics[f"candidate.{name}.accuracy"] = values["accuracy"]
         metrics[f"{name}.rows"] = values["rows"]
         metrics[f"candidate.{name}.ece"] = values["ece"]
+        if transformer:
+            metrics[f"transformer.{name}.macro_f1"] = transformer[name]["macro_f1"]
+        if baseline:
+            metrics[f"baseline.{name}.macro_f1"] = baseline[name]["macro_f1"]
         if champion:
             metrics[f"champion.{name}.macro_f1"] = champion[name]["macro_f1"]
         if name in paired:
+            metrics[f"paired.{name}.difference"] = paired[name].difference
             metrics[f"paired.{name}.ci_low"] = paired[name].ci_low
             metrics[f"paired.{name}.ci_high"] = paired[name].ci_high
             metrics[f"paired.{name}.mcnemar_p"] = paired[name].mcnemar_p_value
+        if over_baseline and name in over_baseline:
+            metrics[f"over_baseline.{name}.difference"] = over_baseline[name].difference
+            metrics[f"over_baseline.{name}.ci_low"] = over_baseline[name].ci_low
+            metrics[f"over_baseline.{name}.ci_high"] = over_baseline[name].ci_high
     return metrics
 
 
@@ -177,33 +268,70 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         slices = evaluation_slices(context.input("clean"), store)
         remote = config.train.trust_remote_code
         candidate_model, tokenizer = load_classifier(context.input_path("train", "model"), trust_remote_code=remote)
-        settings = {"max_length": config.train.max_length, "batch_size": config.evaluate.batch_size,
-                        "calibration_bins": config.evaluate.calibration_bins}
-        candidate, candidate_predicted = score(candidate_model, tokenizer, slices, labels,
-                                               model_labels=model_labels(candidate_model), **settings)
+        settings: dict[str, Any] = {"max_length": config.train.max_length, "batch_size": config.evaluate.batch_size}
+        bins = config.evaluate.calibration_bins
+        transformer_probabilities, _ = slice_probabilities(candidate_model, tokenizer, slices, labels,
+                                                           model_labels=model_labels(candidate_model), **settings)
+        lexical, baseline_skipped = fit_baseline(config, context, labels)
+        blend: Blend | None = None
+        blend_facts: dict[str, Any] = {"weight": 1.0, "reason": f"no lexical baseline: {baseline_skipped}"}
+        if lexical is not None:
+            blend, blend_facts = choose_blend(config, context, lexical, candidate_model, tokenizer, labels)
+        texts = {name: [row["text"] for row in rows] for name, rows in slices.items()}
+        served = ({name: blend.mix(texts[name], values) for name, values in transformer_probabilities.items()}
+                  if blend is not None else transformer_probabilities)
+        candidate, candidate_predicted = slice_scores(slices, served, labels, calibration_bins=bins)
+        transformer = (slice_scores(slices, transformer_probabilities, labels, calibration_bins=bins)[0]
+                       if blend is not None else candidate)
+        baseline, baseline_predicted = (slice_scores(slices, {name: lexical.predict_proba(texts[name])
+                                                              for name in slices}, labels, calibration_bins=bins)
+                                        if lexical is not None else (None, None))
+        if blend is not None:
+            blend.save(context.out_dir / "blend")
+            context.add_output("blend", "blend", "model", weight=blend.weight)
+
         champion_metrics, champion_predicted, paired = None, None, {}
+        compared: SliceMetrics | None = None
         new_classes: list[str] = []
         if champion_version is not None:
-            champion_metrics, champion_predicted, new_classes = score_champion(
+            champion_probabilities, champion_ids, new_classes = score_champion(
                 config, champion_version, slices, labels, settings)
-            paired = paired_comparisons(policy, slices, labels, candidate_predicted, champion_predicted)
+            champion_predicted = {name: [int(value) for value in ids] for name, ids in champion_ids.items()}
+            # The champion comparisons read the rows of the classes the champion knows.
+            known = known_class_rows(slices, new_classes)
+            known_slices = {name: [slices[name][i] for i in known[name]] for name in slices}
+            compared, compared_predicted = slice_scores(
+                known_slices, {name: served[name][known[name]] for name in slices}, labels, calibration_bins=bins)
+            champion_metrics, _ = slice_scores(
+                known_slices, {name: champion_probabilities[name][known[name]] for name in slices}, labels,
+                calibration_bins=bins, label_ids={name: champion_ids[name][known[name]] for name in slices})
+            paired = paired_comparisons(policy, known_slices, labels, compared_predicted,
+                                        {name: [champion_predicted[name][i] for i in known[name]] for name in slices})
+        over_baseline = (paired_comparisons(policy, slices, labels, candidate_predicted, baseline_predicted)
+                         if baseline_predicted is not None else None)
 
         sample = [row["text"] for row in slices["fresh"][:16]] or [row["text"] for row in slices["frozen"][:16]]
         model_size = model_size_bytes(candidate_model)
         latency = measure_latency(candidate_model, tokenizer, sample, max_length=config.train.max_length)
         best_frozen = best_champion_so_far(recorded_best, champion_metrics, champion_version, policy.primary_metric)
         verdict = judge_candidate(policy, candidate, champion_metrics, paired=paired, latency=latency,
-                                  best_frozen=best_frozen, new_classes=new_classes)
-        evaluation = {"candidate": candidate, "champion": champion_metrics, "champion_version": champion_version,
-                      "labels": labels, "new_classes": new_classes,
+                                  best_frozen=best_frozen, new_classes=new_classes, compared=compared,
+                                  baseline=over_baseline, baseline_skipped=baseline_skipped or None)
+        evaluation = {"candidate": candidate, "transformer": transformer, "baseline": baseline,
+                      "baseline_skipped": baseline_skipped or None, "blend": blend_facts,
+                      "champion": champion_metrics, "champion_version": champion_version,
+                      "compared": compared, "labels": labels, "new_classes": new_classes,
                       "best_frozen": best_frozen.model_dump() if best_frozen else None,
                       "paired": {name: comparison.model_dump() for name, comparison in paired.items()},
+                      "over_baseline": {name: comparison.model_dump()
+                                        for name, comparison in (over_baseline or {}).items()},
                       "latency": latency, "size_bytes": model_size}
         (context.out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
         (context.out_dir / "gate.json").write_text(json.dumps(verdict.summary(), indent=2))
         (context.out_dir / "report.md").write_text(
             gate_report(verdict, candidate, champion_metrics, champion_version, f"Candidate evaluation, run {run_id}",
-                        paired, new_classes))
+                        paired, new_classes, transformer=transformer if blend is not None else None,
+                        baseline=baseline, over_baseline=over_baseline, blend=blend_facts))
         confusion_png(candidate["frozen"]["confusion_matrix"], labels, "candidate, frozen test",
                       context.out_dir / "confusion_frozen.png")
         write_predictions(context.out_dir / "predictions.parquet", slices, labels, candidate_predicted,
@@ -214,17 +342,22 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         context.add_output("confusion_matrix", "confusion_frozen.png", "file")
         context.add_output("predictions", "predictions.parquet", "dataset",
                            rows=sum(len(rows) for rows in slices.values()))
-        context.metrics.update(slice_metrics(candidate, champion_metrics, paired))
+        context.metrics.update(slice_metrics(candidate, champion_metrics, paired, transformer, baseline,
+                                             over_baseline))
+        context.metrics["blend_weight"] = blend_facts["weight"]
         context.metrics.update(latency)
         context.metrics["size_bytes"] = model_size
         context.metrics["gate_passed"] = verdict.passed
         context.metrics["num_labels"] = len(labels)
         context.facts.update({"gate": verdict.summary(), "champion_version": champion_version, "labels": labels,
-                              "new_classes": new_classes})
+                              "new_classes": new_classes, "blend_weight": blend_facts["weight"],
+                              "baseline_skipped": baseline_skipped or None})
 
     def track(manifest: Manifest) -> None:
         for name in ("evaluation", "gate", "report", "confusion_matrix"):
             mlflow.log_artifact(str(store.local_path(manifest.output(name).uri)), artifact_path="evaluation")
+        if "blend" in manifest.outputs:
+            mlflow.log_artifacts(str(store.local_path(manifest.output("blend").uri)), artifact_path="evaluation/blend")
 
     manifest = execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
                        config_sections=("evaluate", "train"),

@@ -160,6 +160,50 @@ def _class_f1_drop(policy: GatePolicy, slice_name: str, candidate: Mapping[str, 
                   f"support >= {policy.min_class_support})")
 
 
+def _champion_checks(policy: GatePolicy, candidate: SliceMetrics, champion: SliceMetrics,
+                     paired: Mapping[str, PairedComparison], new_classes: Sequence[str]) -> list[Check]:
+    """Non-inferiority, per-class drop per slice, and forgetting on the old slice, against the champion."""
+    metric, checks = policy.primary_metric, []
+    for slice_name in sorted(set(candidate) & set(champion)):
+        champion_value = champion[slice_name].get(metric)
+        if not _measurable(champion_value):
+            continue
+        rows = candidate[slice_name].get("rows", 0)
+        if rows < policy.min_comparison_rows:
+            # A handful of rows says nothing about non-inferiority: report, don't judge.
+            checks.append(_too_few_rows(policy, f"non_inferiority:{slice_name}.{metric}",
+                                        -policy.non_inferiority_margin, ">=", slice_name, rows, "champion"))
+            continue
+        comparison = paired.get(slice_name)
+        if comparison is not None and comparison.metric == metric:
+            checks.append(_check(
+                f"non_inferiority:{slice_name}.{metric}", comparison.ci_low, -policy.non_inferiority_margin, ">=",
+                f"{slice_name}.{metric} candidate - champion {comparison.difference:+.4f}, "
+                f"{comparison.confidence:.0%} CI [{comparison.ci_low:+.4f}, {comparison.ci_high:+.4f}], "
+                f"lower bound vs -margin",
+            ))
+        else:
+            checks.append(_check(
+                f"non_inferiority:{slice_name}.{metric}", candidate[slice_name].get(metric),
+                champion_value - policy.non_inferiority_margin, ">=",
+                f"candidate {slice_name}.{metric} vs champion {champion_value:.4f} - margin {policy.non_inferiority_margin}",
+            ))
+        if policy.max_class_f1_drop is not None:
+            check = _class_f1_drop(policy, slice_name, candidate[slice_name], champion[slice_name], new_classes)
+            if check is not None:
+                checks.append(check)
+    if policy.max_forgetting is not None and "old" in candidate and "old" in champion:
+        name, rows = f"max_forgetting:old.{metric}", candidate["old"].get("rows", 0)
+        if 0 < rows < policy.min_comparison_rows:
+            checks.append(_too_few_rows(policy, name, policy.max_forgetting, "<=", "old", rows, "champion"))
+            return checks
+        before, after = champion["old"].get(metric), candidate["old"].get(metric)
+        forgetting = before - after if _measurable(before) and _measurable(after) else None
+        checks.append(_check(name, forgetting, policy.max_forgetting, "<=",
+                             f"forgetting on old slice (champion - candidate {metric})"))
+    return checks
+
+
 class BestScore(BaseModel):
     """The best primary metric any champion (past or present) scored on the frozen slice, and which version."""
 
@@ -167,61 +211,95 @@ class BestScore(BaseModel):
     version: str
 
 
+def _too_few_rows(policy: GatePolicy, name: str, threshold: float, comparison: Literal[">=", "<="], slice_name: str,
+                  rows: int, against: str) -> Check:
+    # One rule for every comparison on a slice too small for a useful interval: reported, not judged.
+    return Check(name=name, value=None, threshold=threshold, comparison=comparison, verdict="skipped",
+                 detail=f"{slice_name}: {rows} rows < gate.min_comparison_rows={policy.min_comparison_rows}, "
+                        f"too few to compare with the {against}")
+
+
+def _new_class_checks(policy: GatePolicy, candidate: SliceMetrics, new_classes: Sequence[str]) -> list[Check]:
+    """A class the champion never had is judged on its own rows: the candidate's F1 on them, per slice, where the
+    slice holds enough of them (`min_class_support`)."""
+    checks = []
+    for label in new_classes:
+        for slice_name in sorted(candidate):
+            measured = candidate[slice_name].get("per_class", {}).get(label)
+            if not measured or not measured.get("support"):
+                continue
+            name = f"new_class:{label}:{slice_name}.f1"
+            if policy.min_new_class_f1 is None or measured["support"] < policy.min_class_support:
+                checks.append(Check(name=name, value=measured["f1"], threshold=policy.min_new_class_f1 or 0.0,
+                                    comparison=">=", verdict="skipped",
+                                    detail=f"new class {label!r} on {slice_name}: F1 {measured['f1']:.4f} on its "
+                                           f"{measured['support']} rows (judged from gate.min_class_support="
+                                           f"{policy.min_class_support} rows and with gate.min_new_class_f1 set)"))
+                continue
+            checks.append(_check(name, measured["f1"], policy.min_new_class_f1, ">=",
+                                 f"new class {label!r}: candidate F1 on its {measured['support']} {slice_name} rows"))
+    return checks
+
+
+def _baseline_checks(policy: GatePolicy, candidate: SliceMetrics, baseline: Mapping[str, PairedComparison] | None,
+                     baseline_skipped: str | None) -> list[Check]:
+    """The candidate against the lexical baseline fitted on its own train rows, judged like non-inferiority."""
+    if policy.min_gain_over_baseline is None or (baseline is None and baseline_skipped is None):
+        return []
+    threshold = policy.min_gain_over_baseline - policy.non_inferiority_margin
+    name = f"over_baseline:{{}}.{policy.primary_metric}"
+    if baseline is None:
+        return [Check(name=name.format("all"), value=None, threshold=threshold, comparison=">=", verdict="skipped",
+                      detail=f"no lexical baseline this round: {baseline_skipped}")]
+    checks = []
+    for slice_name in sorted(candidate):
+        rows = candidate[slice_name].get("rows", 0)
+        comparison = baseline.get(slice_name)
+        if not rows or comparison is None:
+            continue
+        if rows < policy.min_comparison_rows:
+            checks.append(_too_few_rows(policy, name.format(slice_name), threshold, ">=", slice_name, rows,
+                                        "lexical baseline"))
+            continue
+        checks.append(_check(
+            name.format(slice_name), comparison.ci_low, threshold, ">=",
+            f"{slice_name}.{comparison.metric} candidate - TF-IDF baseline {comparison.difference:+.4f}, "
+            f"{comparison.confidence:.0%} CI [{comparison.ci_low:+.4f}, {comparison.ci_high:+.4f}], lower bound vs "
+            f"min_gain_over_baseline - margin"))
+    return checks
+
+
 def judge_candidate(policy: GatePolicy, candidate: SliceMetrics, champion: SliceMetrics | None, *,
                     paired: Mapping[str, PairedComparison] | None = None,
                     latency: Mapping[str, float] | None = None,
-                    best_frozen: BestScore | None = None, new_classes: Sequence[str] = ()) -> Verdict:
-    """Floors always; with a champion, non-inferiority, per-class drop and forgetting per slice.
+                    best_frozen: BestScore | None = None, new_classes: Sequence[str] = (),
+                    compared: SliceMetrics | None = None,
+                    baseline: Mapping[str, PairedComparison] | None = None,
+                    baseline_skipped: str | None = None) -> Verdict:
+    """Floors always; with a champion, non-inferiority, per-class drop and forgetting per slice; the lexical
+    baseline (`baseline`: paired comparisons of candidate - baseline per slice) when the policy asks for it.
 
     Non-inferiority is judged on the lower confidence bound of candidate - champion when a paired
     comparison of the slice is given (per-row predictions), else on the point estimates. With
     `best_frozen` and `policy.max_drop_below_best`, the candidate is also held to the best champion so far.
-    `new_classes` (labels the champion never had) are reported, never judged per class.
+    Every comparison on a slice under `min_comparison_rows` rows is skipped with the reason. `new_classes`
+    (labels the champion never had) are judged on their own rows; `compared` is the candidate on the rows of
+    the classes the champion knows (`champion` is scored on those too): what every champion comparison reads.
     """
     checks = [_check(f"floor:{key}", _metric(candidate, key), floor, ">=", f"candidate {key} floor")
               for key, floor in sorted(policy.floors.items())]
     if champion is not None and new_classes:
         checks.append(Check(name="new_classes", value=float(len(new_classes)), threshold=0.0, comparison=">=",
-                            verdict="skipped", detail=f"new classes the champion never had, reported and not compared "
-                                                      f"per class: {', '.join(new_classes)}"))
+                            verdict="skipped", detail=f"new classes the champion never had, judged on their own rows;"
+                                                      f" the champion comparisons leave their rows out: "
+                                                      f"{', '.join(new_classes)}"))
+        checks.extend(_new_class_checks(policy, candidate, new_classes))
+    checks.extend(_baseline_checks(policy, candidate, baseline, baseline_skipped))
     metric = policy.primary_metric
     paired = paired or {}
     if champion is not None:
-        for slice_name in sorted(set(candidate) & set(champion)):
-            champion_value = champion[slice_name].get(metric)
-            if not _measurable(champion_value):
-                continue
-            rows = candidate[slice_name].get("rows", 0)
-            if rows < policy.min_comparison_rows:
-                # A handful of rows says nothing about non-inferiority: report, don't judge.
-                checks.append(Check(name=f"non_inferiority:{slice_name}.{metric}", value=None,
-                                    threshold=-policy.non_inferiority_margin, comparison=">=", verdict="skipped",
-                                    detail=f"{slice_name}: {rows} rows < gate.min_comparison_rows="
-                                           f"{policy.min_comparison_rows}, too few to compare with the champion"))
-                continue
-            comparison = paired.get(slice_name)
-            if comparison is not None and comparison.metric == metric:
-                checks.append(_check(
-                    f"non_inferiority:{slice_name}.{metric}", comparison.ci_low, -policy.non_inferiority_margin, ">=",
-                    f"{slice_name}.{metric} candidate - champion {comparison.difference:+.4f}, "
-                    f"{comparison.confidence:.0%} CI [{comparison.ci_low:+.4f}, {comparison.ci_high:+.4f}], "
-                    f"lower bound vs -margin",
-                ))
-            else:
-                checks.append(_check(
-                    f"non_inferiority:{slice_name}.{metric}", candidate[slice_name].get(metric),
-                    champion_value - policy.non_inferiority_margin, ">=",
-                    f"candidate {slice_name}.{metric} vs champion {champion_value:.4f} - margin {policy.non_inferiority_margin}",
-                ))
-            if policy.max_class_f1_drop is not None:
-                check = _class_f1_drop(policy, slice_name, candidate[slice_name], champion[slice_name], new_classes)
-                if check is not None:
-                    checks.append(check)
-        if policy.max_forgetting is not None and "old" in candidate and "old" in champion:
-            before, after = champion["old"].get(metric), candidate["old"].get(metric)
-            forgetting = before - after if _measurable(before) and _measurable(after) else None
-            checks.append(_check(f"max_forgetting:old.{metric}", forgetting, policy.max_forgetting, "<=",
-                                 f"forgetting on old slice (champion - candidate {metric})"))
+        checks.extend(_champion_checks(policy, compared if compared is not None else candidate, champion, paired,
+                                       new_classes))
     if policy.max_drop_below_best is not None and best_frozen is not None:
         after = _metric(candidate, f"frozen.{metric}")
         drop = best_frozen.value - after if _measurable(after) else None

@@ -10,6 +10,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from tasks.config import PipelineConfig
 
@@ -17,6 +18,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS = "previous"
 HF_ARTIFACT = "hf_model"
+BLEND_ARTIFACT = "blend"  # the lexical model and weight served with the transformer
 log = logging.getLogger("freshet.registry")
 
 
@@ -60,12 +62,25 @@ def download_model_dir(config: PipelineConfig, version: str) -> Path:
             os.replace(staging, cache)
         except OSError:  # another process cached it first
             pass
-    import yaml
-
-    artifacts = yaml.safe_load((cache / "MLmodel").read_text())["flavors"]["python_function"].get("artifacts", {})
+    artifacts = _pyfunc_artifacts(cache)
     if HF_ARTIFACT not in artifacts:
         raise FileNotFoundError(f"model version {config.mlflow.model_name}/{version} has no {HF_ARTIFACT} artifact")
     return cache / artifacts[HF_ARTIFACT]["path"]
+
+
+def _pyfunc_artifacts(pyfunc_dir: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load((pyfunc_dir / "MLmodel").read_text())["flavors"]["python_function"].get("artifacts", {})
+
+
+def blend_dir(config: PipelineConfig, version: str) -> Path | None:
+    """The lexical blend a version serves with its transformer (tasks/models/blend.py), or None: versions
+    registered without one serve the transformer alone."""
+    model_dir = download_model_dir(config, version)
+    pyfunc_dir = next(parent for parent in model_dir.parents if (parent / "MLmodel").exists())
+    artifact = _pyfunc_artifacts(pyfunc_dir).get(BLEND_ARTIFACT)
+    return pyfunc_dir / artifact["path"] if artifact else None
 
 
 # ------------------------------------------------------------------------------ champion history

@@ -211,6 +211,8 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
                 artifacts["onnx_model"] = str(context.input_path("compress", compress_facts["serving_artifact"]))
             if compress_facts.get("serving_model"):  # the distilled student's HF directory
                 artifacts["student_model"] = str(context.input_path("compress", compress_facts["serving_model"]))
+            if "blend" in inputs["evaluate"].outputs:  # the lexical model served blended with the transformer
+                artifacts[model_registry.BLEND_ARTIFACT] = str(context.input_path("evaluate", "blend"))
             example = pd.DataFrame({"text": ["a sample text to classify", "another one"]})
             signature = infer_signature(example, pd.DataFrame({"label": [config.labels[0]] * 2,
                                                                "probability": [0.5, 0.5]}))

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tasks.models.blend import Blend
 from tasks.models.families import accepted_inputs, model_features
 
 
@@ -28,11 +29,12 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
 
 @torch.inference_mode()
 def predict(model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int,
-            batch_size: int = 64) -> Predictions:
+            batch_size: int = 64, blend: Blend | None = None) -> Predictions:
     """Class probabilities for `texts`, batched by length; returned in the input order.
 
     Only the tokenizer outputs the model's forward accepts are passed (DistilBERT and ModernBERT take no
-    token_type_ids, an ONNX session only its own inputs)."""
+    token_type_ids, an ONNX session only its own inputs). With a `blend`, the served mix of the model's
+    probabilities and the lexical baseline's (tasks/models/blend.py)."""
     model.eval()
     started = time.perf_counter()
     encoded = model_features(tokenizer(list(texts), truncation=True, max_length=max_length), accepted_inputs(model))
@@ -43,6 +45,8 @@ def predict(model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int
         features = tokenizer.pad({key: [encoded[key][i] for i in batch] for key in encoded}, return_tensors="pt")
         logits = model(**features).logits.float()
         probabilities[batch] = torch.softmax(logits, dim=-1).numpy()
+    if blend is not None:
+        probabilities = blend.mix(texts, probabilities)
     return Predictions(probabilities.argmax(axis=1), probabilities, time.perf_counter() - started)
 
 

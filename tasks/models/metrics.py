@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
+from tasks.models.blend import Blend
 from tasks.models.inference import predict
 
 
@@ -66,24 +67,45 @@ def in_label_space(label_ids: np.ndarray, probabilities: np.ndarray, model_label
     return target[label_ids], relaid
 
 
-def score(model, tokenizer, slices: Mapping[str, Sequence[dict[str, Any]]], labels: Sequence[str], *,
-          max_length: int, batch_size: int, calibration_bins: int = 15, model_labels: Sequence[str] | None = None,
-          ) -> tuple[dict[str, dict[str, Any]], dict[str, list[int]]]:
-    """Metrics per slice (with ECE) and the per-row predicted label ids (for paired gate statistics).
-
-    `model_labels`: the model's own label order, when it differs from `labels` (a champion from before the
-    label set grew): its predictions are mapped onto `labels` by name first.
-    """
+def slice_scores(slices: Mapping[str, Sequence[dict[str, Any]]], probabilities: Mapping[str, np.ndarray],
+                 labels: Sequence[str], *, calibration_bins: int = 15,
+                 label_ids: Mapping[str, np.ndarray] | None = None,
+                 ) -> tuple[dict[str, dict[str, Any]], dict[str, list[int]]]:
+    """Metrics per slice (with ECE) and the per-row predicted label ids, from each slice's probabilities
+    (rows x `labels`); `label_ids` where the prediction is not their argmax (-1: a label the run lacks)."""
     index = {label: position for position, label in enumerate(labels)}
-    relabel = model_labels is not None and list(model_labels) != list(labels)
     metrics, predicted = {}, {}
     for name, rows in slices.items():
-        result = predict(model, tokenizer, [row["text"] for row in rows], max_length=max_length, batch_size=batch_size)
-        label_ids, probabilities = result.label_ids, result.probabilities
-        if relabel and model_labels is not None:
-            label_ids, probabilities = in_label_space(label_ids, probabilities, model_labels, labels)
+        ids = label_ids[name] if label_ids is not None else probabilities[name].argmax(axis=1)
         truth = [index[row["label"]] for row in rows]
-        metrics[name] = classification_metrics(truth, label_ids, labels)
-        metrics[name]["ece"] = expected_calibration_error(truth, probabilities, calibration_bins)
-        predicted[name] = [int(value) for value in label_ids]
+        metrics[name] = classification_metrics(truth, ids, labels)
+        metrics[name]["ece"] = expected_calibration_error(truth, probabilities[name], calibration_bins)
+        predicted[name] = [int(value) for value in ids]
     return metrics, predicted
+
+
+def slice_probabilities(model, tokenizer, slices: Mapping[str, Sequence[dict[str, Any]]], labels: Sequence[str], *,
+                        max_length: int, batch_size: int, model_labels: Sequence[str] | None = None,
+                        blend: Blend | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Each slice's probabilities over `labels` and predicted label ids. `model_labels`: the model's own label
+    order, when it differs from `labels` (a champion from before the label set grew): mapped onto `labels` by
+    name (tasks.models.metrics.in_label_space)."""
+    relabel = model_labels is not None and list(model_labels) != list(labels)
+    probabilities, label_ids = {}, {}
+    for name, rows in slices.items():
+        result = predict(model, tokenizer, [row["text"] for row in rows], max_length=max_length, batch_size=batch_size,
+                         blend=blend)
+        ids, values = result.label_ids, result.probabilities
+        if relabel and model_labels is not None:
+            ids, values = in_label_space(ids, values, model_labels, labels)
+        probabilities[name], label_ids[name] = values, ids
+    return probabilities, label_ids
+
+
+def score(model, tokenizer, slices: Mapping[str, Sequence[dict[str, Any]]], labels: Sequence[str], *,
+          max_length: int, batch_size: int, calibration_bins: int = 15, model_labels: Sequence[str] | None = None,
+          blend: Blend | None = None) -> tuple[dict[str, dict[str, Any]], dict[str, list[int]]]:
+    """Metrics per slice (with ECE) and the per-row predicted label ids (for paired gate statistics)."""
+    probabilities, label_ids = slice_probabilities(model, tokenizer, slices, labels, max_length=max_length,
+                                                   batch_size=batch_size, model_labels=model_labels, blend=blend)
+    return slice_scores(slices, probabilities, labels, calibration_bins=calibration_bins, label_ids=label_ids)

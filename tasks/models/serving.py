@@ -5,6 +5,7 @@ tokenizer). `model_config["variant"]` picks what runs: `fp32`, `int8-dynamic` (a
 applied at load time), `onnx-fp32` / `onnx-int8` / `distilled-onnx-int8` (the ONNX file logged as
 the `onnx_model` artifact, run by onnxruntime), or `distilled` (the student's HF directory logged as
 the `student_model` artifact). Older versions carry only `quantization` (None or `int8-dynamic`).
+With a `blend` artifact, the probabilities are blended with the lexical model's (tasks/models/blend.py).
 No pickled modules.
 Input: a DataFrame with a `text` column (or a list of strings). Output: `label`, `probability`.
 """
@@ -23,6 +24,7 @@ log = logging.getLogger("freshet.serving")
 
 class TextClassifier(PythonModel):
     def load_context(self, context) -> None:
+        from tasks.models.blend import load_blend
         from tasks.models.compression import load_serving_model
 
         settings = context.model_config or {}
@@ -44,6 +46,8 @@ class TextClassifier(PythonModel):
                                                         Path(onnx_path) if onnx_path else None,
                                                         bool(settings.get("trust_remote_code", False)))
         self.variant = variant
+        # The lexical model and weight this version serves blended with the transformer (tasks/models/blend.py).
+        self.blend = load_blend(Path(context.artifacts["blend"])) if context.artifacts.get("blend") else None
         self.max_length = int(settings.get("max_length", 128))
         self.labels = [self.model.config.id2label[index] for index in range(self.model.config.num_labels)]
 
@@ -51,7 +55,7 @@ class TextClassifier(PythonModel):
         from tasks.models.inference import predict
 
         texts = model_input["text"].astype(str).tolist() if isinstance(model_input, pd.DataFrame) else [str(t) for t in model_input]
-        result = predict(self.model, self.tokenizer, texts, max_length=self.max_length)
+        result = predict(self.model, self.tokenizer, texts, max_length=self.max_length, blend=self.blend)
         return pd.DataFrame({"label": [self.labels[index] for index in result.label_ids],
                              "probability": result.probabilities.max(axis=1).astype("float64")})
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from tasks import model_registry
 from tasks.config import PipelineConfig
+from tasks.models.blend import Blend
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Scorer:
     tokenizer: Any
     max_length: int
     batch_size: int = 64
+    blend: Blend | None = None  # the lexical blend the version serves with its transformer
 
     def score(self, texts: Sequence[str]) -> ScoredTexts:
         from tasks.models.inference import predict
@@ -46,7 +48,7 @@ class Scorer:
             empty = np.zeros((0, len(self.label_names)), dtype=np.float32)
             return ScoredTexts([], np.zeros(0), empty, self.label_names)
         result = predict(self.model, self.tokenizer, list(texts), max_length=self.max_length,
-                         batch_size=self.batch_size)
+                         batch_size=self.batch_size, blend=self.blend)
         return ScoredTexts([self.label_names[int(index)] for index in result.label_ids],
                            result.probabilities.max(axis=1).astype(np.float64), result.probabilities,
                            self.label_names)
@@ -72,4 +74,4 @@ def load_scorer(config: PipelineConfig, version: str, batch_size: int = 64) -> S
                         "batch scoring needs every class's probability")
     return Scorer(version=str(version), variant=str(getattr(inner, "variant", "fp32")),
                   label_names=[str(label) for label in inner.labels], model=inner.model, tokenizer=inner.tokenizer,
-                  max_length=int(inner.max_length), batch_size=batch_size)
+                  max_length=int(inner.max_length), batch_size=batch_size, blend=getattr(inner, "blend", None))

@@ -113,7 +113,8 @@ class Predictor:
         from tasks.models.inference import predict
 
         inner = self._inner
-        return predict(inner.model, inner.tokenizer, texts, max_length=inner.max_length).probabilities
+        return predict(inner.model, inner.tokenizer, texts, max_length=inner.max_length,
+                       blend=getattr(inner, "blend", None)).probabilities
 
     def _onnx_probabilities(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) > ONNX_CHUNK:  # a large request: length-sorted chunks, as inference.predict makes them
@@ -135,7 +136,9 @@ class Predictor:
         ids = encoded["input_ids"]
         feed = {name: (encoded[name] if name in encoded else np.zeros_like(ids)).astype(np.int64, copy=False)
                 for name in inner.model.input_names}
-        return softmax(session.run(["logits"], feed)[0].astype(np.float32))
+        probabilities = softmax(session.run(["logits"], feed)[0].astype(np.float32))
+        blend = getattr(inner, "blend", None)
+        return blend.mix(texts, probabilities) if blend is not None else probabilities
 
     def verify_fast_path(self, texts: Sequence[str]) -> None:
         """Serve through the session directly only if it gives what the pyfunc's own computation gives."""
