@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The services tests/test_services_integration.py needs, on loopback: PostgreSQL (trust auth for
-# user postgres) on 127.0.0.1:5432, Redis on 127.0.0.1:6379, and /usr/bin/chromium for the UI
-# checks. Idempotent: starts only what is not answering, installs only what is missing.
+# user postgres) on 127.0.0.1:5432, Redis on 127.0.0.1:6379, /usr/bin/chromium for the UI
+# checks, and Label Studio on 127.0.0.1:8089 (.ci/label-studio.sh). Idempotent: starts only what is
+# not answering, installs only what is missing.
 set -euo pipefail
 
 say() { printf 'services: %s\n' "$*"; }
@@ -59,3 +60,6 @@ else
   say "installing chromium"
   apt_install chromium fonts-liberation   # fonts: readable text in the screenshots
 fi
+
+# Label Studio (tests/test_labelling.py): its own virtualenv, installed and started when missing.
+bash "$(dirname "$0")/label-studio.sh"

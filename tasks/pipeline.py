@@ -5,9 +5,9 @@ Airflow factory (each step's `--input`s and its retry policy) all read it. Each 
 `tasks.<name>` with `run(config, inputs, ...) -> Manifest` and `main(argv)`.
 
 `STEPS` is the `freshet` DAG's pipeline, in order. `PRODUCTION_STEPS` run in DAGs of their own (`dag`):
-batch scoring (`freshet_score`) and the production monitor (`freshet_monitor`), which read no manifest of
-the pipeline's run, only the registry, the prediction log and the artifact store's history. `STEP_NAMES`
-names them all.
+batch scoring (`freshet_score`), the production monitor (`freshet_monitor`) and the labelling queue
+(`freshet_label`), which read no manifest of the pipeline's run, only the registry, the prediction log and the
+artifact store's history. `STEP_NAMES` names them all.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ PRODUCTION_STEPS: tuple[Step, ...] = (
     Step("score", "batch-score an unlabelled drop folder with the champion (challenger in shadow)", dag="freshet_score"),
     Step("monitor", "prediction and input drift vs the version's reference, label-free F1 estimate, real F1 on "
          "feedback; breach -> production drift", dag="freshet_monitor"),
+    Step("label", "the day's labelling budget from the scored texts (uncertainty, diversity, class balance, a random "
+         "control), queued in Label Studio", network=True, dag="freshet_label"),
 )
 ALL_STEPS: tuple[Step, ...] = STEPS + PRODUCTION_STEPS
 PIPELINE_STEP_NAMES: tuple[str, ...] = tuple(step.name for step in STEPS)

@@ -96,15 +96,20 @@ def pipeline_schedule(config_path: str) -> Any:
 
 def production_schedules(config_path: str) -> dict[str, Any]:
     """The schedules of the production DAGs: `freshet_score` daily (`score.cron`, a data interval, so the
-    run for day D scores D's drop folder; None: triggered only) and `freshet_monitor` daily (`monitor.cron`)
-    and whenever the prediction log's Asset is updated (batch scoring, or a POST to Airflow's REST API)."""
+    run for day D scores D's drop folder; None: triggered only), and `freshet_monitor` (`monitor.cron`) and
+    `freshet_label` (`label.cron`) daily and whenever the prediction log's Asset is updated (batch scoring, or a
+    POST to Airflow's REST API)."""
     from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable
 
     config = pipeline_config(config_path)
     score = CronDataIntervalTimetable(config.score.cron, timezone="UTC") if config.score.cron else None
     monitor = AssetOrTimeSchedule(timetable=CronDataIntervalTimetable(config.monitor.cron, timezone="UTC"),
                                   assets=prediction_log_asset(config))
-    return {"freshet_score": score, "freshet_monitor": monitor}
+    # freshet_label: daily (`label.cron`) and after each batch scoring (the prediction log's Asset).
+    label = (AssetOrTimeSchedule(timetable=CronDataIntervalTimetable(config.label.cron, timezone="UTC"),
+                                 assets=prediction_log_asset(config))
+             if config.label.cron else prediction_log_asset(config))
+    return {"freshet_score": score, "freshet_monitor": monitor, "freshet_label": label}
 
 
 def production_dag_settings(config_path: str) -> dict[str, Any]:

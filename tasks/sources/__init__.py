@@ -3,7 +3,7 @@
 - `fetch`: errors, the SSRF guard, per-host pacing, retries, byte caps, redirects (`SourceFetcher`).
 - `session`: one source's crawl over the fetcher: conditional GET, de-duplication, quarantine, state.
 - `formats`: decoding shared by several kinds. Then one module per kind: `jsonl_feed` (the default),
-  `html_site`, `feed`, `json_api`, `local`, `debian_index`.
+  `html_site`, `feed`, `json_api`, `local`, `debian_index`, `label_studio` (annotations from Label Studio).
 
 Every kind fetches through `SourceSession`, so robots, the guard, byte caps and the state behave the same.
 """
@@ -20,6 +20,7 @@ from tasks.sources.fetch import SourceFetcher
 from tasks.sources.html_site import crawl_html_site
 from tasks.sources.json_api import crawl_json_api
 from tasks.sources.jsonl_feed import crawl_jsonl_feed
+from tasks.sources.label_studio import crawl_label_studio
 from tasks.sources.local import crawl_local
 from tasks.sources.session import CrawlCheckpoint, SourceCrawl, SourceSession
 
@@ -30,6 +31,7 @@ SOURCE_KINDS: dict[str, Callable[[SourceSession], None]] = {
     "json_api": crawl_json_api,
     "local": crawl_local,
     "debian_index": crawl_debian_index,
+    "label_studio": crawl_label_studio,
 }
 
 
