@@ -27,32 +27,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tasks.config import PipelineConfig
-from tasks.contract import StepContext, cli, execute, parse_bool, read_manifest
+from tasks.contract import StepContext, cli, execute, parse_bool
 from tasks.manifest import Manifest
 from tasks.monitoring import breach as breaches
-from tasks.snapshots import read_history
+from tasks.snapshots import last_training, read_history, untrained_snapshots
 from tasks.store import ArtifactStore
 
 STEP = "decide"
 DRIFT_METRICS = ("drift.label_psi", "drift.length_psi")
 log = logging.getLogger("freshet.decide")
-
-
-def last_training(store: ArtifactStore, run_id: str, logical_date: str | None) -> Manifest | None:
-    """The latest train manifest of another run at or before this logical date (None: never trained)."""
-    trained = [manifest for directory in store.run_directories()
-               if (manifest := read_manifest(store, directory, "train")) is not None and manifest.run_id != run_id
-               and (logical_date is None or (manifest.logical_date or "") <= logical_date)]
-    return max(trained, key=lambda manifest: (manifest.logical_date or "", manifest.created_at), default=None)
-
-
-def untrained_snapshots(store: ArtifactStore, since: str | None, run_id: str,
-                        logical_date: str | None) -> list[dict[str, Any]]:
-    """History snapshots after the last training's logical date, up to and including this run."""
-    return [entry for entry in read_history(store)
-            if (since is None or (entry.get("logical_date") or "") > since)
-            and (entry["run_id"] == run_id or logical_date is None
-                 or (entry.get("logical_date") or "") <= logical_date)]
 
 
 def training_processes(config: PipelineConfig) -> int:

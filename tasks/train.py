@@ -29,6 +29,7 @@ from tasks.config import PipelineConfig
 from tasks.contract import StepContext, cli, execute, read_manifest, step_fingerprint
 from tasks.manifest import Manifest, StepError
 from tasks.records import read_rows, write_parquet
+from tasks.snapshots import last_training, untrained_snapshots
 from tasks.store import ArtifactStore, atomic_write_text
 from tasks.training.data import TrainingData
 from tasks.training.distributed import DistributedEnv
@@ -48,11 +49,18 @@ log = logging.getLogger("freshet.train")
 
 def gather_training_data(config: PipelineConfig, augment_rows: list[dict[str, Any]],
                          snapshot_rows: list[dict[str, Any]], prior: Sequence[dict[str, Any]],
-                         store: ArtifactStore, labels: Sequence[str] | None = None) -> TrainingData:
-    """New rows (bounded sample) + their augmentations + a replay sample of earlier snapshots."""
+                         store: ArtifactStore, labels: Sequence[str] | None = None,
+                         waiting: Sequence[dict[str, Any]] = ()) -> TrainingData:
+    """New rows (bounded sample) + their augmentations + a replay sample of earlier snapshots.
+
+    `waiting`: earlier snapshots no round has trained on yet (a day too small to train, or whose training
+    failed): their rows are new rows of this round, not a replay sample."""
     settings = config.train
     rng = random.Random(settings.seed)
+    waiting_uris = {entry["uri"] for entry in waiting}
+    waited = [row for entry in waiting for row in read_rows(store.local_path(entry["uri"]))]
     real = [row for row in augment_rows if not row.get("augmented_from")]
+    real += [row for row in waited if row["split"] == "train"]
     augmented = [row for row in augment_rows if row.get("augmented_from")]
     if settings.max_train_rows is not None and len(real) > settings.max_train_rows:
         real = rng.sample(real, settings.max_train_rows)
@@ -61,6 +69,8 @@ def gather_training_data(config: PipelineConfig, augment_rows: list[dict[str, An
     old_train: list[dict[str, Any]] = []
     old_validation: list[dict[str, Any]] = []
     for entry in prior:
+        if entry["uri"] in waiting_uris:
+            continue
         for row in read_rows(store.local_path(entry["uri"])):
             if row["split"] == "train":
                 old_train.append(row)
@@ -68,13 +78,15 @@ def gather_training_data(config: PipelineConfig, augment_rows: list[dict[str, An
                 old_validation.append(row)
     replay_count = min(len(old_train), round(settings.replay_fraction * len(real)))
     replay = rng.sample(old_train, replay_count) if replay_count else []
-    validation = [row for row in snapshot_rows if row["split"] == "validation"] + old_validation
+    validation = ([row for row in snapshot_rows if row["split"] == "validation"] + old_validation
+                  + [row for row in waited if row["split"] == "validation"])
     if len(validation) > settings.max_validation_rows:
         validation = rng.sample(validation, settings.max_validation_rows)
     train = real + augmented + replay
     if not train:
         raise StepError("train: no training rows (the new batch has no train split and there is no replay data)")
-    counts = {"rows_new": len(real), "rows_augmented": len(augmented), "rows_replay": len(replay),
+    counts = {"rows_new": len(real), "rows_waiting": sum(row["split"] == "train" for row in waited),
+              "rows_augmented": len(augmented), "rows_replay": len(replay),
               "rows_train": len(train), "rows_validation": len(validation)}
     return TrainingData(train, validation, counts, list(labels) if labels is not None else None)
 
@@ -115,7 +127,10 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         champion = None  # another encoder now: start from it; evaluate still compares with the champion
     champion_version = str(champion.version) if champion else None
     labels = run_labels(config, inputs["clean"], store)
+    waiting = waiting_snapshots(store, run_id, logical_date)
     extra: dict[str, Any] = {"champion_version": champion_version, "world_size": environment.world_size}
+    if waiting:  # earlier snapshots no round trained on join as new rows (unchanged fingerprints otherwise)
+        extra["waiting"] = [entry.get("digest") for entry in waiting]
     if labels != list(config.labels):  # grown by validate.new_labels: extend (unchanged fingerprints otherwise)
         extra["labels"] = labels
     sections = ("train", "split")
@@ -125,7 +140,7 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         log.info("train: inputs unchanged, reusing %s", existing.uri)
         return existing.model_copy(update={"reused": True})
 
-    data = _read_training_data(config, inputs, store, labels)
+    data = _read_training_data(config, inputs, store, labels, waiting)
     init_dir = model_registry.download_model_dir(config, champion.version) if champion else None
     checkpoint_dir = store.work_dir(run_id, STEP) / fingerprint.split(":")[-1][:16]
 
@@ -198,13 +213,20 @@ def _same_model_source(config: PipelineConfig, champion: Any) -> bool:
     return False
 
 
+def waiting_snapshots(store: ArtifactStore, run_id: str, logical_date: str | None) -> list[dict[str, Any]]:
+    """Earlier snapshots since the last round that trained (what decide counted as new rows with this run's)."""
+    previous = last_training(store, run_id, logical_date)
+    return [entry for entry in untrained_snapshots(store, previous.logical_date if previous else None, run_id,
+                                                   logical_date) if entry["run_id"] != run_id]
+
+
 def _read_training_data(config: PipelineConfig, inputs: dict[str, Manifest], store: ArtifactStore,
-                        labels: Sequence[str]) -> TrainingData:
+                        labels: Sequence[str], waiting: Sequence[dict[str, Any]]) -> TrainingData:
     clean = inputs["clean"]
     snapshot_rows = read_rows(store.local_path(clean.output("dataset").uri))
     augment_rows = read_rows(store.local_path(inputs["augment"].output("train").uri))
     return gather_training_data(config, augment_rows, snapshot_rows, clean.facts.get("prior_snapshots", []), store,
-                                labels)
+                                labels, waiting)
 
 
 def _mlflow_params(config: PipelineConfig, champion_version: str | None) -> dict[str, Any]:

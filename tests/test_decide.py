@@ -100,3 +100,31 @@ def test_drift_trains_on_few_rows_and_the_manifest_records_why(tmp_path):
     assert manifest.facts["train"] and "drift.label_psi=0.180 >= schedule.retrain_on_psi=0.1" in manifest.facts["reason"]
     stored = read_manifest(store, "run-2", "decide")
     assert stored.facts["reason"] == manifest.facts["reason"] and stored.facts["drift"]["drift.label_psi"] == 0.18
+
+
+def test_the_rows_decide_counted_train_as_new_rows_not_as_a_replay_sample(tmp_path):
+    """A day too small to train (or whose training failed) leaves its rows waiting: the next round that trains
+    takes them whole, as it takes its own, and replays only what an earlier round trained on."""
+    from tasks.records import read_rows
+    from tasks.train import _read_training_data, waiting_snapshots
+    from tests.corpus_support import synthetic_corpus
+
+    config = with_schedule(tiny_config(tmp_path, replay_fraction=0.0), min_new_rows=100, retrain_on_psi=None)
+    store = ArtifactStore(config.artifact_root)
+    corpus = synthetic_corpus(500, LABELS, seed=6)
+    days = {"run-1": ("2026-11-01", corpus[:300]), "run-2": ("2026-11-02", corpus[300:360]),
+            "run-3": ("2026-11-03", corpus[360:460])}
+    upstream = {run_id: ingest(config, store, run_id, day, rows) for run_id, (day, rows) in days.items()}
+    mark_trained(config, store, "run-1", "2026-11-01")
+    assert not decide_for(config, store, "run-2", "2026-11-02", upstream["run-2"]).facts["train"]
+    third = decide_for(config, store, "run-3", "2026-11-03", upstream["run-3"])
+    assert third.facts["train"] and third.metrics["rows_since_last_training"] == 160
+
+    waiting = waiting_snapshots(store, "run-3", "2026-11-03")
+    assert [entry["run_id"] for entry in waiting] == ["run-2"]
+    data = _read_training_data(config, upstream["run-3"], store, LABELS, waiting)
+    day2_train = {row["id"] for row in read_rows(store.local_path(waiting[0]["uri"])) if row["split"] == "train"}
+    day3_train = {row["id"] for row in data.train} - day2_train
+    assert day2_train and day2_train <= {row["id"] for row in data.train}
+    assert data.counts["rows_waiting"] == len(day2_train) and data.counts["rows_replay"] == 0
+    assert not {row["id"] for row in corpus[:300]} & (day3_train | day2_train)  # day 1 trained: not new again
