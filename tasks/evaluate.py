@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +254,99 @@ def slice_metrics(candidate: SliceMetrics, champion: SliceMetrics | None,
     return metrics
 
 
+@dataclass
+class CandidateScores:
+    """The candidate as it would be served (blended with the baseline or not), the transformer alone and the
+    lexical baseline, per slice; `served` holds the served probabilities, `predicted` their label ids."""
+
+    candidate: SliceMetrics
+    predicted: dict[str, list[int]]
+    served: dict[str, np.ndarray]
+    transformer: SliceMetrics
+    baseline: SliceMetrics | None
+    baseline_predicted: dict[str, list[int]] | None
+    baseline_skipped: str
+    blend: Blend | None
+    blend_facts: dict[str, Any]
+
+
+def score_candidate(config: PipelineConfig, context: StepContext, model: Any, tokenizer: Any,
+                    slices: Mapping[str, list[dict[str, Any]]], labels: list[str],
+                    settings: dict[str, Any]) -> CandidateScores:
+    bins = config.evaluate.calibration_bins
+    transformer_probabilities, _ = slice_probabilities(model, tokenizer, slices, labels,
+                                                       model_labels=model_labels(model), **settings)
+    lexical, baseline_skipped = fit_baseline(config, context, labels)
+    blend: Blend | None = None
+    blend_facts: dict[str, Any] = {"weight": 1.0, "reason": f"no lexical baseline: {baseline_skipped}"}
+    if lexical is not None:
+        blend, blend_facts = choose_blend(config, context, lexical, model, tokenizer, labels)
+    texts = {name: [row["text"] for row in rows] for name, rows in slices.items()}
+    served = ({name: blend.mix(texts[name], values) for name, values in transformer_probabilities.items()}
+              if blend is not None else transformer_probabilities)
+    candidate, predicted = slice_scores(slices, served, labels, calibration_bins=bins)
+    transformer = (slice_scores(slices, transformer_probabilities, labels, calibration_bins=bins)[0]
+                   if blend is not None else candidate)
+    baseline, baseline_predicted = (slice_scores(slices, {name: lexical.predict_proba(texts[name]) for name in slices},
+                                                 labels, calibration_bins=bins)
+                                    if lexical is not None else (None, None))
+    return CandidateScores(candidate, predicted, served, transformer, baseline, baseline_predicted, baseline_skipped,
+                           blend, blend_facts)
+
+
+@dataclass
+class ChampionComparison:
+    """The champion as served on the rows of the classes it knows, and the candidate on the same rows."""
+
+    metrics: SliceMetrics | None = None
+    predicted: dict[str, list[int]] | None = None  # every row, for predictions.parquet
+    compared: SliceMetrics | None = None  # the candidate on the champion's rows
+    paired: dict[str, PairedComparison] = field(default_factory=dict)
+    new_classes: list[str] = field(default_factory=list)
+
+
+def compare_with_champion(config: PipelineConfig, champion_version: str | None,
+                          slices: Mapping[str, list[dict[str, Any]]], labels: list[str], settings: dict[str, Any],
+                          served: Mapping[str, np.ndarray]) -> ChampionComparison:
+    if champion_version is None:
+        return ChampionComparison()
+    bins = config.evaluate.calibration_bins
+    probabilities, ids, new_classes = score_champion(config, champion_version, slices, labels, settings)
+    predicted = {name: [int(value) for value in values] for name, values in ids.items()}
+    known = known_class_rows(slices, new_classes)
+    known_slices = {name: [slices[name][i] for i in known[name]] for name in slices}
+    compared, compared_predicted = slice_scores(known_slices, {name: served[name][known[name]] for name in slices},
+                                                labels, calibration_bins=bins)
+    metrics, _ = slice_scores(known_slices, {name: probabilities[name][known[name]] for name in slices}, labels,
+                              calibration_bins=bins, label_ids={name: ids[name][known[name]] for name in slices})
+    paired = paired_comparisons(config.evaluate.gate, known_slices, labels, compared_predicted,
+                                {name: [predicted[name][i] for i in known[name]] for name in slices})
+    return ChampionComparison(metrics, predicted, compared, paired, new_classes)
+
+
+def record(context: StepContext, scores: CandidateScores, champion: ChampionComparison,
+           over_baseline: Mapping[str, PairedComparison] | None, verdict: Verdict, labels: list[str],
+           slices: Mapping[str, list[dict[str, Any]]], title: str) -> None:
+    """The report files and the manifest's outputs (everything but evaluation.json)."""
+    out = context.out_dir
+    if scores.blend is not None:
+        scores.blend.save(out / "blend")
+        context.add_output("blend", "blend", "model", weight=scores.blend.weight)
+    (out / "gate.json").write_text(json.dumps(verdict.summary(), indent=2))
+    (out / "report.md").write_text(gate_report(
+        verdict, scores.candidate, champion.metrics, context.facts.get("champion_version"), title, champion.paired,
+        champion.new_classes, transformer=scores.transformer if scores.blend is not None else None,
+        baseline=scores.baseline, over_baseline=over_baseline, blend=scores.blend_facts))
+    confusion_png(scores.candidate["frozen"]["confusion_matrix"], labels, "candidate, frozen test",
+                  out / "confusion_frozen.png")
+    write_predictions(out / "predictions.parquet", slices, labels, scores.predicted, champion.predicted)
+    context.add_output("evaluation", "evaluation.json", "report")
+    context.add_output("gate", "gate.json", "report")
+    context.add_output("report", "report.md", "report")
+    context.add_output("confusion_matrix", "confusion_frozen.png", "file")
+    context.add_output("predictions", "predictions.parquet", "dataset", rows=sum(len(rows) for rows in slices.values()))
+
+
 def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, store: ArtifactStore,
         logical_date: str | None = None) -> Manifest:
     champion = model_registry.version_by_alias(config, model_registry.CHAMPION)
@@ -266,92 +360,37 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
     def body(context: StepContext) -> None:
         labels = run_labels(config, context.input("clean"), store)
         slices = evaluation_slices(context.input("clean"), store)
-        remote = config.train.trust_remote_code
-        candidate_model, tokenizer = load_classifier(context.input_path("train", "model"), trust_remote_code=remote)
+        model, tokenizer = load_classifier(context.input_path("train", "model"),
+                                           trust_remote_code=config.train.trust_remote_code)
         settings: dict[str, Any] = {"max_length": config.train.max_length, "batch_size": config.evaluate.batch_size}
-        bins = config.evaluate.calibration_bins
-        transformer_probabilities, _ = slice_probabilities(candidate_model, tokenizer, slices, labels,
-                                                           model_labels=model_labels(candidate_model), **settings)
-        lexical, baseline_skipped = fit_baseline(config, context, labels)
-        blend: Blend | None = None
-        blend_facts: dict[str, Any] = {"weight": 1.0, "reason": f"no lexical baseline: {baseline_skipped}"}
-        if lexical is not None:
-            blend, blend_facts = choose_blend(config, context, lexical, candidate_model, tokenizer, labels)
-        texts = {name: [row["text"] for row in rows] for name, rows in slices.items()}
-        served = ({name: blend.mix(texts[name], values) for name, values in transformer_probabilities.items()}
-                  if blend is not None else transformer_probabilities)
-        candidate, candidate_predicted = slice_scores(slices, served, labels, calibration_bins=bins)
-        transformer = (slice_scores(slices, transformer_probabilities, labels, calibration_bins=bins)[0]
-                       if blend is not None else candidate)
-        baseline, baseline_predicted = (slice_scores(slices, {name: lexical.predict_proba(texts[name])
-                                                              for name in slices}, labels, calibration_bins=bins)
-                                        if lexical is not None else (None, None))
-        if blend is not None:
-            blend.save(context.out_dir / "blend")
-            context.add_output("blend", "blend", "model", weight=blend.weight)
-
-        champion_metrics, champion_predicted, paired = None, None, {}
-        compared: SliceMetrics | None = None
-        new_classes: list[str] = []
-        if champion_version is not None:
-            champion_probabilities, champion_ids, new_classes = score_champion(
-                config, champion_version, slices, labels, settings)
-            champion_predicted = {name: [int(value) for value in ids] for name, ids in champion_ids.items()}
-            # The champion comparisons read the rows of the classes the champion knows.
-            known = known_class_rows(slices, new_classes)
-            known_slices = {name: [slices[name][i] for i in known[name]] for name in slices}
-            compared, compared_predicted = slice_scores(
-                known_slices, {name: served[name][known[name]] for name in slices}, labels, calibration_bins=bins)
-            champion_metrics, _ = slice_scores(
-                known_slices, {name: champion_probabilities[name][known[name]] for name in slices}, labels,
-                calibration_bins=bins, label_ids={name: champion_ids[name][known[name]] for name in slices})
-            paired = paired_comparisons(policy, known_slices, labels, compared_predicted,
-                                        {name: [champion_predicted[name][i] for i in known[name]] for name in slices})
-        over_baseline = (paired_comparisons(policy, slices, labels, candidate_predicted, baseline_predicted)
-                         if baseline_predicted is not None else None)
-
+        scores = score_candidate(config, context, model, tokenizer, slices, labels, settings)
+        versus = compare_with_champion(config, champion_version, slices, labels, settings, scores.served)
+        over_baseline = (paired_comparisons(policy, slices, labels, scores.predicted, scores.baseline_predicted)
+                         if scores.baseline_predicted is not None else None)
         sample = [row["text"] for row in slices["fresh"][:16]] or [row["text"] for row in slices["frozen"][:16]]
-        model_size = model_size_bytes(candidate_model)
-        latency = measure_latency(candidate_model, tokenizer, sample, max_length=config.train.max_length)
-        best_frozen = best_champion_so_far(recorded_best, champion_metrics, champion_version, policy.primary_metric)
-        verdict = judge_candidate(policy, candidate, champion_metrics, paired=paired, latency=latency,
-                                  best_frozen=best_frozen, new_classes=new_classes, compared=compared,
-                                  baseline=over_baseline, baseline_skipped=baseline_skipped or None)
-        evaluation = {"candidate": candidate, "transformer": transformer, "baseline": baseline,
-                      "baseline_skipped": baseline_skipped or None, "blend": blend_facts,
-                      "champion": champion_metrics, "champion_version": champion_version,
-                      "compared": compared, "labels": labels, "new_classes": new_classes,
-                      "best_frozen": best_frozen.model_dump() if best_frozen else None,
-                      "paired": {name: comparison.model_dump() for name, comparison in paired.items()},
-                      "over_baseline": {name: comparison.model_dump()
-                                        for name, comparison in (over_baseline or {}).items()},
-                      "latency": latency, "size_bytes": model_size}
-        (context.out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
-        (context.out_dir / "gate.json").write_text(json.dumps(verdict.summary(), indent=2))
-        (context.out_dir / "report.md").write_text(
-            gate_report(verdict, candidate, champion_metrics, champion_version, f"Candidate evaluation, run {run_id}",
-                        paired, new_classes, transformer=transformer if blend is not None else None,
-                        baseline=baseline, over_baseline=over_baseline, blend=blend_facts))
-        confusion_png(candidate["frozen"]["confusion_matrix"], labels, "candidate, frozen test",
-                      context.out_dir / "confusion_frozen.png")
-        write_predictions(context.out_dir / "predictions.parquet", slices, labels, candidate_predicted,
-                          champion_predicted)
-        context.add_output("evaluation", "evaluation.json", "report")
-        context.add_output("gate", "gate.json", "report")
-        context.add_output("report", "report.md", "report")
-        context.add_output("confusion_matrix", "confusion_frozen.png", "file")
-        context.add_output("predictions", "predictions.parquet", "dataset",
-                           rows=sum(len(rows) for rows in slices.values()))
-        context.metrics.update(slice_metrics(candidate, champion_metrics, paired, transformer, baseline,
-                                             over_baseline))
-        context.metrics["blend_weight"] = blend_facts["weight"]
-        context.metrics.update(latency)
-        context.metrics["size_bytes"] = model_size
-        context.metrics["gate_passed"] = verdict.passed
-        context.metrics["num_labels"] = len(labels)
+        latency = measure_latency(model, tokenizer, sample, max_length=config.train.max_length)
+        best_frozen = best_champion_so_far(recorded_best, versus.metrics, champion_version, policy.primary_metric)
+        verdict = judge_candidate(policy, scores.candidate, versus.metrics, paired=versus.paired, latency=latency,
+                                  best_frozen=best_frozen, new_classes=versus.new_classes, compared=versus.compared,
+                                  baseline=over_baseline, baseline_skipped=scores.baseline_skipped or None)
         context.facts.update({"gate": verdict.summary(), "champion_version": champion_version, "labels": labels,
-                              "new_classes": new_classes, "blend_weight": blend_facts["weight"],
-                              "baseline_skipped": baseline_skipped or None})
+                              "new_classes": versus.new_classes, "blend_weight": scores.blend_facts["weight"],
+                              "baseline_skipped": scores.baseline_skipped or None})
+        (context.out_dir / "evaluation.json").write_text(json.dumps({
+            "candidate": scores.candidate, "transformer": scores.transformer, "baseline": scores.baseline,
+            "baseline_skipped": scores.baseline_skipped or None, "blend": scores.blend_facts,
+            "champion": versus.metrics, "champion_version": champion_version, "compared": versus.compared,
+            "labels": labels, "new_classes": versus.new_classes,
+            "best_frozen": best_frozen.model_dump() if best_frozen else None,
+            "paired": {name: comparison.model_dump() for name, comparison in versus.paired.items()},
+            "over_baseline": {name: comparison.model_dump() for name, comparison in (over_baseline or {}).items()},
+            "latency": latency, "size_bytes": model_size_bytes(model)}, indent=2))
+        record(context, scores, versus, over_baseline, verdict, labels, slices, f"Candidate evaluation, run {run_id}")
+        context.metrics.update(slice_metrics(scores.candidate, versus.metrics, versus.paired, scores.transformer,
+                                             scores.baseline, over_baseline))
+        context.metrics.update(latency)
+        context.metrics.update({"blend_weight": scores.blend_facts["weight"], "size_bytes": model_size_bytes(model),
+                                "gate_passed": verdict.passed, "num_labels": len(labels)})
 
     def track(manifest: Manifest) -> None:
         for name in ("evaluation", "gate", "report", "confusion_matrix"):
