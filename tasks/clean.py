@@ -285,48 +285,8 @@ def clean_rows(rows: Sequence[Mapping[str, Any]], config: PipelineConfig, histor
     counts = dict.fromkeys((*NORMALISATION_RULES, *REMOVAL_RULES, *PII_RULES, "history_label_disagreements",
                             "updates_of_history"), 0)
     result = CleanResult(dataset=[], quarantine=[], counts=counts, examples={})
-    min_chars = config.validate_.min_text_chars
-
-    # Normalise, and group the original rows by their normalised text (insertion order = batch order).
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for row in rows:
-        normalised, pii = prepare(row["text"], config.clean)
-        for rule in sorted(normalised.changed_by):
-            result.count(rule, row["id"])
-        for rule, found in pii.items():
-            if found:
-                result.count(rule, row["id"])
-                result.counts[rule] += found - 1  # PII counts occurrences, not rows
-        if len(normalised.text) < min_chars:
-            result.count("too_short", row["id"])
-            result.quarantine.append(quarantine_record(
-                row, "clean.too_short", "text", normalised.text,
-                f"normalised text has {len(normalised.text)} characters, "
-                f"fewer than validate.min_text_chars={min_chars}"))
-            continue
-        groups.setdefault(normalised.text, []).append(row)
-
-    survivors: list[tuple[Mapping[str, Any], str]] = []  # (first row, normalised text), batch order
-    for text, group in groups.items():
-        first, *duplicates = group
-        labels = sorted({member["label"] for member in group})
-        if len(labels) > 1:
-            ids = [member["id"] for member in group]
-            for member in group:
-                result.count("label_conflicts", member["id"])
-                result.quarantine.append(quarantine_record(
-                    member, "clean.label_conflict", "label", member["label"],
-                    f"normalised text shared by ids {ids} with labels {labels}"))
-            continue
-        for duplicate in duplicates:
-            result.count("duplicates_in_batch", duplicate["id"])
-        text_hash = content_hash(text)
-        if text_hash in history.labels_of_text:
-            result.count("duplicates_of_history", first["id"])
-            if first["label"] not in history.labels_of_text[text_hash]:
-                result.count("history_label_disagreements", first["id"])
-            continue
-        survivors.append((first, text))
+    groups = normalised_groups(rows, config, result)
+    survivors = first_of_each_text(groups, history, result)
 
     threshold = config.clean.near_duplicate_threshold
     leakage_threshold = config.clean.leakage_threshold
@@ -350,6 +310,59 @@ def clean_rows(rows: Sequence[Mapping[str, Any]], config: PipelineConfig, histor
         dataset = remove_leakage(dataset, sketches, history, history_sketches, leakage_threshold, config, result)
     result.dataset = [row for _, row in dataset]
     return result
+
+
+def normalised_groups(rows: Sequence[Mapping[str, Any]], config: PipelineConfig,
+                      result: CleanResult) -> dict[str, list[Mapping[str, Any]]]:
+    """Normalise, and group the original rows by their normalised text (insertion order = batch order); a text
+    too short once normalised is quarantined."""
+    min_chars = config.validate_.min_text_chars
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        normalised, pii = prepare(row["text"], config.clean)
+        for rule in sorted(normalised.changed_by):
+            result.count(rule, row["id"])
+        for rule, found in pii.items():
+            if found:
+                result.count(rule, row["id"])
+                result.counts[rule] += found - 1  # PII counts occurrences, not rows
+        if len(normalised.text) < min_chars:
+            result.count("too_short", row["id"])
+            result.quarantine.append(quarantine_record(
+                row, "clean.too_short", "text", normalised.text,
+                f"normalised text has {len(normalised.text)} characters, "
+                f"fewer than validate.min_text_chars={min_chars}"))
+            continue
+        groups.setdefault(normalised.text, []).append(row)
+    return groups
+
+
+def first_of_each_text(groups: Mapping[str, list[Mapping[str, Any]]], history: History,
+                       result: CleanResult) -> list[tuple[Mapping[str, Any], str]]:
+    """(first row, normalised text) of each text, in batch order: a text with conflicting labels is quarantined,
+    its exact duplicates in the batch and a text already in the history are dropped."""
+    survivors: list[tuple[Mapping[str, Any], str]] = []
+    for text, group in groups.items():
+        first, *duplicates = group
+        labels = sorted({member["label"] for member in group})
+        if len(labels) > 1:
+            ids = [member["id"] for member in group]
+            for member in group:
+                result.count("label_conflicts", member["id"])
+                result.quarantine.append(quarantine_record(
+                    member, "clean.label_conflict", "label", member["label"],
+                    f"normalised text shared by ids {ids} with labels {labels}"))
+            continue
+        for duplicate in duplicates:
+            result.count("duplicates_in_batch", duplicate["id"])
+        text_hash = content_hash(text)
+        if text_hash in history.labels_of_text:
+            result.count("duplicates_of_history", first["id"])
+            if first["label"] not in history.labels_of_text[text_hash]:
+                result.count("history_label_disagreements", first["id"])
+            continue
+        survivors.append((first, text))
+    return survivors
 
 
 def remove_near_duplicates(survivors: Sequence[tuple[Mapping[str, Any], str]], sketches: Sketches,

@@ -330,32 +330,11 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
             }
         variants.update(unavailable)
         serving_variant = select_serving_variant(variants, config.evaluate.gate.max_compressed_drop)
-        serving_artifact = ONNX_OUTPUTS[serving_variant][0] if serving_variant in ONNX_OUTPUTS else None
-        serving_model = STUDENT_OUTPUT[0] if serving_variant == DISTILLED else None
         if config.compress.serving_check_rows:
             write_serving_sample(context, config, models[serving_variant], serving_variant, tokenizer, slices, labels,
                                  blend)
         gate = final_verdict(context.input("evaluate").facts["gate"], checks, serving_variant)
-        (context.out_dir / "compression.json").write_text(json.dumps(
-            {"variants": variants, "serving_variant": serving_variant, "serving_artifact": serving_artifact,
-             "serving_model": serving_model}, indent=2))
-        (context.out_dir / "gate.json").write_text(json.dumps(gate, indent=2))
-        context.add_output("compression", "compression.json", "report")
-        context.add_output("gate", "gate.json", "report")
-        for variant, facts in variants.items():
-            if not facts.get("applicable", True):
-                continue
-            context.metrics[f"{variant}.size_ratio"] = facts["size_ratio"]
-            context.metrics[f"{variant}.latency_ratio_batch1"] = facts["latency_ratio_batch1"]
-            context.metrics[f"{variant}.latency_ratio_batch32"] = facts["latency_ratio_batch32"]
-            for name, delta in facts["macro_f1_delta"].items():
-                context.metrics[f"{variant}.{name}.macro_f1_delta"] = delta
-        context.metrics["serving_variant"] = serving_variant
-        context.metrics["gate_passed"] = gate["passed"]
-        context.facts.update({"gate": gate, "serving_variant": serving_variant, "serving_artifact": serving_artifact,
-                              "serving_model": serving_model,
-                              "variants": variants,
-                              "champion_version": context.input("evaluate").facts.get("champion_version")})
+        record_compression(context, variants, serving_variant, gate)
 
     def track(manifest: Manifest) -> None:
         mlflow.log_artifact(str(store.local_path(manifest.output("compression").uri)), artifact_path="compression")
@@ -363,6 +342,34 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
 
     return execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
                    config_sections=("compress", "evaluate"), track=track)
+
+
+def record_compression(context: StepContext, variants: Mapping[str, Mapping[str, Any]], serving_variant: str,
+                       gate: Mapping[str, Any]) -> None:
+    """The compression table and the final gate verdict as reports, each variant's ratios and deltas as metrics,
+    the served variant (and its artifact or model) as facts."""
+    serving_artifact = ONNX_OUTPUTS[serving_variant][0] if serving_variant in ONNX_OUTPUTS else None
+    serving_model = STUDENT_OUTPUT[0] if serving_variant == DISTILLED else None
+    (context.out_dir / "compression.json").write_text(json.dumps(
+        {"variants": variants, "serving_variant": serving_variant, "serving_artifact": serving_artifact,
+         "serving_model": serving_model}, indent=2))
+    (context.out_dir / "gate.json").write_text(json.dumps(gate, indent=2))
+    context.add_output("compression", "compression.json", "report")
+    context.add_output("gate", "gate.json", "report")
+    for variant, facts in variants.items():
+        if not facts.get("applicable", True):
+            continue
+        context.metrics[f"{variant}.size_ratio"] = facts["size_ratio"]
+        context.metrics[f"{variant}.latency_ratio_batch1"] = facts["latency_ratio_batch1"]
+        context.metrics[f"{variant}.latency_ratio_batch32"] = facts["latency_ratio_batch32"]
+        for name, delta in facts["macro_f1_delta"].items():
+            context.metrics[f"{variant}.{name}.macro_f1_delta"] = delta
+    context.metrics["serving_variant"] = serving_variant
+    context.metrics["gate_passed"] = gate["passed"]
+    context.facts.update({"gate": gate, "serving_variant": serving_variant, "serving_artifact": serving_artifact,
+                          "serving_model": serving_model,
+                          "variants": variants,
+                          "champion_version": context.input("evaluate").facts.get("champion_version")})
 
 
 def main(argv: list[str] | None = None) -> int:

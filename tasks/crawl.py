@@ -33,10 +33,12 @@ duplicates) goes to crawl_report.json, the manifest metrics and MLflow.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import shutil
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import fsspec
 import httpx
@@ -83,67 +85,10 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
     fingerprint = step_fingerprint(STEP, config, inputs, logical_date, CONFIG_SECTIONS)
 
     def body(context: StepContext) -> None:
-        http = client or open_client(config.crawl)
-        pacer = HostPacer(config.crawl.min_interval_s)
-        work_dir = store.work_dir(run_id, STEP)
-        crawls: list[SourceCrawl] = []
-        try:
-            for source in config.crawl.sources:
-                fetcher = SourceFetcher(http, config.crawl, source, SourceReport(source.name, source_location(source)),
-                                        pacer)
-                checkpoint = CrawlCheckpoint(work_dir / f"{source.name}.checkpoint.json", fingerprint,
-                                             config.crawl.checkpoint_every_pages, config.crawl.checkpoint_every_s)
-                crawls.append(crawl_source(fetcher, read_crawl_state(store, source.name), until, run_id, logical_date,
-                                           checkpoint))
-        finally:
-            if client is None:
-                http.close()
-
-        rows = sorted((row for crawl in crawls for row in crawl.rows.values()), key=lambda row: row["id"])
-        quarantined = [row for crawl in crawls for row in crawl.quarantined]
-        sources = [crawl.report.source for crawl in crawls]
-        write_parquet(rows, context.out_dir / "records.parquet", schema=RECORD_SCHEMA)
-        context.add_output("records", "records.parquet", "dataset", rows=len(rows), sources=sources)
-        write_parquet(quarantined, context.out_dir / "quarantine.parquet", schema=QUARANTINE_SCHEMA)
-        context.add_output("quarantine", "quarantine.parquet", "dataset", rows=len(quarantined), sources=sources)
-        for crawl in crawls:
-            state_path = context.out_dir / "crawl_state" / f"{crawl.report.source}.json"
-            state_path.parent.mkdir(parents=True, exist_ok=True)
-            state_path.write_text(json.dumps(crawl.state, sort_keys=True))
-        context.add_output("crawl_state", "crawl_state", "directory", sources=sources)
-        report = {"run_id": run_id, "logical_date": logical_date,
-                  "sources": {crawl.report.source: crawl.report.to_dict() for crawl in crawls}}
-        (context.out_dir / "crawl_report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
-        context.add_output("report", "crawl_report.json", "report")
-
-        reports = [crawl.report for crawl in crawls]
-        context.metrics.update(
-            rows_new=len(rows),
-            rows_quarantined=len(quarantined),
-            pages_fetched=sum(item.pages_fetched for item in reports),
-            pages_not_modified=sum(item.pages_not_modified for item in reports),
-            bytes=sum(item.bytes for item in reports),
-            errors=sum(item.errors for item in reports),
-            skipped_robots=sum(item.skipped_robots for item in reports),
-            refused_by_guard=sum(item.refused_by_guard for item in reports),
-            retries=sum(item.retries for item in reports),
-            records_changed=sum(item.records_changed for item in reports),
-            pages_failed=sum(item.pages_failed for item in reports),
-            records_duplicate=sum(item.records_duplicate for item in reports),
-        )
-        # Errors by kind as their own metrics (errors.too_large, ...), so MLflow can chart and compare them.
-        for item in reports:
-            for kind, count in item.errors_by_kind.items():
-                context.metrics[f"errors.{kind}"] = int(context.metrics.get(f"errors.{kind}") or 0) + count
-        for item in reports:
-            log.info("crawl %s: fetched %d, not modified %d, resumed %d, failed %d, deferred %d, skipped by robots "
-                     "%d, refused by guard %d, errors %s, records new %d changed %d duplicate %d quarantined %d",
-                     item.source, item.pages_fetched, item.pages_not_modified, item.pages_resumed, item.pages_failed,
-                     item.pages_deferred, item.skipped_robots, item.refused_by_guard, item.errors_by_kind or 0,
-                     item.records_new, item.records_changed, item.records_duplicate, item.records_quarantined)
-            for failed in item.failed_pages:
-                log.warning("crawl %s: page failed, pending for a later crawl: %s (%s: %s)", item.source,
-                            failed["url"], failed["reason"], failed["detail"])
+        crawls = crawl_sources(config, store, client, run_id, logical_date, until, fingerprint)
+        write_outputs(context, crawls, run_id, logical_date)
+        context.metrics.update(crawl_metrics(crawls))
+        log_reports([crawl.report for crawl in crawls])
 
     def track(manifest: Manifest) -> None:
         # From the committed artifacts only: after a kill past the commit, the rerun skips `body` and tracks here.
@@ -160,6 +105,83 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
     shutil.rmtree(store.work_dir(run_id, STEP), ignore_errors=True)
     post_batch(store, manifest)  # after the state: a batch is never in the inbox without its state advanced
     return manifest
+
+
+def crawl_sources(config: PipelineConfig, store: ArtifactStore, client: httpx.Client | None, run_id: str,
+                  logical_date: str | None, until: dt.date | None, fingerprint: str) -> list[SourceCrawl]:
+    """Every configured source crawled in turn, each from its state and resumable from its checkpoint."""
+    http = client or open_client(config.crawl)
+    pacer = HostPacer(config.crawl.min_interval_s)
+    work_dir = store.work_dir(run_id, STEP)
+    crawls: list[SourceCrawl] = []
+    try:
+        for source in config.crawl.sources:
+            fetcher = SourceFetcher(http, config.crawl, source, SourceReport(source.name, source_location(source)),
+                                    pacer)
+            checkpoint = CrawlCheckpoint(work_dir / f"{source.name}.checkpoint.json", fingerprint,
+                                         config.crawl.checkpoint_every_pages, config.crawl.checkpoint_every_s)
+            crawls.append(crawl_source(fetcher, read_crawl_state(store, source.name), until, run_id, logical_date,
+                                       checkpoint))
+    finally:
+        if client is None:
+            http.close()
+    return crawls
+
+
+def write_outputs(context: StepContext, crawls: Sequence[SourceCrawl], run_id: str, logical_date: str | None) -> None:
+    """The records and the quarantine of every source, each source's new state, and the crawl report."""
+    rows = sorted((row for crawl in crawls for row in crawl.rows.values()), key=lambda row: row["id"])
+    quarantined = [row for crawl in crawls for row in crawl.quarantined]
+    sources = [crawl.report.source for crawl in crawls]
+    write_parquet(rows, context.out_dir / "records.parquet", schema=RECORD_SCHEMA)
+    context.add_output("records", "records.parquet", "dataset", rows=len(rows), sources=sources)
+    write_parquet(quarantined, context.out_dir / "quarantine.parquet", schema=QUARANTINE_SCHEMA)
+    context.add_output("quarantine", "quarantine.parquet", "dataset", rows=len(quarantined), sources=sources)
+    for crawl in crawls:
+        state_path = context.out_dir / "crawl_state" / f"{crawl.report.source}.json"
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        state_path.write_text(json.dumps(crawl.state, sort_keys=True))
+    context.add_output("crawl_state", "crawl_state", "directory", sources=sources)
+    report = {"run_id": run_id, "logical_date": logical_date,
+              "sources": {crawl.report.source: crawl.report.to_dict() for crawl in crawls}}
+    (context.out_dir / "crawl_report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+    context.add_output("report", "crawl_report.json", "report")
+
+
+def crawl_metrics(crawls: Sequence[SourceCrawl]) -> dict[str, Any]:
+    """The sources' counts summed; errors by kind as their own metrics (errors.too_large, ...), so MLflow can
+    chart and compare them."""
+    reports = [crawl.report for crawl in crawls]
+    metrics: dict[str, Any] = {
+        "rows_new": sum(len(crawl.rows) for crawl in crawls),
+        "rows_quarantined": sum(len(crawl.quarantined) for crawl in crawls),
+        "pages_fetched": sum(item.pages_fetched for item in reports),
+        "pages_not_modified": sum(item.pages_not_modified for item in reports),
+        "bytes": sum(item.bytes for item in reports),
+        "errors": sum(item.errors for item in reports),
+        "skipped_robots": sum(item.skipped_robots for item in reports),
+        "refused_by_guard": sum(item.refused_by_guard for item in reports),
+        "retries": sum(item.retries for item in reports),
+        "records_changed": sum(item.records_changed for item in reports),
+        "pages_failed": sum(item.pages_failed for item in reports),
+        "records_duplicate": sum(item.records_duplicate for item in reports),
+    }
+    for item in reports:
+        for kind, count in item.errors_by_kind.items():
+            metrics[f"errors.{kind}"] = int(metrics.get(f"errors.{kind}") or 0) + count
+    return metrics
+
+
+def log_reports(reports: Sequence[SourceReport]) -> None:
+    for item in reports:
+        log.info("crawl %s: fetched %d, not modified %d, resumed %d, failed %d, deferred %d, skipped by robots "
+                 "%d, refused by guard %d, errors %s, records new %d changed %d duplicate %d quarantined %d",
+                 item.source, item.pages_fetched, item.pages_not_modified, item.pages_resumed, item.pages_failed,
+                 item.pages_deferred, item.skipped_robots, item.refused_by_guard, item.errors_by_kind or 0,
+                 item.records_new, item.records_changed, item.records_duplicate, item.records_quarantined)
+        for failed in item.failed_pages:
+            log.warning("crawl %s: page failed, pending for a later crawl: %s (%s: %s)", item.source,
+                        failed["url"], failed["reason"], failed["detail"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

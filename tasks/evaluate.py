@@ -127,10 +127,11 @@ def gate_report(verdict: Verdict, candidate: Mapping[str, Any], champion: Mappin
     if over_baseline:
         lines += _paired_table("Paired comparison with the TF-IDF + logistic-regression baseline fitted on the same "
                                "train rows (candidate - baseline):", over_baseline, "baseline")
-    lines += ["", "| check | value | threshold | verdict |", "|---|---|---|---|"]
+    lines += ["", "| check | value | bound | verdict |", "|---|---|---|---|"]
     for check in verdict.checks:
         value = "-" if check.value is None else f"{check.value:.4f}"
-        lines.append(f"| {check.name} | {value} | {check.comparison} {check.threshold:.4f} | {check.verdict} |")
+        bound = "-" if check.bound is None else f"{check.comparison} {check.bound:.4f}"
+        lines.append(f"| {check.name} | {value} | {bound} | {check.verdict} |")
     return "\n".join(lines) + "\n"
 
 

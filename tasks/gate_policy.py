@@ -1,29 +1,20 @@
 """The gate policy, applied to evaluation results: pure functions, no I/O.
 
-Each check reports its value, threshold and verdict; a rejection is a normal outcome with reasons.
+Each check (tasks.checks.Check) reports its value, bound and verdict; a rejection is a normal outcome with reasons.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypeGuard
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
 
+from tasks.checks import Check, Comparison, failed, judge, measurable, meets, skipped
 from tasks.config import GatePolicy
 
 SliceMetrics = Mapping[str, Mapping[str, Any]]  # slice name -> metrics (macro_f1, accuracy, ...)
-
-
-class Check(BaseModel):
-    name: str
-    value: float | None
-    threshold: float
-    comparison: Literal[">=", "<="]
-    verdict: Literal["pass", "fail", "skipped"]
-    detail: str
 
 
 class Verdict(BaseModel):
@@ -32,24 +23,18 @@ class Verdict(BaseModel):
 
     @property
     def reasons(self) -> list[str]:
-        return [check.detail for check in self.checks if check.verdict == "fail"]
+        return [check.detail for check in failed(self.checks)]
 
     def summary(self) -> dict[str, Any]:
         return {"passed": self.passed, "reasons": self.reasons, "checks": [check.model_dump() for check in self.checks]}
 
 
-def _measurable(value: Any) -> TypeGuard[float]:
-    return isinstance(value, int | float) and not math.isnan(value)
-
-
-def _check(name: str, value: Any, threshold: float, comparison: Literal[">=", "<="], what: str) -> Check:
-    if not _measurable(value):
-        return Check(name=name, value=None, threshold=threshold, comparison=comparison, verdict="skipped",
-                     detail=f"{what}: not measurable on this run (empty slice)")
-    ok = value >= threshold if comparison == ">=" else value <= threshold
-    return Check(name=name, value=float(value), threshold=threshold, comparison=comparison,
-                 verdict="pass" if ok else "fail",
-                 detail=f"{what}: {value:.4f} {'meets' if ok else 'violates'} {comparison} {threshold:.4f}")
+def _check(name: str, value: Any, bound: float, comparison: Comparison, what: str) -> Check:
+    if not measurable(value):
+        return skipped(name, None, bound, comparison, f"{what}: not measurable on this run (empty slice)")
+    return judge(name, value, bound, comparison,
+                 f"{what}: {value:.4f} {'meets' if meets(value, bound, comparison) else 'violates'} {comparison} "
+                 f"{bound:.4f}")
 
 
 def _metric(metrics: SliceMetrics, dotted: str) -> Any:
@@ -166,7 +151,7 @@ def _champion_checks(policy: GatePolicy, candidate: SliceMetrics, champion: Slic
     metric, checks = policy.primary_metric, []
     for slice_name in sorted(set(candidate) & set(champion)):
         champion_value = champion[slice_name].get(metric)
-        if not _measurable(champion_value):
+        if not measurable(champion_value):
             continue
         rows = candidate[slice_name].get("rows", 0)
         if rows < policy.min_comparison_rows:
@@ -198,7 +183,7 @@ def _champion_checks(policy: GatePolicy, candidate: SliceMetrics, champion: Slic
             checks.append(_too_few_rows(policy, name, policy.max_forgetting, "<=", "old", rows, "champion"))
             return checks
         before, after = champion["old"].get(metric), candidate["old"].get(metric)
-        forgetting = before - after if _measurable(before) and _measurable(after) else None
+        forgetting = before - after if measurable(before) and measurable(after) else None
         checks.append(_check(name, forgetting, policy.max_forgetting, "<=",
                              f"forgetting on old slice (champion - candidate {metric})"))
     return checks
@@ -211,12 +196,12 @@ class BestScore(BaseModel):
     version: str
 
 
-def _too_few_rows(policy: GatePolicy, name: str, threshold: float, comparison: Literal[">=", "<="], slice_name: str,
+def _too_few_rows(policy: GatePolicy, name: str, bound: float, comparison: Comparison, slice_name: str,
                   rows: int, against: str) -> Check:
     # One rule for every comparison on a slice too small for a useful interval: reported, not judged.
-    return Check(name=name, value=None, threshold=threshold, comparison=comparison, verdict="skipped",
-                 detail=f"{slice_name}: {rows} rows < gate.min_comparison_rows={policy.min_comparison_rows}, "
-                        f"too few to compare with the {against}")
+    return skipped(name, None, bound, comparison,
+                   f"{slice_name}: {rows} rows < gate.min_comparison_rows={policy.min_comparison_rows}, "
+                   f"too few to compare with the {against}")
 
 
 def _new_class_checks(policy: GatePolicy, candidate: SliceMetrics, new_classes: Sequence[str]) -> list[Check]:
@@ -230,11 +215,10 @@ def _new_class_checks(policy: GatePolicy, candidate: SliceMetrics, new_classes: 
                 continue
             name = f"new_class:{label}:{slice_name}.f1"
             if policy.min_new_class_f1 is None or measured["support"] < policy.min_class_support:
-                checks.append(Check(name=name, value=measured["f1"], threshold=policy.min_new_class_f1 or 0.0,
-                                    comparison=">=", verdict="skipped",
-                                    detail=f"new class {label!r} on {slice_name}: F1 {measured['f1']:.4f} on its "
-                                           f"{measured['support']} rows (judged from gate.min_class_support="
-                                           f"{policy.min_class_support} rows and with gate.min_new_class_f1 set)"))
+                checks.append(skipped(name, measured["f1"], policy.min_new_class_f1 or 0.0, ">=",
+                                      f"new class {label!r} on {slice_name}: F1 {measured['f1']:.4f} on its "
+                                      f"{measured['support']} rows (judged from gate.min_class_support="
+                                      f"{policy.min_class_support} rows and with gate.min_new_class_f1 set)"))
                 continue
             checks.append(_check(name, measured["f1"], policy.min_new_class_f1, ">=",
                                  f"new class {label!r}: candidate F1 on its {measured['support']} {slice_name} rows"))
@@ -246,11 +230,10 @@ def _baseline_checks(policy: GatePolicy, candidate: SliceMetrics, baseline: Mapp
     """The candidate against the lexical baseline fitted on its own train rows, judged like non-inferiority."""
     if policy.min_gain_over_baseline is None or (baseline is None and baseline_skipped is None):
         return []
-    threshold = policy.min_gain_over_baseline - policy.non_inferiority_margin
+    bound = policy.min_gain_over_baseline - policy.non_inferiority_margin
     name = f"over_baseline:{{}}.{policy.primary_metric}"
     if baseline is None:
-        return [Check(name=name.format("all"), value=None, threshold=threshold, comparison=">=", verdict="skipped",
-                      detail=f"no lexical baseline this round: {baseline_skipped}")]
+        return [skipped(name.format("all"), None, bound, ">=", f"no lexical baseline this round: {baseline_skipped}")]
     checks = []
     for slice_name in sorted(candidate):
         rows = candidate[slice_name].get("rows", 0)
@@ -258,11 +241,11 @@ def _baseline_checks(policy: GatePolicy, candidate: SliceMetrics, baseline: Mapp
         if not rows or comparison is None:
             continue
         if rows < policy.min_comparison_rows:
-            checks.append(_too_few_rows(policy, name.format(slice_name), threshold, ">=", slice_name, rows,
+            checks.append(_too_few_rows(policy, name.format(slice_name), bound, ">=", slice_name, rows,
                                         "lexical baseline"))
             continue
         checks.append(_check(
-            name.format(slice_name), comparison.ci_low, threshold, ">=",
+            name.format(slice_name), comparison.ci_low, bound, ">=",
             f"{slice_name}.{comparison.metric} candidate - TF-IDF baseline {comparison.difference:+.4f}, "
             f"{comparison.confidence:.0%} CI [{comparison.ci_low:+.4f}, {comparison.ci_high:+.4f}], lower bound vs "
             f"min_gain_over_baseline - margin"))
@@ -289,10 +272,9 @@ def judge_candidate(policy: GatePolicy, candidate: SliceMetrics, champion: Slice
     checks = [_check(f"floor:{key}", _metric(candidate, key), floor, ">=", f"candidate {key} floor")
               for key, floor in sorted(policy.floors.items())]
     if champion is not None and new_classes:
-        checks.append(Check(name="new_classes", value=float(len(new_classes)), threshold=0.0, comparison=">=",
-                            verdict="skipped", detail=f"new classes the champion never had, judged on their own rows;"
-                                                      f" the champion comparisons leave their rows out: "
-                                                      f"{', '.join(new_classes)}"))
+        checks.append(skipped("new_classes", float(len(new_classes)), 0.0, ">=",
+                              f"new classes the champion never had, judged on their own rows; the champion "
+                              f"comparisons leave their rows out: {', '.join(new_classes)}"))
         checks.extend(_new_class_checks(policy, candidate, new_classes))
     checks.extend(_baseline_checks(policy, candidate, baseline, baseline_skipped))
     metric = policy.primary_metric
@@ -302,7 +284,7 @@ def judge_candidate(policy: GatePolicy, candidate: SliceMetrics, champion: Slice
                                        new_classes))
     if policy.max_drop_below_best is not None and best_frozen is not None:
         after = _metric(candidate, f"frozen.{metric}")
-        drop = best_frozen.value - after if _measurable(after) else None
+        drop = best_frozen.value - after if measurable(after) else None
         checks.append(_check(f"max_drop_below_best:frozen.{metric}", drop, policy.max_drop_below_best, "<=",
                              f"frozen.{metric} below the best champion so far (version {best_frozen.version},"
                              f" {best_frozen.value:.4f})"))
@@ -313,7 +295,7 @@ def judge_candidate(policy: GatePolicy, candidate: SliceMetrics, champion: Slice
         for slice_name in sorted(candidate):
             checks.append(_check(f"calibration:{slice_name}.ece", candidate[slice_name].get("ece"), policy.max_ece,
                                  "<=", f"candidate expected calibration error on {slice_name}"))
-    return Verdict(passed=all(check.verdict != "fail" for check in checks), checks=checks)
+    return Verdict(passed=not failed(checks), checks=checks)
 
 
 
@@ -323,10 +305,10 @@ def judge_compressed(policy: GatePolicy, compressed: SliceMetrics, uncompressed:
     checks = []
     for slice_name in sorted(set(compressed) & set(uncompressed)):
         before, after = uncompressed[slice_name].get(metric), compressed[slice_name].get(metric)
-        drop = before - after if _measurable(before) and _measurable(after) else None
+        drop = before - after if measurable(before) and measurable(after) else None
         checks.append(_check(f"compressed_drop:{variant}:{slice_name}.{metric}", drop, policy.max_compressed_drop, "<=",
                              f"{variant} {slice_name}.{metric} drop vs fp32"))
-    return Verdict(passed=all(check.verdict != "fail" for check in checks), checks=checks)
+    return Verdict(passed=not failed(checks), checks=checks)
 
 
 def final_verdict(candidate: Mapping[str, Any], compressed_checks: Sequence[Check], serving_variant: str) -> dict[str, Any]:

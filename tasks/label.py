@@ -121,79 +121,17 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
     history = [(item["uri"], item.get("digest")) for item in read_history(store)]
 
     def body(context: StepContext) -> None:
-        import numpy as np
         import pandas as pd
-
-        from tasks.labelling.selection import Candidate, margins, select
-        from tasks.records import write_parquet
 
         frames = [pd.read_parquet(store.local_path(manifest.output("predictions").uri)) for manifest in scored]
         frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        reason = None
-        if not scored:
-            reason = (f"no score run of the {config.label.lookback_days} day(s) up to {day} that another label run "
-                      "has not taken: nothing to label")
-        elif "text" not in frame.columns:
-            reason = "the day's predictions keep no text (score.store_text: false): nothing to label"
-        elif config.label.budget_per_day == 0:
-            reason = "label.budget_per_day is 0"
+        reason = nothing_to_label(config, scored, frame, day)
         facts = LabelFacts(selected=False, reason=reason or "", score_runs=[manifest.run_id for manifest in scored])
-        picks_frame = pd.DataFrame(columns=["id", "text", "predicted_label", "confidence", "margin", "margin_rank",
-                                            "cluster", "selected_by", "reason", "model_version"])
-        tasks: list[dict[str, Any]] = []
         if reason is None:
-            frame = frame.dropna(subset=["text"]).drop_duplicates("id", keep="first").reset_index(drop=True)
-            probability_columns = [name for name in frame.columns if name.startswith(PROBABILITY_PREFIX)]
-            scored_labels = [name.removeprefix(PROBABILITY_PREFIX) for name in probability_columns]
-            frame["margin"] = margins(frame[probability_columns].to_numpy(dtype=np.float64))
-            candidates = [Candidate(str(row.id), str(row.text), str(row.label), float(row.confidence),
-                                    float(row.margin)) for row in frame.itertuples(index=False)]
-            versions = dict(zip(frame["id"].astype(str), frame["model_version"].astype(str)))
-            selection = select(candidates, budget=config.label.budget_per_day,
-                               control_fraction=config.label.control_fraction,
-                               pool_factor=config.label.candidate_pool_factor,
-                               seed=config.label.seed + day.toordinal(),
-                               known_texts=[*labelled_texts(store), *(str(entry["text"]) for entry in queued)],
-                               near_duplicate_threshold=config.label.near_duplicate_threshold, clean=config.clean,
-                               label_order=[*config.labels, *scored_labels])
-            picks_frame = pd.DataFrame([{
-                "id": pick.candidate.id, "text": pick.candidate.text, "predicted_label": pick.candidate.label,
-                "confidence": pick.candidate.confidence, "margin": pick.candidate.margin,
-                "margin_rank": pick.margin_rank, "cluster": pick.cluster, "selected_by": pick.selected_by,
-                "reason": pick.reason, "model_version": versions[pick.candidate.id]} for pick in selection.picks],
-                columns=picks_frame.columns)
-            tasks = [queue_task(pick.candidate.id, pick.candidate.text, pick.candidate.label,
-                                pick.candidate.confidence, versions[pick.candidate.id], selected_by=pick.selected_by,
-                                margin=round(pick.candidate.margin, 6), reason=pick.reason)
-                     for pick in selection.picks]
-            counts = picks_frame["selected_by"].value_counts()
-            facts = facts.model_copy(update={
-                "selected": bool(selection.picks),
-                "reason": f"{len(selection.picks)} of {selection.candidates} scored texts queued "
-                          f"({int(counts.get('uncertainty', 0))} by uncertainty, "
-                          f"{int(counts.get('control', 0))} random control)",
-                "model_version": str(frame["model_version"].iloc[-1]) if len(frame) else None,
-                "candidates": selection.candidates, "eligible": selection.eligible,
-                "near_duplicates": selection.near_duplicates, "picked": len(selection.picks),
-                "by_uncertainty": int(counts.get("uncertainty", 0)), "by_control": int(counts.get("control", 0)),
-                "picked_by_label": {str(key): int(value) for key, value in
-                                    picks_frame["predicted_label"].value_counts().sort_index().items()},
-            })
-            if tasks and config.label.label_studio is not None:
-                facts = push(config, tasks, [*config.labels, *scored_labels], facts, client)
-        write_parquet(pa_table(picks_frame), context.out_dir / "queue.parquet")
-        context.add_output("queue", "queue.parquet", "dataset", rows=len(picks_frame))
-        write_tasks_file(context.out_dir / "tasks.json", tasks)
-        context.add_output("tasks", "tasks.json", "file", rows=len(tasks))
-        (context.out_dir / "label_report.json").write_text(json.dumps(facts.model_dump(), indent=2, sort_keys=True))
-        context.add_output("report", "label_report.json", "report")
-        context.facts.update(facts.model_dump())
-        context.metrics.update({"picked": facts.picked, "by_uncertainty": facts.by_uncertainty,
-                                "by_control": facts.by_control, "candidates": facts.candidates,
-                                "near_duplicates": facts.near_duplicates, "tasks_imported": facts.tasks_imported,
-                                "mean_margin_picked":
-                                    float(picks_frame["margin"].mean()) if len(picks_frame) else None})
-        log.info("label: %s", facts.reason)
+            picks_frame, tasks, facts = pick_texts(config, store, frame, queued, day, facts, client)
+        else:
+            picks_frame, tasks = pd.DataFrame(columns=QUEUE_COLUMNS), []
+        record_queue(context, picks_frame, tasks, facts)
 
     def track(manifest: Manifest) -> None:
         import mlflow
@@ -210,6 +148,93 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
                        track=track)
     publish_queue(store, manifest)
     return manifest
+
+
+QUEUE_COLUMNS = ["id", "text", "predicted_label", "confidence", "margin", "margin_rank", "cluster", "selected_by",
+                 "reason", "model_version"]
+
+
+def nothing_to_label(config: PipelineConfig, scored: Sequence[Manifest], frame: Any, day: dt.date) -> str | None:
+    """Why there is nothing to label today, or None."""
+    if not scored:
+        return (f"no score run of the {config.label.lookback_days} day(s) up to {day} that another label run "
+                "has not taken: nothing to label")
+    if "text" not in frame.columns:
+        return "the day's predictions keep no text (score.store_text: false): nothing to label"
+    if config.label.budget_per_day == 0:
+        return "label.budget_per_day is 0"
+    return None
+
+
+def pick_texts(config: PipelineConfig, store: ArtifactStore, frame: Any, queued: Sequence[Mapping[str, Any]],
+               day: dt.date, facts: LabelFacts,
+               client: LabelStudioClient | None) -> tuple[Any, list[dict[str, Any]], LabelFacts]:
+    """The day's picks (by uncertainty and a random control, near-duplicates of known texts left out): the queue,
+    its Label Studio tasks and the facts, pushed to Label Studio when one is configured."""
+    import numpy as np
+    import pandas as pd
+
+    from tasks.labelling.selection import Candidate, margins, select
+
+    frame = frame.dropna(subset=["text"]).drop_duplicates("id", keep="first").reset_index(drop=True)
+    probability_columns = [name for name in frame.columns if name.startswith(PROBABILITY_PREFIX)]
+    scored_labels = [name.removeprefix(PROBABILITY_PREFIX) for name in probability_columns]
+    frame["margin"] = margins(frame[probability_columns].to_numpy(dtype=np.float64))
+    candidates = [Candidate(str(row.id), str(row.text), str(row.label), float(row.confidence),
+                            float(row.margin)) for row in frame.itertuples(index=False)]
+    versions = dict(zip(frame["id"].astype(str), frame["model_version"].astype(str)))
+    selection = select(candidates, budget=config.label.budget_per_day,
+                       control_fraction=config.label.control_fraction,
+                       pool_factor=config.label.candidate_pool_factor,
+                       seed=config.label.seed + day.toordinal(),
+                       known_texts=[*labelled_texts(store), *(str(entry["text"]) for entry in queued)],
+                       near_duplicate_threshold=config.label.near_duplicate_threshold, clean=config.clean,
+                       label_order=[*config.labels, *scored_labels])
+    picks_frame = pd.DataFrame([{
+        "id": pick.candidate.id, "text": pick.candidate.text, "predicted_label": pick.candidate.label,
+        "confidence": pick.candidate.confidence, "margin": pick.candidate.margin,
+        "margin_rank": pick.margin_rank, "cluster": pick.cluster, "selected_by": pick.selected_by,
+        "reason": pick.reason, "model_version": versions[pick.candidate.id]} for pick in selection.picks],
+        columns=QUEUE_COLUMNS)
+    tasks = [queue_task(pick.candidate.id, pick.candidate.text, pick.candidate.label,
+                        pick.candidate.confidence, versions[pick.candidate.id], selected_by=pick.selected_by,
+                        margin=round(pick.candidate.margin, 6), reason=pick.reason)
+             for pick in selection.picks]
+    counts = picks_frame["selected_by"].value_counts()
+    facts = facts.model_copy(update={
+        "selected": bool(selection.picks),
+        "reason": f"{len(selection.picks)} of {selection.candidates} scored texts queued "
+                  f"({int(counts.get('uncertainty', 0))} by uncertainty, "
+                  f"{int(counts.get('control', 0))} random control)",
+        "model_version": str(frame["model_version"].iloc[-1]) if len(frame) else None,
+        "candidates": selection.candidates, "eligible": selection.eligible,
+        "near_duplicates": selection.near_duplicates, "picked": len(selection.picks),
+        "by_uncertainty": int(counts.get("uncertainty", 0)), "by_control": int(counts.get("control", 0)),
+        "picked_by_label": {str(key): int(value) for key, value in
+                            picks_frame["predicted_label"].value_counts().sort_index().items()},
+    })
+    if tasks and config.label.label_studio is not None:
+        facts = push(config, tasks, [*config.labels, *scored_labels], facts, client)
+    return picks_frame, tasks, facts
+
+
+def record_queue(context: StepContext, picks_frame: Any, tasks: Sequence[Mapping[str, Any]],
+                 facts: LabelFacts) -> None:
+    """The queue, its tasks file and the report as the step's outputs; the facts and metrics of the manifest."""
+    from tasks.records import write_parquet
+
+    write_parquet(pa_table(picks_frame), context.out_dir / "queue.parquet")
+    context.add_output("queue", "queue.parquet", "dataset", rows=len(picks_frame))
+    write_tasks_file(context.out_dir / "tasks.json", tasks)
+    context.add_output("tasks", "tasks.json", "file", rows=len(tasks))
+    (context.out_dir / "label_report.json").write_text(json.dumps(facts.model_dump(), indent=2, sort_keys=True))
+    context.add_output("report", "label_report.json", "report")
+    context.facts.update(facts.model_dump())
+    context.metrics.update({"picked": facts.picked, "by_uncertainty": facts.by_uncertainty,
+                            "by_control": facts.by_control, "candidates": facts.candidates,
+                            "near_duplicates": facts.near_duplicates, "tasks_imported": facts.tasks_imported,
+                            "mean_margin_picked": float(picks_frame["margin"].mean()) if len(picks_frame) else None})
+    log.info("label: %s", facts.reason)
 
 
 def push(config: PipelineConfig, tasks: Sequence[Mapping[str, Any]], labels: Sequence[str], facts: LabelFacts,

@@ -31,12 +31,13 @@ import datetime as dt
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tasks import model_registry
+from tasks.checks import Check, Comparison, failed, skipped
+from tasks.checks import judge as judge_check  # `judge` here judges a version
 from tasks.config import PipelineConfig
 from tasks.contract import StepContext, cli, execute, logical_day, step_fingerprint
 from tasks.manifest import Manifest
@@ -57,29 +58,23 @@ FLAT = ("rows", "label_psi", "confidence_psi", "length_psi", "oov_rate", "refere
         "feedback_rows", "real_macro_f1", "estimated_macro_f1_labelled", "estimate_error", "real_f1_drop")
 
 
-@dataclass(frozen=True)
-class Check:
-    check: str
-    setting: str
-    status: str  # passed, failed, skipped
-    observed: float | None = None
-    bound: float | None = None
-    detail: str = ""
-
-    def problem(self) -> str:
-        observed = "nan" if self.observed is None else f"{self.observed:.3f}"
-        relation = "<" if self.check == "estimated_macro_f1" else ">"
-        return f"{self.check} {observed} {relation} monitor.{self.setting}={self.bound}"
+def problem_of(item: Check) -> str:
+    """A failed check, as the manifest's `failed` list and the log say it."""
+    observed = "nan" if item.value is None else f"{item.value:.3f}"
+    relation = "<" if item.comparison == ">=" else ">"
+    return f"{item.name} {observed} {relation} monitor.{item.setting}={item.bound}"
 
 
 def check(name: str, setting: str, observed: float | None, bound: float | None, detail: str = "",
-          skipped: str | None = None, floor: bool = False) -> Check:
+          skip: str | None = None, floor: bool = False) -> Check:
+    """`floor`: the value must stay at least `bound`; otherwise at most."""
+    comparison: Comparison = ">=" if floor else "<="
+    value = None if observed is None else float(observed)
     if bound is None:
-        return Check(name, setting, "skipped", observed, bound, f"monitor.{setting} is null: not a check")
-    if skipped or observed is None or (isinstance(observed, float) and math.isnan(observed)):
-        return Check(name, setting, "skipped", observed, bound, skipped or "not measured")
-    failed = observed < bound if floor else observed > bound
-    return Check(name, setting, "failed" if failed else "passed", float(observed), bound, detail)
+        return skipped(name, value, bound, comparison, f"monitor.{setting} is null: not a check", setting=setting)
+    if skip or value is None or math.isnan(value):
+        return skipped(name, value, bound, comparison, skip or "not measured", setting=setting)
+    return judge_check(name, value, bound, comparison, detail, setting=setting)
 
 
 def _number(value: Any) -> float | None:
@@ -91,39 +86,54 @@ def _number(value: Any) -> float | None:
 
 def judge(config: PipelineConfig, reference: Any, scorer: Any, rows: Any, labelled: Any) -> dict[str, Any]:
     """Every measure and check of one version's production rows against its reference."""
-    import numpy as np
+    expected, reference_estimate, full = performance_estimator(reference, rows)
+    measures = drift_measures(config, reference, scorer, rows, expected(rows), reference_estimate, full)
+    measures.update(feedback_measures(config, reference, rows, labelled, expected))
+    checks = version_checks(config, measures, reference.summary)
+    return {"status": "judged", "rows": len(rows), "measures": {key: _plain(value) for key, value in measures.items()},
+            "checks": [item.model_dump() for item in checks],
+            "failed": [problem_of(item) for item in failed(checks)],
+            "variant": reference.summary.get("variant"), "reference": reference.location}
 
-    from tasks.models.metrics import classification_metrics
-    from tasks.monitoring import drift
+
+def performance_estimator(reference: Any, rows: Any) -> tuple[Callable[[Any], dict[str, Any]], dict[str, Any], bool]:
+    """The label-free estimate of the metrics on a frame of rows, the same estimate on the reference, and whether
+    it reads every class's probability (every row has them: batch scoring) rather than the top-1 confidence
+    (served rows)."""
     from tasks.monitoring.estimate import estimate, estimate_from_probabilities
-    from tasks.monitoring.feedback import join
 
-    settings = config.monitor
     index = {label: position for position, label in enumerate(reference.label_names)}
-    confidence = rows["confidence"].to_numpy(dtype=float)
-    texts = [str(text) for text in rows["text"] if isinstance(text, str)] if "text" in rows else []
-    ref = reference.rows
-    summary = reference.summary
-    # Every class's probability when every row has them (batch scoring), else the top-1 confidence (served rows).
     columns = [f"probability.{label}" for label in reference.label_names]
-    full = all(column in rows for column in columns) and bool(rows[columns].notna().all().all()) and len(rows) > 0
-    if full:
+    if all(column in rows for column in columns) and bool(rows[columns].notna().all().all()) and len(rows) > 0:
         class_calibration = reference.class_calibration()
 
-        def expected(selected: Any) -> dict[str, Any]:
+        def from_probabilities(selected: Any) -> dict[str, Any]:
             return estimate_from_probabilities(class_calibration, selected[columns].to_numpy(dtype=float))
 
-        reference_estimate = estimate_from_probabilities(class_calibration, reference.probabilities)
-    else:
-        def expected(selected: Any) -> dict[str, Any]:
-            return estimate(reference.calibration, [index.get(label, -1) for label in selected["label"]],
-                            selected["confidence"].to_numpy(dtype=float))
+        return from_probabilities, estimate_from_probabilities(class_calibration, reference.probabilities), True
 
-        reference_estimate = estimate(reference.calibration, [index[label] for label in ref["predicted"]],
-                                      ref["confidence"].to_numpy(dtype=float))
-    estimated = expected(rows)
+    def from_confidence(selected: Any) -> dict[str, Any]:
+        return estimate(reference.calibration, [index.get(label, -1) for label in selected["label"]],
+                        selected["confidence"].to_numpy(dtype=float))
+
+    ref = reference.rows
+    return from_confidence, estimate(reference.calibration, [index[label] for label in ref["predicted"]],
+                                     ref["confidence"].to_numpy(dtype=float)), False
+
+
+def drift_measures(config: PipelineConfig, reference: Any, scorer: Any, rows: Any, estimated: Mapping[str, Any],
+                   reference_estimate: Mapping[str, Any], full: bool) -> dict[str, Any]:
+    """Drift of the predictions, confidences, lengths and vocabulary from the reference, and the estimated metrics."""
+    import numpy as np
+
+    from tasks.monitoring import drift
+
+    settings = config.monitor
+    confidence = rows["confidence"].to_numpy(dtype=float)
+    texts = [str(text) for text in rows["text"] if isinstance(text, str)] if "text" in rows else []
+    ref, summary = reference.rows, reference.summary
     oov = drift.oov_rate(texts, reference.vocabulary) if texts else None
-    measures: dict[str, Any] = {
+    return {
         "rows": len(rows), "rows_with_text": len(texts), "reference_rows": len(ref),
         "label_psi": drift.label_psi(ref["predicted"].astype(str).tolist(), rows["label"].astype(str).tolist()),
         "confidence_psi": drift.binned_psi(ref["confidence"].to_numpy(), confidence, settings.confidence_bins),
@@ -140,12 +150,22 @@ def judge(config: PipelineConfig, reference: Any, scorer: Any, rows: Any, labell
         "reference_macro_f1": summary["real_macro_f1"],
         "estimated_f1_drop": reference_estimate["macro_f1"] - estimated["macro_f1"],
     }
+
+
+def feedback_measures(config: PipelineConfig, reference: Any, rows: Any, labelled: Any,
+                      expected: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """The labels that came back for these rows: how many, and with enough of them the real metrics and the
+    estimate's error on the same rows."""
+    from tasks.models.metrics import classification_metrics
+    from tasks.monitoring.feedback import join
+
+    index = {label: position for position, label in enumerate(reference.label_names)}
     matched = join(rows, labelled)
     known = matched[matched["true_label"].isin(list(index))] if len(matched) else matched
-    measures.update({"feedback_rows": len(known), "feedback_coverage": len(known) / len(rows) if len(rows) else 0.0,
-                     "feedback_unknown_labels": len(matched) - len(known)})
-    enough = len(known) >= settings.min_feedback_rows
-    if enough:
+    measures: dict[str, Any] = {"feedback_rows": len(known),
+                                "feedback_coverage": len(known) / len(rows) if len(rows) else 0.0,
+                                "feedback_unknown_labels": len(matched) - len(known)}
+    if len(known) >= config.monitor.min_feedback_rows:
         truth = [index[label] for label in known["true_label"]]
         known_predicted = [index.get(label, -1) for label in known["label"]]
         real = classification_metrics(truth, known_predicted, reference.label_names)
@@ -153,33 +173,38 @@ def judge(config: PipelineConfig, reference: Any, scorer: Any, rows: Any, labell
         measures.update({"real_macro_f1": real["macro_f1"], "real_accuracy": real["accuracy"],
                          "estimated_macro_f1_labelled": on_labelled["macro_f1"],
                          "estimate_error": on_labelled["macro_f1"] - real["macro_f1"],
-                         "real_f1_drop": summary["real_macro_f1"] - real["macro_f1"]})
-    no_text = "the prediction log keeps no texts (store_text: hash)" if not texts else None
-    no_feedback = None if enough else (f"{len(known)} labelled rows < monitor.min_feedback_rows="
-                                       f"{settings.min_feedback_rows}: real macro-F1 not measured yet")
-    reference_note = f"{len(rows)} predictions vs {len(ref)} reference rows"
-    checks = [
+                         "real_f1_drop": reference.summary["real_macro_f1"] - real["macro_f1"]})
+    return measures
+
+
+def version_checks(config: PipelineConfig, measures: Mapping[str, Any], summary: Mapping[str, Any]) -> list[Check]:
+    """The monitor's checks of one version's measures, each against its `monitor.*` bound."""
+    settings = config.monitor
+    no_text = "the prediction log keeps no texts (store_text: hash)" if not measures["rows_with_text"] else None
+    labelled = measures["feedback_rows"]
+    no_feedback = None if labelled >= settings.min_feedback_rows else (
+        f"{labelled} labelled rows < monitor.min_feedback_rows={settings.min_feedback_rows}: "
+        "real macro-F1 not measured yet")
+    reference_note = f"{measures['rows']} predictions vs {measures['reference_rows']} reference rows"
+    return [
         check("label_psi", "max_label_psi", measures["label_psi"], settings.max_label_psi, reference_note),
         check("confidence_psi", "max_confidence_psi", measures["confidence_psi"], settings.max_confidence_psi,
               reference_note),
         check("length_psi", "max_length_psi", measures["length_psi"], settings.max_length_psi, reference_note, no_text),
         check("oov_increase", "max_oov_increase", measures["oov_increase"], settings.max_oov_increase,
-              f"OOV word share {_fmt(oov)} vs {_fmt(summary.get('oov_rate'))} on the reference "
+              f"OOV word share {_fmt(measures['oov_rate'])} vs {_fmt(summary.get('oov_rate'))} on the reference "
               f"({summary.get('vocabulary_words')} training words)", no_text),
         check("estimated_f1_drop", "max_estimated_f1_drop", measures["estimated_f1_drop"],
               settings.max_estimated_f1_drop,
-              f"estimated macro-F1 {_fmt(estimated['macro_f1'])} vs {_fmt(reference_estimate['macro_f1'])} "
-              f"estimated on the reference ({measures['estimate_method']})"),
+              f"estimated macro-F1 {_fmt(measures['estimated_macro_f1'])} vs "
+              f"{_fmt(measures['reference_estimated_macro_f1'])} estimated on the reference "
+              f"({measures['estimate_method']})"),
         check("estimated_macro_f1", "min_estimated_macro_f1", measures["estimated_macro_f1"],
               settings.min_estimated_macro_f1, "the absolute floor", floor=True),
         check("real_f1_drop", "max_real_f1_drop", measures.get("real_f1_drop"), settings.max_real_f1_drop,
-              f"real macro-F1 {_fmt(measures.get('real_macro_f1'))} on {len(known)} labelled rows vs "
+              f"real macro-F1 {_fmt(measures.get('real_macro_f1'))} on {labelled} labelled rows vs "
               f"{_fmt(summary['real_macro_f1'])} on the reference", no_feedback),
     ]
-    return {"status": "judged", "rows": len(rows), "measures": {key: _plain(value) for key, value in measures.items()},
-            "checks": [asdict(item) for item in checks],
-            "failed": [item.problem() for item in checks if item.status == "failed"],
-            "variant": summary.get("variant"), "reference": reference.location}
 
 
 def _fmt(value: Any) -> str:
@@ -300,30 +325,40 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
                               if len(frame) else {}})
         context.metrics.update({"predictions": len(frame), "versions_judged": len(judged), "breach": bool(failed),
                                 "breach_emitted": emitted})
-        if primary is not None:
-            measures = judged[primary]["measures"]
-            context.metrics.update({key: measures.get(key) for key in FLAT})
-            context.metrics["primary_version"] = int(primary) if primary.isdigit() else None
+        context.metrics.update(primary_metrics(judged, primary))
         (log.warning if failed else log.info)("monitor %s: %s", day, verdict)
 
     def track(manifest: Manifest) -> None:
-        import mlflow
-
-        for ref in manifest.outputs.values():
-            mlflow.log_artifact(str(store.local_path(ref.uri)), artifact_path="monitor")
-        for version, result in manifest.facts["versions"].items():
-            if result["status"] == "judged":
-                mlflow.log_metrics({f"v{version}.{key}": float(value) for key, value in result["measures"].items()
-                                    if isinstance(value, int | float) and not isinstance(value, bool)})
-        mlflow.set_tags({"freshet.monitor.verdict": manifest.facts["verdict"][:5000],
-                         "freshet.monitor.breach": (manifest.facts["breach"] or {}).get("id", "none"),
-                         "freshet.monitor.versions": ",".join(manifest.facts["versions"])})
+        log_monitor(store, manifest)
 
     manifest = execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
                        config_sections=(STEP, "mlflow"), extra_fingerprint=extra, track=track)
     if manifest.facts.get("breach_emitted"):
         breaches.publish(store, manifest.facts["breach"])
     return manifest
+
+
+def primary_metrics(judged: Mapping[str, Mapping[str, Any]], primary: str | None) -> dict[str, Any]:
+    """The flat manifest metrics: those of the version with the most judged predictions (`primary`)."""
+    if primary is None:
+        return {}
+    measures = judged[primary]["measures"]
+    return {**{key: measures.get(key) for key in FLAT}, "primary_version": int(primary) if primary.isdigit() else None}
+
+
+def log_monitor(store: ArtifactStore, manifest: Manifest) -> None:
+    """The reports, every judged version's measures (as v<version>.<measure>) and the verdict, into MLflow."""
+    import mlflow
+
+    for ref in manifest.outputs.values():
+        mlflow.log_artifact(str(store.local_path(ref.uri)), artifact_path="monitor")
+    for version, result in manifest.facts["versions"].items():
+        if result["status"] == "judged":
+            mlflow.log_metrics({f"v{version}.{key}": float(value) for key, value in result["measures"].items()
+                                if isinstance(value, int | float) and not isinstance(value, bool)})
+    mlflow.set_tags({"freshet.monitor.verdict": manifest.facts["verdict"][:5000],
+                     "freshet.monitor.breach": (manifest.facts["breach"] or {}).get("id", "none"),
+                     "freshet.monitor.versions": ",".join(manifest.facts["versions"])})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

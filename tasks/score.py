@@ -119,54 +119,17 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
     champion, shadow = versions(config)
 
     def body(context: StepContext) -> None:
-        import numpy as np
         import pandas as pd
 
-        from tasks.monitoring.feedback import text_digest
-        from tasks.monitoring.scorer import load_scorer
         from tasks.records import write_parquet
 
-        rows = [row for entry in files for row in read_file(config, entry)]
-        invalid = [row for row in rows if row["text"] is None]
-        rows = [row for row in rows if row["text"] is not None]
-        if config.score.max_rows is not None:
-            rows = rows[:config.score.max_rows]
-        reason = None
-        if pattern is None:
-            reason = "score.input is not set: nothing to score"
-        elif not files:
-            reason = f"no file matches {pattern}"
-        elif champion is None:
-            reason = "no champion yet: nothing scores until the first model is promoted"
-        elif not rows:
-            reason = f"{len(files)} file(s) matching {pattern} hold no text to score"
+        rows, invalid = rows_to_score(config, files)
+        reason = nothing_to_score(pattern, files, champion, rows)
         frame = pd.DataFrame({"id": pd.Series(dtype="object"), "text_sha256": pd.Series(dtype="object"),
                               "label": pd.Series(dtype="object"), "confidence": pd.Series(dtype="float64")})
         variant = None
         if reason is None and champion is not None:
-            texts = [str(row["text"]) for row in rows]
-            started = dt.datetime.now(dt.UTC)
-            scorer = load_scorer(config, champion, config.score.batch_size)
-            scored = scorer.score(texts)
-            variant = scorer.variant
-            columns: dict[str, Any] = {
-                "time": [started] * len(rows), "id": [row["id"] for row in rows],
-                "text_sha256": [text_digest(text) for text in texts]}
-            if config.score.store_text:
-                columns["text"] = texts
-            columns.update({"label": scored.labels, "confidence": scored.confidence})
-            for position, label in enumerate(scored.label_names):
-                columns[f"probability.{label}"] = scored.probabilities[:, position].astype(np.float64)
-            columns.update({"model": config.mlflow.model_name, "model_version": champion, "variant": variant,
-                            "source_file": [row["source_file"] for row in rows]})
-            if shadow is not None:
-                shadow_scorer = load_scorer(config, shadow, config.score.batch_size)
-                shadowed = shadow_scorer.score(texts)
-                columns.update({"shadow_version": shadow, "shadow_label": shadowed.labels,
-                                "shadow_confidence": shadowed.confidence})
-                del shadow_scorer
-            frame = pd.DataFrame(columns)
-            context.metrics["seconds"] = (dt.datetime.now(dt.UTC) - started).total_seconds()
+            frame, variant, context.metrics["seconds"] = predict(config, rows, champion, shadow)
         write_parquet(pa_table(frame), context.out_dir / "predictions.parquet")
         context.add_output("predictions", "predictions.parquet", "dataset", rows=len(frame),
                            model_version=champion, shadow_version=shadow if len(frame) else None)
@@ -203,6 +166,65 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
     if config.score.log_predictions:
         publish(config, store, manifest)
     return manifest
+
+
+def rows_to_score(config: PipelineConfig,
+                  files: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows with a text (at most `score.max_rows`), and those without one."""
+    rows = [row for entry in files for row in read_file(config, entry)]
+    invalid = [row for row in rows if row["text"] is None]
+    rows = [row for row in rows if row["text"] is not None]
+    if config.score.max_rows is not None:
+        rows = rows[:config.score.max_rows]
+    return rows, invalid
+
+
+def nothing_to_score(pattern: str | None, files: Sequence[Mapping[str, Any]], champion: str | None,
+                     rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why nothing is scored on this run, or None."""
+    if pattern is None:
+        return "score.input is not set: nothing to score"
+    if not files:
+        return f"no file matches {pattern}"
+    if champion is None:
+        return "no champion yet: nothing scores until the first model is promoted"
+    if not rows:
+        return f"{len(files)} file(s) matching {pattern} hold no text to score"
+    return None
+
+
+def predict(config: PipelineConfig, rows: Sequence[Mapping[str, Any]], champion: str,
+            shadow: str | None) -> tuple[Any, str | None, float]:
+    """The champion's predictions (and the shadow version's beside them) as the prediction log's frame, the
+    variant that served, and the seconds it took."""
+    import numpy as np
+    import pandas as pd
+
+    from tasks.monitoring.feedback import text_digest
+    from tasks.monitoring.scorer import load_scorer
+
+    texts = [str(row["text"]) for row in rows]
+    started = dt.datetime.now(dt.UTC)
+    scorer = load_scorer(config, champion, config.score.batch_size)
+    scored = scorer.score(texts)
+    columns: dict[str, Any] = {
+        "time": [started] * len(rows), "id": [row["id"] for row in rows],
+        "text_sha256": [text_digest(text) for text in texts]}
+    if config.score.store_text:
+        columns["text"] = texts
+    columns.update({"label": scored.labels, "confidence": scored.confidence})
+    for position, label in enumerate(scored.label_names):
+        columns[f"probability.{label}"] = scored.probabilities[:, position].astype(np.float64)
+    columns.update({"model": config.mlflow.model_name, "model_version": champion, "variant": scorer.variant,
+                    "source_file": [row["source_file"] for row in rows]})
+    if shadow is not None:
+        shadow_scorer = load_scorer(config, shadow, config.score.batch_size)
+        shadowed = shadow_scorer.score(texts)
+        columns.update({"shadow_version": shadow, "shadow_label": shadowed.labels,
+                        "shadow_confidence": shadowed.confidence})
+        del shadow_scorer
+    frame = pd.DataFrame(columns)
+    return frame, scorer.variant, (dt.datetime.now(dt.UTC) - started).total_seconds()
 
 
 def pa_table(frame: Any) -> Any:

@@ -41,6 +41,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.checks import Check, failed, judge, skipped
 from tasks.config import PipelineConfig, digest_json
 from tasks.contract import StepContext, cli, execute, read_manifest
 from tasks.inbox import pending_batches, set_aside, taken_elsewhere
@@ -287,20 +288,10 @@ def upstream_quarantine(path: Path | None) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------- batch-level checks
 
 
-@dataclass(frozen=True)
-class BatchCheck:
-    """A batch-level check: `passed`, `failed` or `skipped` (with why), its observed value and bound."""
-
-    check: str
-    setting: str  # the config field holding the bound
-    status: str
-    observed: float | None = None
-    bound: float | None = None
-    detail: str = ""
-
-    def problem(self) -> str:
-        return f"{self.check} {self.observed:.3f} > validate.{self.setting}={self.bound}" + (
-            f" ({self.detail})" if self.detail else "")
+def problem_of(check: Check) -> str:
+    """A failed batch check, as the rejection says it."""
+    return f"{check.name} {check.value:.3f} > validate.{check.setting}={check.bound}" + (
+        f" ({check.detail})" if check.detail else "")
 
 
 @dataclass(frozen=True)
@@ -339,7 +330,7 @@ def load_reference(store: ArtifactStore, snapshots: Sequence[Mapping[str, Any]],
 
 
 def drift_checks(valid: Sequence[Mapping[str, Any]], reference: Reference | None,
-                 config: PipelineConfig, has_schema: bool = True) -> list[BatchCheck]:
+                 config: PipelineConfig, has_schema: bool = True) -> list[Check]:
     bounds = config.validate_
     checks = (("drift.label_psi", "max_label_psi", bounds.max_label_psi),
               ("drift.length_psi", "max_length_psi", bounds.max_length_psi))
@@ -349,7 +340,7 @@ def drift_checks(valid: Sequence[Mapping[str, Any]], reference: Reference | None
         else f"{len(valid)} valid rows < validate.drift_min_rows={bounds.drift_min_rows}"
         if len(valid) < bounds.drift_min_rows else None)
     if skipped_because or reference is None:
-        return [BatchCheck(name, setting, "skipped", bound=bound, detail=skipped_because or "")
+        return [skipped(name, None, bound, "<=", skipped_because or "", setting=setting)
                 for name, setting, bound in checks]
     batch_labels = [row["label"] for row in valid]
     new_note = ""
@@ -366,20 +357,19 @@ def drift_checks(valid: Sequence[Mapping[str, Any]], reference: Reference | None
                                        bounds.drift_length_bins),
     }
     detail = f"{len(valid)} valid rows vs {len(reference.labels)} reference rows{new_note}"
-    return [BatchCheck(name, setting, "passed" if observed[name] <= bound else "failed", observed[name], bound, detail)
-            for name, setting, bound in checks]
+    return [judge(name, observed[name], bound, "<=", detail, setting=setting) for name, setting, bound in checks]
 
 
-def duplicate_check(outcomes: Sequence[ExpectationOutcome], config: PipelineConfig) -> BatchCheck:
+def duplicate_check(outcomes: Sequence[ExpectationOutcome], config: PipelineConfig) -> Check:
     bound = config.validate_.max_duplicate_fraction
     outcome = next((item for item in outcomes if item.expectation == UNIQUE_TEXTS_EXPECTATION), None)
     if outcome is None or outcome.observed is None:
-        return BatchCheck("duplicate_fraction", "max_duplicate_fraction", "skipped", bound=bound,
-                          detail="no text column or no texts")
-    observed = 1.0 - float(outcome.observed)
-    return BatchCheck("duplicate_fraction", "max_duplicate_fraction", "passed" if outcome.success else "failed",
-                      observed, bound,
-                      f"{UNIQUE_TEXTS_EXPECTATION}(text) observed unique proportion {float(outcome.observed):.3f}")
+        return skipped("duplicate_fraction", None, bound, "<=", "no text column or no texts",
+                       setting="max_duplicate_fraction")
+    # Great Expectations judged it (expect ... unique proportion >= 1 - bound): its success is the verdict.
+    return Check(name="duplicate_fraction", value=1.0 - float(outcome.observed), bound=bound, comparison="<=",
+                 verdict="passed" if outcome.success else "failed", setting="max_duplicate_fraction",
+                 detail=f"{UNIQUE_TEXTS_EXPECTATION}(text) observed unique proportion {float(outcome.observed):.3f}")
 
 
 # ---------------------------------------------------------------------------------------- report
@@ -412,7 +402,7 @@ def _row_name(rows: Sequence[Mapping[str, Any]], number: int) -> str:
 
 
 def render_report(result: Mapping[str, Any], failures: Sequence[Failure], rows: Sequence[Mapping[str, Any]],
-                  checks: Sequence[BatchCheck], metrics: Mapping[str, Any], problems: Sequence[str], *,
+                  checks: Sequence[Check], metrics: Mapping[str, Any], problems: Sequence[str], *,
                   run_id: str, config: PipelineConfig) -> str:
     """A self-contained HTML page (no scripts, no remote styles, so it opens offline and in MLflow's viewer):
     the verdict, every expectation with its bounds, observed value and quarantined row ids, the batch checks.
@@ -462,8 +452,8 @@ def render_report(result: Mapping[str, Any], failures: Sequence[Failure], rows: 
     parts.append("</table><h2>Batch checks</h2><table><tr><th>check</th><th>bound</th><th>observed</th>"
                  "<th>status</th><th>detail</th></tr>")
     for check in checks:
-        parts.append(f"<tr><td>{html.escape(check.check)}</td><td>validate.{check.setting} = {_cell(check.bound)}</td>"
-                     f"<td>{_cell(check.observed)}</td><td>{_status(check.status)}</td>"
+        parts.append(f"<tr><td>{html.escape(check.name)}</td><td>validate.{check.setting} = {_cell(check.bound)}</td>"
+                     f"<td>{_cell(check.value)}</td><td>{_status(check.verdict)}</td>"
                      f"<td>{html.escape(check.detail)}</td></tr>")
     parts.append("</table></body></html>")
     return "\n".join(parts)
@@ -512,7 +502,7 @@ def persist_rejected_batch(context: StepContext, quarantine_table: pa.Table, res
 
 
 def batch_problems(outcomes: Sequence[ExpectationOutcome], metrics: Mapping[str, Any], config: PipelineConfig,
-                   rows: Sequence[Mapping[str, Any]] = (), checks: Sequence[BatchCheck] = ()) -> list[str]:
+                   rows: Sequence[Mapping[str, Any]] = (), checks: Sequence[Check] = ()) -> list[str]:
     """Why the batch as a whole is rejected; empty when it passes."""
     problems = []
     if config.validate_.new_labels == "reject":
@@ -521,9 +511,7 @@ def batch_problems(outcomes: Sequence[ExpectationOutcome], metrics: Mapping[str,
         if unknown:
             problems.append(f"unknown labels {sorted(set(map(str, unknown)))} in {len(unknown)} rows "
                             f"(validate.new_labels=reject; add them to labels or set new_labels=quarantine)")
-    for check in checks:
-        if check.status == "failed":
-            problems.append(check.problem())
+    problems.extend(problem_of(check) for check in failed(checks))
     for outcome in outcomes:
         if outcome.expectation == COLUMNS_EXPECTATION and not outcome.success:
             problems.append(f"{COLUMNS_EXPECTATION}: missing columns {missing_columns(outcome)}")
@@ -567,43 +555,21 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         context.facts["inbox_batches"] = [{key: entry[key] for key in ("run_id", "logical_date", "rows", "digest")}
                                           for entry in stranded]
         rows = table.to_pylist()
-        frame = table.to_pandas()
-        frame[ROW_NUMBER] = np.arange(len(frame), dtype=np.int64)
-        if "text" in frame.columns:
-            frame[PRINTABLE_RATIO] = pd.Series([printable_ratio(text) for text in frame["text"]],
-                                               index=frame.index, dtype="float64")
-        result = run_expectations(frame, config)
-        outcomes = outcomes_of(result)
-
+        result, outcomes = check_expectations(table, config)
         quarantined, failures = quarantine_rows(outcomes, rows, config)
         quarantined_numbers = {number for _, numbers in failures for number in numbers}
         valid = [row for number, row in enumerate(rows) if number not in quarantined_numbers]
-        carried = upstream_quarantine(
-            context.input_path("crawl", "quarantine") if "quarantine" in crawl.outputs else None)
-        for entry in stranded:
-            carried += upstream_quarantine(store.local_path(entry["quarantine"]) if entry["quarantine"] else None)
+        carried = carried_quarantine(context, store, crawl, stranded)
         quarantine_table = pa.Table.from_pylist(carried + quarantined, schema=QUARANTINE_SCHEMA)
 
-        has_schema = all(outcome.success for outcome in outcomes if outcome.expectation == COLUMNS_EXPECTATION)
-        reference = load_reference(store, snapshots, config.validate_.drift_reference_max_rows) if (
-            has_schema and snapshots) else None
-        checks = [duplicate_check(outcomes, config), *drift_checks(valid, reference, config, has_schema)]
-        result["freshet_batch_checks"] = json_safe([check.__dict__ for check in checks])
+        checks, reference = batch_checks(config, store, snapshots, outcomes, valid)
+        result["freshet_batch_checks"] = json_safe([check.model_dump() for check in checks])
         context.facts["batch_checks"] = result["freshet_batch_checks"]
         context.facts["drift_reference"] = {"snapshots": reference.snapshots if reference else [],
                                         "rows": len(reference.labels) if reference else 0}
 
-        context.metrics.update({
-            "rows_in": len(rows),
-            "rows_valid": len(valid),
-            "rows_quarantined": len(quarantined_numbers),
-            "rows_quarantined_by_crawl": len(carried),
-            "rows_from_earlier_runs": sum(int(entry["rows"] or 0) for entry in stranded),
-            "quarantine_fraction": len(quarantined_numbers) / len(rows) if rows else 0.0,
-            **failure_metrics(outcomes, failures),
-            # None (not logged to MLflow) when a check was skipped.
-            **{check.check: check.observed for check in checks},
-        })
+        context.metrics.update(batch_metrics(rows, valid, quarantined_numbers, carried, stranded, outcomes, failures,
+                                             checks))
         problems = batch_problems(outcomes, context.metrics, config, rows, checks)
         report = render_report(result, failures, rows, checks, context.metrics, problems, run_id=run_id, config=config)
         if problems:
@@ -612,14 +578,7 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
             failed_uri = persist_rejected_batch(context, quarantine_table, result, context.metrics, message, report)
             raise BatchRejected(f"{message} Quarantine and GX result kept in {failed_uri}", failed_uri)
 
-        write_parquet(valid, context.out_dir / "valid.parquet", schema=RECORD_SCHEMA)
-        write_parquet(quarantine_table, context.out_dir / "quarantine.parquet")
-        (context.out_dir / "gx_result.json").write_text(json.dumps(result, indent=2, allow_nan=False))
-        (context.out_dir / REPORT_FILE).write_text(report)
-        context.add_output("valid", "valid.parquet", "dataset", rows=len(valid))
-        context.add_output("quarantine", "quarantine.parquet", "dataset", rows=quarantine_table.num_rows)
-        context.add_output("gx_result", "gx_result.json", "report", success=bool(result["success"]))
-        context.add_output("validation_report", REPORT_FILE, "report")
+        write_accepted(context, valid, quarantine_table, result, report)
         context.facts["failed_expectations"] = {outcome.name: len(numbers) for outcome, numbers in failures}
         if config.validate_.new_labels == "extend":
             labels, new = grown_labels(config, store, snapshots, valid)
@@ -643,6 +602,67 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
     except BatchRejected as rejection:
         record_rejection(config, store, run_id, logical_date, inputs["crawl"], stranded, rejection)
     return manifest
+
+
+def check_expectations(table: pa.Table, config: PipelineConfig) -> tuple[dict[str, Any], list[ExpectationOutcome]]:
+    """The GX suite run over the batch (each row numbered, with its printable ratio): its result and outcomes."""
+    frame = table.to_pandas()
+    frame[ROW_NUMBER] = np.arange(len(frame), dtype=np.int64)
+    if "text" in frame.columns:
+        frame[PRINTABLE_RATIO] = pd.Series([printable_ratio(text) for text in frame["text"]],
+                                           index=frame.index, dtype="float64")
+    result = run_expectations(frame, config)
+    return result, outcomes_of(result)
+
+
+def carried_quarantine(context: StepContext, store: ArtifactStore, crawl: Manifest,
+                       stranded: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows the crawls of this batch and of the stranded ones quarantined already."""
+    carried = upstream_quarantine(
+        context.input_path("crawl", "quarantine") if "quarantine" in crawl.outputs else None)
+    for entry in stranded:
+        carried += upstream_quarantine(store.local_path(entry["quarantine"]) if entry["quarantine"] else None)
+    return carried
+
+
+def batch_checks(config: PipelineConfig, store: ArtifactStore, snapshots: Sequence[Mapping[str, Any]],
+                 outcomes: Sequence[ExpectationOutcome],
+                 valid: Sequence[Mapping[str, Any]]) -> tuple[list[Check], Reference | None]:
+    """The duplicate and drift checks of the batch, and the reference the drift is measured against."""
+    has_schema = all(outcome.success for outcome in outcomes if outcome.expectation == COLUMNS_EXPECTATION)
+    reference = load_reference(store, snapshots, config.validate_.drift_reference_max_rows) if (
+        has_schema and snapshots) else None
+    return [duplicate_check(outcomes, config), *drift_checks(valid, reference, config, has_schema)], reference
+
+
+def batch_metrics(rows: Sequence[Any], valid: Sequence[Any], quarantined_numbers: set[int], carried: Sequence[Any],
+                  stranded: Sequence[Mapping[str, Any]], outcomes: Sequence[ExpectationOutcome],
+                  failures: Sequence[Failure], checks: Sequence[Check]) -> dict[str, Any]:
+    """Rows in, valid and quarantined (here and by the crawl), failures per expectation and the checks' values."""
+    return {
+        "rows_in": len(rows),
+        "rows_valid": len(valid),
+        "rows_quarantined": len(quarantined_numbers),
+        "rows_quarantined_by_crawl": len(carried),
+        "rows_from_earlier_runs": sum(int(entry["rows"] or 0) for entry in stranded),
+        "quarantine_fraction": len(quarantined_numbers) / len(rows) if rows else 0.0,
+        **failure_metrics(outcomes, failures),
+        # None (not logged to MLflow) when a check was skipped.
+        **{check.name: check.value for check in checks},
+    }
+
+
+def write_accepted(context: StepContext, valid: Sequence[Mapping[str, Any]], quarantine_table: pa.Table,
+                   result: Mapping[str, Any], report: str) -> None:
+    """An accepted batch's outputs: the valid rows, the quarantine, the GX result and the report."""
+    write_parquet(valid, context.out_dir / "valid.parquet", schema=RECORD_SCHEMA)
+    write_parquet(quarantine_table, context.out_dir / "quarantine.parquet")
+    (context.out_dir / "gx_result.json").write_text(json.dumps(result, indent=2, allow_nan=False))
+    (context.out_dir / REPORT_FILE).write_text(report)
+    context.add_output("valid", "valid.parquet", "dataset", rows=len(valid))
+    context.add_output("quarantine", "quarantine.parquet", "dataset", rows=quarantine_table.num_rows)
+    context.add_output("gx_result", "gx_result.json", "report", success=bool(result["success"]))
+    context.add_output("validation_report", REPORT_FILE, "report")
 
 
 def stranded_batches(store: ArtifactStore, run_id: str, crawl: Manifest) -> list[dict[str, Any]]:

@@ -114,7 +114,7 @@ def _slice(truth, predicted):
     return classification_metrics(truth, predicted, ["a", "b", "c"])
 
 
-@pytest.mark.parametrize(("accuracy", "rows", "verdict"), [(0.95, 600, "pass"), (0.6, 600, "fail"), (0.6, 60, "skipped")])
+@pytest.mark.parametrize(("accuracy", "rows", "verdict"), [(0.95, 600, "passed"), (0.6, 600, "failed"), (0.6, 60, "skipped")])
 def test_gate_refuses_a_candidate_the_baseline_beats(accuracy, rows, verdict):
     generator = np.random.default_rng(0)
     truth = np.arange(rows) % 3
@@ -125,7 +125,7 @@ def test_gate_refuses_a_candidate_the_baseline_beats(accuracy, rows, verdict):
     result = judge_candidate(policy, {"fresh": _slice(truth, candidate)}, None, baseline={"fresh": comparison})
     [check] = [item for item in result.checks if item.name.startswith("over_baseline:fresh")]
     assert check.verdict == verdict
-    assert result.passed is (verdict != "fail")
+    assert result.passed is (verdict != "failed")
     if verdict == "skipped":
         assert "too few to compare with the lexical baseline" in check.detail
 
@@ -151,7 +151,7 @@ def test_every_round_reports_the_baseline_and_serves_the_chosen_blend(two_rounds
         # The baseline is judged on every slice large enough, and the candidate is never worse than the lower
         # bound allows: the blend can always fall back to the baseline itself.
         checks = [check for check in round_["evaluate"].facts["gate"]["checks"] if check["name"].startswith("over_")]
-        assert checks and all(check["verdict"] != "fail" for check in checks)
+        assert checks and all(check["verdict"] != "failed" for check in checks)
         report = store.local_path(round_["evaluate"].output("report").uri).read_text()
         assert "TF-IDF baseline" in report and "Served candidate:" in report
         # Register serves what evaluate measured: the version carries the blend when there is one, and the

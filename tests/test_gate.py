@@ -35,15 +35,15 @@ def policy(**fields):
     return GatePolicy(floors={"frozen.macro_f1": 0.5}, min_class_support=10, **fields)
 
 
-@pytest.mark.parametrize(("accuracy", "verdict"), [(0.9, "pass"), (0.3, "fail")])
+@pytest.mark.parametrize(("accuracy", "verdict"), [(0.9, "passed"), (0.3, "failed")])
 def test_floor(accuracy, verdict):
     candidate = {"frozen": slice_metrics(TRUTH, noisy(TRUTH, accuracy, 1))}
     result = judge_candidate(policy(), candidate, None)
     assert check(result, "floor:frozen.macro_f1").verdict == verdict
-    assert result.passed is (verdict == "pass")
+    assert result.passed is (verdict == "passed")
 
 
-@pytest.mark.parametrize(("candidate_accuracy", "verdict"), [(0.9, "pass"), (0.7, "fail")])
+@pytest.mark.parametrize(("candidate_accuracy", "verdict"), [(0.9, "passed"), (0.7, "failed")])
 def test_non_inferiority_is_judged_on_the_lower_confidence_bound(candidate_accuracy, verdict):
     champion_predicted, candidate_predicted = noisy(TRUTH, 0.9, 2), noisy(TRUTH, candidate_accuracy, 3)
     paired = {"frozen": compare_paired(TRUTH, candidate_predicted, champion_predicted, 3, resamples=500)}
@@ -52,7 +52,7 @@ def test_non_inferiority_is_judged_on_the_lower_confidence_bound(candidate_accur
                              {"frozen": slice_metrics(TRUTH, champion_predicted)}, paired=paired)
     item = check(result, "non_inferiority:frozen.macro_f1")
     assert item.verdict == verdict
-    assert item.value == pytest.approx(paired["frozen"].ci_low) and item.threshold == -0.02
+    assert item.value == pytest.approx(paired["frozen"].ci_low) and item.bound == -0.02
 
 
 def test_non_inferiority_uses_the_ci_not_the_point_estimate():
@@ -65,7 +65,7 @@ def test_non_inferiority_uses_the_ci_not_the_point_estimate():
     result = judge_candidate(policy(max_class_f1_drop=None, min_comparison_rows=20),
                              {"frozen": slice_metrics(truth, candidate_predicted)},
                              {"frozen": slice_metrics(truth, champion_predicted)}, paired=paired)
-    assert check(result, "non_inferiority:").verdict == "fail"
+    assert check(result, "non_inferiority:").verdict == "failed"
     too_few = judge_candidate(policy(max_class_f1_drop=None, min_comparison_rows=41),
                               {"frozen": slice_metrics(truth, candidate_predicted)},
                               {"frozen": slice_metrics(truth, champion_predicted)}, paired=paired)
@@ -74,10 +74,10 @@ def test_non_inferiority_uses_the_ci_not_the_point_estimate():
     without_rows = judge_candidate(policy(non_inferiority_margin=0.5, max_class_f1_drop=None, min_comparison_rows=20),
                                    {"frozen": slice_metrics(truth, candidate_predicted)},
                                    {"frozen": slice_metrics(truth, champion_predicted)})
-    assert check(without_rows, "non_inferiority:").verdict == "pass"  # point-estimate fallback
+    assert check(without_rows, "non_inferiority:").verdict == "passed"  # point-estimate fallback
 
 
-@pytest.mark.parametrize(("class_c_accuracy", "verdict"), [(0.9, "pass"), (0.4, "fail")])
+@pytest.mark.parametrize(("class_c_accuracy", "verdict"), [(0.9, "passed"), (0.4, "failed")])
 def test_max_class_f1_drop(class_c_accuracy, verdict):
     champion_predicted = noisy(TRUTH, 0.9, 5)
     candidate_predicted = noisy(TRUTH, 0.9, 5).copy()
@@ -88,7 +88,7 @@ def test_max_class_f1_drop(class_c_accuracy, verdict):
                              {"frozen": slice_metrics(TRUTH, champion_predicted)})
     item = check(result, "max_class_f1_drop:frozen")
     assert item.verdict == verdict
-    if verdict == "fail":
+    if verdict == "failed":
         assert "class c" in item.detail
 
 
@@ -100,10 +100,10 @@ def test_class_f1_drop_ignores_classes_below_min_support():
     result = judge_candidate(policy(max_class_f1_drop=0.1, non_inferiority_margin=1.0),
                              {"frozen": slice_metrics(truth, candidate_predicted)},
                              {"frozen": slice_metrics(truth, champion_predicted)})
-    assert check(result, "max_class_f1_drop:frozen").verdict == "pass"
+    assert check(result, "max_class_f1_drop:frozen").verdict == "passed"
 
 
-@pytest.mark.parametrize(("old_accuracy", "verdict"), [(0.88, "pass"), (0.6, "fail")])
+@pytest.mark.parametrize(("old_accuracy", "verdict"), [(0.88, "passed"), (0.6, "failed")])
 def test_max_forgetting_on_old_slice(old_accuracy, verdict):
     champion = {"frozen": slice_metrics(TRUTH, TRUTH), "old": slice_metrics(TRUTH, noisy(TRUTH, 0.9, 7))}
     candidate = {"frozen": slice_metrics(TRUTH, TRUTH), "old": slice_metrics(TRUTH, noisy(TRUTH, old_accuracy, 8))}
@@ -120,7 +120,7 @@ def test_no_forgetting_check_without_old_slice_or_champion():
     assert [c.name for c in judge_candidate(policy(), candidate, None).checks] == ["floor:frozen.macro_f1"]
 
 
-@pytest.mark.parametrize(("best", "verdict"), [(0.80, "pass"), (0.95, "fail")])
+@pytest.mark.parametrize(("best", "verdict"), [(0.80, "passed"), (0.95, "failed")])
 def test_drop_below_the_best_champion_so_far(best, verdict):
     # The candidate is within max_forgetting of today's champion, but each such step could compound:
     # it is also held to the best score any champion reached on the frozen slice.
@@ -129,13 +129,13 @@ def test_drop_below_the_best_champion_so_far(best, verdict):
                              candidate, candidate, best_frozen=BestScore(value=best, version="3"))
     item = check(result, "max_drop_below_best:frozen.macro_f1")
     assert item.value == pytest.approx(best - candidate["frozen"]["macro_f1"])
-    assert item.verdict == verdict and result.passed is (verdict == "pass")
+    assert item.verdict == verdict and result.passed is (verdict == "passed")
     assert "version 3" in item.detail
     unchecked = judge_candidate(policy(), candidate, candidate, best_frozen=BestScore(value=best, version="3"))
     assert not [c for c in unchecked.checks if c.name.startswith("max_drop_below_best")]  # policy default: off
 
 
-@pytest.mark.parametrize(("p95", "verdict"), [(20.0, "pass"), (80.0, "fail")])
+@pytest.mark.parametrize(("p95", "verdict"), [(20.0, "passed"), (80.0, "failed")])
 def test_latency_budget(p95, verdict):
     candidate = {"frozen": slice_metrics(TRUTH, TRUTH)}
     result = judge_candidate(policy(max_latency_ms_batch1_p95=50.0), candidate, None,
@@ -145,7 +145,7 @@ def test_latency_budget(p95, verdict):
                 if c.name.startswith("latency")]  # no budget: not judged
 
 
-@pytest.mark.parametrize(("ece", "verdict"), [(0.03, "pass"), (0.2, "fail")])
+@pytest.mark.parametrize(("ece", "verdict"), [(0.03, "passed"), (0.2, "failed")])
 def test_calibration_bound(ece, verdict):
     candidate = {"frozen": slice_metrics(TRUTH, TRUTH, ece=ece)}
     assert check(judge_candidate(policy(max_ece=0.1), candidate, None), "calibration:frozen").verdict == verdict

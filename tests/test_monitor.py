@@ -101,7 +101,7 @@ def test_unshifted_days_raise_no_alarm_and_the_shifted_day_does(production):
         assert facts["verdict"] == "no breach" and not breaches_of(facts)
     shifted = days[SHIFTED]["monitor"]
     assert shifted.metrics["breach"] and shifted.facts["breach_emitted"]
-    failed = {check["check"] for check in shifted.facts["versions"]["1"]["checks"] if check["status"] == "failed"}
+    failed = {check["name"] for check in shifted.facts["versions"]["1"]["checks"] if check["verdict"] == "failed"}
     assert "label_psi" in failed, shifted.facts["verdict"]
     assert shifted.metrics["label_psi"] > 0.25 > max(days[day]["monitor"].metrics["label_psi"] for day in UNSHIFTED)
     (emitted,) = breaches.read_breaches(production["store"])

@@ -54,8 +54,8 @@ def test_validate_extend_accepts_a_new_label_and_keeps_it_out_of_the_label_drift
                             store=store, logical_date="2026-01-02")
     assert manifest.facts["labels"] == [*known, "games"] and manifest.facts["labels_new"] == ["games"]
     assert manifest.metrics["rows_quarantined"] == 0 and manifest.metrics["labels_new"] == 1
-    checks = {check["check"]: check for check in manifest.facts["batch_checks"]}
-    assert checks["drift.label_psi"]["status"] == "passed"
+    checks = {check["name"]: check for check in manifest.facts["batch_checks"]}
+    assert checks["drift.label_psi"]["verdict"] == "passed"
     assert "new labels ['games'] (validate.new_labels=extend) left out of the label PSI" in checks["drift.label_psi"][
         "detail"]
 
@@ -120,8 +120,8 @@ def test_evaluate_and_the_gate_report_the_class_as_new_not_as_a_regression(two_d
     assert new_check["verdict"] == "skipped" and NEW in new_check["detail"]
     assert not any(f"class {NEW}" in check["detail"] for check in checks if check["name"].startswith("max_class"))
     report = store.local_path(evaluation.output("report").uri).read_text()
-    assert ("New classes (the champion never had them; scored for the candidate, not compared per class): "
-            f"{NEW}") in report
+    assert ("New classes (the champion never had them; judged on their own rows, left out of the champion "
+            f"comparisons): {NEW}") in report
     scored = json.loads(store.local_path(evaluation.output("evaluation").uri).read_text())
     assert scored["champion"]["fresh"]["per_class"][NEW]["f1"] == 0.0
     assert scored["candidate"]["fresh"]["per_class"][NEW]["support"] > 0

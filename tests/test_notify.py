@@ -11,8 +11,9 @@ import yaml
 
 from freshet_airflow import control, schedule
 from freshet_airflow.notify import WebhookNotifier
+from tasks.checks import Check
 from tasks.config import GatePolicy
-from tasks.gate_policy import Check, final_verdict, judge_candidate, judge_compressed
+from tasks.gate_policy import final_verdict, judge_candidate, judge_compressed
 from tests.airflow_support import WebhookReceiver, migrate_airflow_db
 
 
@@ -75,7 +76,7 @@ def test_gate_rejection_notifies_its_failed_checks_and_still_short_circuits(tmp_
     assert "frozen.macro_f1" in rejection["reason"] and "0.21" in rejection["reason"]
     (failed,) = rejection["checks"]
     assert Check.model_validate(failed) == Check(
-        name="floor:frozen.macro_f1", value=0.21, threshold=0.5, comparison=">=", verdict="fail",
+        name="floor:frozen.macro_f1", value=0.21, bound=0.5, comparison=">=", verdict="failed",
         detail="candidate frozen.macro_f1 floor: 0.2100 violates >= 0.5000")
     assert control.gate_outcome(_compress_manifest(frozen_macro_f1=0.72), config_path, ti=ti) is True
     assert len(receiver.received) == 1, "a passing gate must not notify"

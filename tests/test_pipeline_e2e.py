@@ -118,7 +118,7 @@ def test_poisoned_day_is_rejected_and_champion_stays(pipeline):
 
     gate = read_manifest(ArtifactStore(config.artifact_root), second["run_id"], "evaluate").facts["gate"]
     [best] = [check for check in gate["checks"] if check["name"] == "max_drop_below_best:frozen.macro_f1"]
-    assert best["verdict"] in ("pass", "fail") and "below the best champion so far (version 1," in best["detail"], best
+    assert best["verdict"] in ("passed", "failed") and "below the best champion so far (version 1," in best["detail"], best
 
 
 def test_decide_records_why_each_day_trained(pipeline):

@@ -235,11 +235,11 @@ def test_printable_ratio_failure_names_the_ratio(validated: dict[str, Any]) -> N
 
 
 def test_first_run_reports_drift_skipped_not_passed(validated: dict[str, Any]) -> None:
-    checks = {check["check"]: check for check in validated["manifest"].facts["batch_checks"]}
+    checks = {check["name"]: check for check in validated["manifest"].facts["batch_checks"]}
     for name in ("drift.label_psi", "drift.length_psi"):
-        assert checks[name]["status"] == "skipped" and "first run" in checks[name]["detail"]
+        assert checks[name]["verdict"] == "skipped" and "first run" in checks[name]["detail"]
         assert validated["manifest"].metrics[name] is None
-    assert checks["duplicate_fraction"]["status"] == "passed"
+    assert checks["duplicate_fraction"]["verdict"] == "passed"
     result = json.loads(validated["store"].local_path(validated["manifest"].output("gx_result").uri).read_text())
     assert result["freshet_batch_checks"] == validated["manifest"].facts["batch_checks"]
 
@@ -320,8 +320,8 @@ def test_drift_rejects_the_batch_naming_the_psi_and_bound(with_history: dict[str
 def test_a_small_batch_skips_drift(with_history: dict[str, Any]) -> None:
     batch = [record(f"small-{number}", sized_text(number + 1000, 70), "libs") for number in range(50)]
     manifest = validate_against_history(with_history, "run-small", batch)  # would drift on both
-    checks = {check["check"]: check for check in manifest.facts["batch_checks"]}
-    assert checks["drift.label_psi"]["status"] == "skipped"
+    checks = {check["name"]: check for check in manifest.facts["batch_checks"]}
+    assert checks["drift.label_psi"]["verdict"] == "skipped"
     assert checks["drift.length_psi"]["detail"] == "50 valid rows < validate.drift_min_rows=200"
     assert manifest.metrics["drift.label_psi"] is None
 

@@ -125,11 +125,12 @@ def gate_outcome(manifest: dict[str, Any] | str, config_path: str | None = None,
     passed = gate_passed(manifest)
     config = pipeline_config(config_path) if config_path else None
     if not passed and config is not None and config.notify.webhook_url and config.notify.on_gate_rejection:
+        from tasks.checks import failed  # gate_verdict has imported it already
+
         verdict = gate_verdict(manifest)
         # Every failed check, a compressed variant's re-gate included: it does not reject, but it is news.
-        failed = [check.model_dump() for check in verdict.checks if check.verdict == "fail"]
         notifier = webhook(config, event="gate_rejected", reason="; ".join(verdict.reasons),
-                           details={"checks": failed})
+                           details={"checks": [check.model_dump() for check in failed(verdict.checks)]})
         try:
             notifier(context)
         except Exception:  # a dead webhook must not turn a normal rejection into a failed run

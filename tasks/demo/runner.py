@@ -415,26 +415,7 @@ def aliases(config: PipelineConfig) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="freshet demo", description=__doc__,
-                                     epilog="Exit status: 0 when every run succeeded, 1 when a run failed (the summary "
-                                            "names the failed task and its error), 2 for bad arguments or config.")
-    parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
-    parser.add_argument("--home", default=os.environ.get("FRESHET_HOME", str(REPO / ".freshet")))
-    parser.add_argument("--days", type=int, default=2, help="consecutive logical dates to run")
-    parser.add_argument("--start-date", type=dt.date.fromisoformat, default=dt.date(2026, 11, 1))
-    parser.add_argument("--rows-per-day", type=int, default=2000,
-                        help="packages the demo site publishes per day (a stratified sample of the Debian index)")
-    parser.add_argument("--fresh", action="store_true", help="delete earlier demo state first")
-    parser.add_argument("--model", default=None,
-                        help="train.model for this demo: a local Hugging Face model directory, or a hub id")
-    parser.add_argument("--force-training", action="store_true",
-                        help="start every run of this invocation with the DAG param force_training=true: decide "
-                             "trains whatever schedule.min_new_rows and drift say (a retry after fixing a failed "
-                             "round); a run whose crawl found nothing new still ends at new_data, before decide")
-    args = parser.parse_args(argv)
-    if args.days < 1 or args.rows_per_day < 1:
-        parser.error(f"--days and --rows-per-day must be at least 1 (got {args.days} and {args.rows_per_day})")
-
+    args = parse_args(argv)
     home = Path(args.home).resolve()
     if args.fresh and home.exists():
         shutil.rmtree(home)
@@ -471,6 +452,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare_airflow(env, config)
     conf = {"force_training": True} if args.force_training else None
     days = run_days(config, store, env, home, plan, corpus if demo_site else None, since, conf)
+    print_summary(config, store, home, days)
+    print(f"demo wall time: {time.perf_counter() - started:.0f} s\n")
+    print("\n".join(ui_hints(config, config_path, home)))
+    if days.failed:
+        again = shlex.join(["freshet", "demo", "--config", str(config_path), "--home", str(home), "--days", "1",
+                            "--force-training"])
+        print(f"\nfreshet demo: FAILED on {days.failed}. After fixing the cause, `{again}` runs the next day and"
+              " trains whatever decide's thresholds say (when its crawl brings new rows: a run with nothing new ends"
+              " at new_data, before decide).", file=sys.stderr)
+        return 1
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="freshet demo", description=__doc__,
+                                     epilog="Exit status: 0 when every run succeeded, 1 when a run failed (the summary "
+                                            "names the failed task and its error), 2 for bad arguments or config.")
+    parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
+    parser.add_argument("--home", default=os.environ.get("FRESHET_HOME", str(REPO / ".freshet")))
+    parser.add_argument("--days", type=int, default=2, help="consecutive logical dates to run")
+    parser.add_argument("--start-date", type=dt.date.fromisoformat, default=dt.date(2026, 11, 1))
+    parser.add_argument("--rows-per-day", type=int, default=2000,
+                        help="packages the demo site publishes per day (a stratified sample of the Debian index)")
+    parser.add_argument("--fresh", action="store_true", help="delete earlier demo state first")
+    parser.add_argument("--model", default=None,
+                        help="train.model for this demo: a local Hugging Face model directory, or a hub id")
+    parser.add_argument("--force-training", action="store_true",
+                        help="start every run of this invocation with the DAG param force_training=true: decide "
+                             "trains whatever schedule.min_new_rows and drift say (a retry after fixing a failed "
+                             "round); a run whose crawl found nothing new still ends at new_data, before decide")
+    args = parser.parse_args(argv)
+    if args.days < 1 or args.rows_per_day < 1:
+        parser.error(f"--days and --rows-per-day must be at least 1 (got {args.days} and {args.rows_per_day})")
+    return args
+
+
+def print_summary(config: PipelineConfig, store: ArtifactStore, home: Path, days: DaysRun) -> None:
+    """Every day's summary, the monitor's table, the registry's aliases and the learning curve."""
     print("\n".join(["", "=" * 78, "freshet demo summary", "=" * 78, *days.summary,
                      *(monitor_table(days.monitored) if days.monitored else [])]))
     print(f"\nregistry: {config.mlflow.model_name} aliases {json.dumps(aliases(config))}")
@@ -484,16 +503,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"\n{paths['markdown'].read_text()}")
             print(f"learning curve: {paths['png']} (table: {paths['markdown']}, {paths['csv']}; also in MLflow"
                   " as the run 'learning-curve')")
-    print(f"demo wall time: {time.perf_counter() - started:.0f} s\n")
-    print("\n".join(ui_hints(config, config_path, home)))
-    if days.failed:
-        again = shlex.join(["freshet", "demo", "--config", str(config_path), "--home", str(home), "--days", "1",
-                            "--force-training"])
-        print(f"\nfreshet demo: FAILED on {days.failed}. After fixing the cause, `{again}` runs the next day and"
-              " trains whatever decide's thresholds say (when its crawl brings new rows: a run with nothing new ends"
-              " at new_data, before decide).", file=sys.stderr)
-        return 1
-    return 0
 
 
 def ui_hints(config: PipelineConfig, config_path: Path, home: Path) -> list[str]:

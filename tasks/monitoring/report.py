@@ -98,9 +98,9 @@ def render_html(title: str, verdict: str, versions: Mapping[str, Mapping[str, An
             continue
         parts.append("<table><tr><th>check</th><th>bound</th><th>observed</th><th>status</th><th>detail</th></tr>")
         for check in result["checks"]:
-            parts.append(f"<tr><td>{html.escape(check['check'])}</td><td>monitor.{check['setting']} = "
-                         f"{_cell(check['bound'])}</td><td>{_cell(check['observed'])}</td>"
-                         f"<td class='{check['status']}'>{check['status']}</td><td>{html.escape(check['detail'])}</td></tr>")
+            parts.append(f"<tr><td>{html.escape(check['name'])}</td><td>monitor.{check['setting']} = "
+                         f"{_cell(check['bound'])}</td><td>{_cell(check['value'])}</td>"
+                         f"<td class='{check['verdict']}'>{check['verdict']}</td><td>{html.escape(check['detail'])}</td></tr>")
         parts.append("</table><table><tr><th>measure</th><th>value</th></tr>")
         for key, value in result["measures"].items():
             parts.append(f"<tr><td>{html.escape(key)}</td><td>{_cell(value)}</td></tr>")
