@@ -45,8 +45,9 @@ if str(REPO) not in sys.path:
 METHODS = ("tfidf", "trainer", "freshet", "freshet-self")
 ANCHORS = ("tfidf", "trainer")
 DEFAULT_COUNTS = "250,500,1000,2000,4000,8000,all"
-# The recipe freshet's bench point uses: the demo's train section with early stopping (configs/demo.yaml).
-RECIPE: dict[str, Any] = {"epochs": 6, "early_stopping_patience": 2, "learning_rate": 1e-4, "warmup_fraction": 0.1}
+# The recipe freshet's bench point uses, as the product's defaults set it (tasks/config.py TrainConfig).
+RECIPE: dict[str, Any] = {"epochs": 6, "early_stopping_patience": 2, "learning_rate": 1e-4, "warmup_fraction": 0.1,
+                          "class_balanced_loss": True}
 
 
 def stable_fraction(key: str) -> float:
@@ -141,7 +142,7 @@ def freshet_round(point: Point, train: list[dict], validation: list[dict]) -> tu
     """freshet's trainer on `train`, early-stopped on `validation`: (model, tokenizer, trainer metrics)."""
     from tasks.train import DistributedEnv, TrainingData, fit
 
-    config = point.config(**RECIPE, **point.args.recipe)
+    config = point.config(**(RECIPE | point.args.recipe))
     result = fit(config, TrainingData(train, validation, {}), DistributedEnv.from_environment(),
                  Path(tempfile.mkdtemp()) / "checkpoints", None)
     return result.model, result.tokenizer, result.metrics
@@ -314,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--test-rows", type=int, default=None, help="cap the fixed test set (smoke tests)")
     parser.add_argument("--unlabelled-ratio", type=int, default=5, help="unlabelled pool texts per labelled row")
     parser.add_argument("--recipe", action="append", default=[], metavar="KEY=VALUE",
-                        help="freshet train setting on top of the recipe (repeatable), e.g. layer_lr_decay=0.8")
+                        help="freshet train setting on top of the recipe (repeatable), e.g. learning_rate=2e-4")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--results", default=None, help="JSON-lines results file (appended; finished points skipped)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 small counts, 1 seed, 300 test rows")

@@ -145,14 +145,7 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
     checkpoint_dir = store.work_dir(run_id, STEP) / fingerprint.split(":")[-1][:16]
 
     if not environment.is_main:
-        fit(config, data, environment, checkpoint_dir, init_dir)
-        dist.barrier()
-        manifest = read_manifest(store, run_id, STEP)
-        dist.destroy_process_group()
-        if manifest is None:
-            raise StepError(f"train rank {environment.rank}: rank 0 committed no manifest at "
-                            f"{store.step_uri(run_id, STEP, 'manifest.json')}")
-        return manifest
+        return follow_rank_zero(config, data, environment, checkpoint_dir, init_dir, store, run_id)
 
     from tasks.tracking import log_manifest, step_run
 
@@ -165,29 +158,12 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         def body(context: StepContext) -> None:
             result = fit(config, data, environment, checkpoint_dir, init_dir,
                          log_metrics=lambda values, step: mlflow.log_metrics(values, step=step))
-            model_dir = context.out_dir / "model"
-            result.model.save_pretrained(model_dir, safe_serialization=True)
-            result.tokenizer.save_pretrained(model_dir)
-            atomic_write_text(context.out_dir / "training_data.json", _json(data.counts))
-            # The exact rows: evaluate fits the lexical baseline on the same train rows and picks the blend
-            # weight on the same validation rows.
-            write_parquet([_trained_row(row) for row in data.train], context.out_dir / "train_rows.parquet")
-            write_parquet([_trained_row(row) for row in data.validation], context.out_dir / "validation_rows.parquet")
-            label_map = {"labels": labels, "id2label": {str(index): label for index, label in enumerate(labels)},
-                         "new_vs_config": [label for label in labels if label not in config.labels]}
-            atomic_write_text(context.out_dir / "label_map.json", _json(label_map))
+            label_map = write_trained_model(context, config, result, data, labels, champion_version)
             mlflow.log_dict(label_map, "label_map.json")
             mlflow.set_tags({"freshet.precision": result.facts["precision"]["precision"],
                              "freshet.precision_reason": result.facts["precision"]["reason"]})
-            context.add_output("model", "model", "model", labels=labels, warm_started_from=champion_version)
-            context.add_output("label_map", "label_map.json", "report")
-            context.add_output("train_rows", "train_rows.parquet", "dataset", rows=len(data.train))
-            context.add_output("validation_rows", "validation_rows.parquet", "dataset", rows=len(data.validation))
-            context.metrics.update(data.counts)
-            context.metrics.update(result.metrics)
             context.metrics["peak_memory_mb"] = peak_memory_mb(environment.device)
-            context.facts.update({"champion_version": champion_version, "mlflow_run_id": mlflow_run.info.run_id,
-                                  "labels": labels, **result.facts})
+            context.facts["mlflow_run_id"] = mlflow_run.info.run_id
 
         manifest = execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
                            config_sections=sections, extra_fingerprint=extra)
@@ -196,6 +172,43 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         dist.barrier()
         dist.destroy_process_group()
     return manifest
+
+
+def follow_rank_zero(config: PipelineConfig, data: TrainingData, environment: DistributedEnv, checkpoint_dir: Path,
+                     init_dir: Path | None, store: ArtifactStore, run_id: str) -> Manifest:
+    """A rank other than 0: train in step with the others, then return the manifest rank 0 committed."""
+    fit(config, data, environment, checkpoint_dir, init_dir)
+    dist.barrier()
+    manifest = read_manifest(store, run_id, STEP)
+    dist.destroy_process_group()
+    if manifest is None:
+        raise StepError(f"train rank {environment.rank}: rank 0 committed no manifest at "
+                        f"{store.step_uri(run_id, STEP, 'manifest.json')}")
+    return manifest
+
+
+def write_trained_model(context: StepContext, config: PipelineConfig, result: FitResult, data: TrainingData,
+                        labels: list[str], champion_version: str | None) -> dict[str, Any]:
+    """The model (safetensors + tokenizer), the rows it trained and validated on, the label map; returns the map."""
+    model_dir = context.out_dir / "model"
+    result.model.save_pretrained(model_dir, safe_serialization=True)
+    result.tokenizer.save_pretrained(model_dir)
+    atomic_write_text(context.out_dir / "training_data.json", _json(data.counts))
+    # The exact rows: evaluate fits the lexical baseline on the same train rows and picks the blend weight on the
+    # same validation rows.
+    write_parquet([_trained_row(row) for row in data.train], context.out_dir / "train_rows.parquet")
+    write_parquet([_trained_row(row) for row in data.validation], context.out_dir / "validation_rows.parquet")
+    label_map = {"labels": labels, "id2label": {str(index): label for index, label in enumerate(labels)},
+                 "new_vs_config": [label for label in labels if label not in config.labels]}
+    atomic_write_text(context.out_dir / "label_map.json", _json(label_map))
+    context.add_output("model", "model", "model", labels=labels, warm_started_from=champion_version)
+    context.add_output("label_map", "label_map.json", "report")
+    context.add_output("train_rows", "train_rows.parquet", "dataset", rows=len(data.train))
+    context.add_output("validation_rows", "validation_rows.parquet", "dataset", rows=len(data.validation))
+    context.metrics.update(data.counts)
+    context.metrics.update(result.metrics)
+    context.facts.update({"champion_version": champion_version, "labels": labels, **result.facts})
+    return label_map
 
 
 def _same_model_source(config: PipelineConfig, champion: Any) -> bool:

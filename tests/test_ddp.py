@@ -36,7 +36,10 @@ def workspace(tmp_path_factory):
 
 
 def launch(root, rows, run_id: str, *, nproc: int, batch_size: int, extra_env=None, launcher=(), **train):
-    """Write a config and upstream manifests for `run_id`, then run the trainer under torchrun."""
+    """Write a config and upstream manifests for `run_id`, then run the trainer under torchrun. Each run has a store
+    of its own: in a shared one, a snapshot no round has trained yet joins the next round as new rows."""
+    root = root / run_id
+    root.mkdir(exist_ok=True)
     config = tiny_config(root, batch_size=batch_size, warm_start=False, dropout=0.0, **train)
     store = ArtifactStore(config.artifact_root)
     fake_upstream(config, store, run_id, DAY, [dict(row) for row in rows])

@@ -36,7 +36,9 @@ def test_quick_mode_measures_every_method_and_resumes(tmp_path):
     records = [json.loads(line) for line in results.read_text().splitlines()]
     assert {(record["method"], record["rows"]) for record in records} == {
         (method, rows) for method in ("tfidf", "trainer", "freshet", "freshet-self") for rows in (60, 120)}
-    assert all(record["test_rows"] == 300 and record["cpu_seconds"] >= 0 for record in records)
+    # One fixed test set for every point: a fifth of the corpus by a stable hash (capped at 300 in quick mode).
+    assert len({record["test_rows"] for record in records}) == 1 and 100 < records[0]["test_rows"] <= 300
+    assert all(record["cpu_seconds"] >= 0 for record in records)
     freshet = [record for record in records if record["method"] == "freshet"]
     assert all(0 <= record["blend_weight"] <= 1 and "transformer_macro_f1" in record for record in freshet)
     assert "- TF-IDF (points)" in first and "| 120 | freshet | 1 |" in first
