@@ -177,7 +177,7 @@ class Trainer:
         return self.settings.learning_rate
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
-        # Layer-wise learning-rate decay (0.8) was measured and lost 2-4 points on few labels: one rate for all.
+        # Layer-wise learning-rate decay (0.8) was measured and lost 1-4 points on few labels: one rate for all.
         groups = [
             {"params": [p for n, p in self.trainable if not n.endswith(NO_WEIGHT_DECAY)],
              "weight_decay": self.settings.weight_decay},
