@@ -313,6 +313,31 @@ def summarize_run(store: ArtifactStore, run_id: str) -> list[str]:
                      if facts.get("promoted") else f"  not promoted: {'; '.join(facts.get('reasons', []))}")
     elif "register" in manifests:
         lines.append("  promotion skipped by the gate")
+    return lines + new_label_fates(manifests, decision)
+
+
+def new_label_fates(manifests: dict[str, Manifest], decision: Manifest | None) -> list[str]:
+    """What happened to each label the champion did not know: joined, trained, judged on its own rows, served,
+    or where it stopped and why."""
+    labels = list(dict.fromkeys([*(manifests["validate"].facts.get("labels_new") or [] if "validate" in manifests
+                                  else []),
+                                 *(manifests["evaluate"].facts.get("new_classes") or [] if "evaluate" in manifests
+                                   else [])]))
+    lines = []
+    for label in labels:
+        if "train" not in manifests:
+            why = (decision.facts["reason"] if decision is not None and not decision.facts["train"]
+                   else "the round did not train")
+            lines.append(f"  new label {quoted([label])}: joined, not trained yet ({why})")
+            continue
+        checks = [check for check in manifests["evaluate"].facts["gate"]["checks"]
+                  if check["name"].startswith(f"new_class:{label}:")] if "evaluate" in manifests else []
+        judged = "; ".join(f"{check['detail']}: {check['verdict']}" for check in checks) or "no test rows of it yet"
+        promoted = "promote" in manifests and manifests["promote"].facts.get("promoted")
+        served = (f"served by champion v{manifests['promote'].facts.get('champion')}" if promoted
+                  else "not served: the gate kept the champion" if "compress" in manifests
+                  else "not served: the round stopped before the gate")
+        lines.append(f"  new label {quoted([label])}: trained; {judged}; {served}")
     return lines
 
 
