@@ -66,3 +66,51 @@ def test_a_failed_day_exits_non_zero_naming_task_and_error_then_a_forced_round_a
     assert "registered version 1" in output
     assert "registry: tickets aliases" in output, "the registered model is named after the pipeline"
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_small_day_with_a_new_label_latin1_and_empty_files_and_a_missing_model_folder(tmp_path):
+    """Day 1 trains the README's config; day 2 brings 10 files: a new label folder with a space in its name, one
+    file in Latin-1, one empty. Nothing crashes: the small day ends green with the reason and its rows wait, the
+    Latin-1 text arrives exactly, the empty file is quarantined with a reason the console shows, and the new label
+    is named as spelled. A config pointing at a missing model folder fails at once, naming both readings."""
+    from tasks.contract import read_manifest
+    from tasks.records import read_rows
+    from tasks.store import ArtifactStore
+
+    config_text, _ = readme_section()
+    config = yaml.safe_load(config_text)
+    config.update(compress={"variants": ["int8-dynamic"]})
+    (tmp_path / "tickets.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    write_files(tmp_path, synthetic_corpus(150, LABELS, seed=9))
+    build_family_dir("bert", tmp_path / config["train"]["model"])
+    first = freshet(tmp_path, "demo", "--config", "tickets.yaml", "--days", "1")
+    assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
+
+    scripts = tmp_path / "data" / "tickets" / "shell scripts"
+    scripts.mkdir()
+    for index in range(7):
+        (scripts / f"s{index}.txt").write_text(f"bash script number {index} to rotate logs and clean temp files")
+    latin1 = "Bibliothèque Perl pour lire les journaux, très utilisée"
+    (scripts / "latin1.txt").write_bytes(latin1.encode("latin-1"))
+    (tmp_path / "data" / "tickets" / "billing" / "empty.txt").write_text("")
+    (tmp_path / "data" / "tickets" / "praise" / "one.txt").write_text("thanks, the new invoice page is great")
+    small = freshet(tmp_path, "demo", "--config", "tickets.yaml", "--days", "1")
+    output = small.stdout + small.stderr
+    assert small.returncode == 0, output[-4000:]
+    assert "training: no - only" in output and "ended at should_train" in output
+    assert 'new label(s) joined the label set (validate.new_labels: extend): "shell scripts"' in output
+    assert 'new label "shell scripts": joined, not trained yet (only' in output
+    assert "quarantined" in output and "empty" in output.lower()
+
+    store = ArtifactStore(str(tmp_path / "artifacts"))
+    validated = [manifest for run in store.run_directories()
+                 if (manifest := read_manifest(store, run, "validate")) and (manifest.logical_date or "") >= "2026-11-02"]
+    texts = {row["text"] for manifest in validated for row in read_rows(store.local_path(manifest.output("valid").uri))}
+    assert latin1 in texts and not any("Ã" in text or "\ufffd" in text for text in texts)
+
+    missing = dict(config, train={**config["train"], "model": "models/not-here"})
+    (tmp_path / "missing.yaml").write_text(yaml.safe_dump(missing, sort_keys=False))
+    refused = freshet(tmp_path, "demo", "--config", "missing.yaml", "--days", "1")
+    message = refused.stdout + refused.stderr
+    assert refused.returncode == 2, message[-2000:]
+    assert "train.model" in message and "not-here" in message and "hub" in message
