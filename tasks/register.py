@@ -203,16 +203,9 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         tags = evidence_tags(config, inputs, run_id, fingerprint)
         version = find_version(client, name, run_id, fingerprint)
         if version is None:
-            compress_facts = inputs["compress"].facts
-            gate = compress_facts["gate"]
+            gate = inputs["compress"].facts["gate"]
             variant = gate.get("serving_variant", "fp32")
-            artifacts = {model_registry.HF_ARTIFACT: str(context.input_path("train", "model"))}
-            if compress_facts.get("serving_artifact"):  # the ONNX file the chosen variant serves
-                artifacts["onnx_model"] = str(context.input_path("compress", compress_facts["serving_artifact"]))
-            if compress_facts.get("serving_model"):  # the distilled student's HF directory
-                artifacts["student_model"] = str(context.input_path("compress", compress_facts["serving_model"]))
-            if "blend" in inputs["evaluate"].outputs:  # the lexical model served blended with the transformer
-                artifacts[model_registry.BLEND_ARTIFACT] = str(context.input_path("evaluate", "blend"))
+            artifacts = served_artifacts(context, inputs)
             example = pd.DataFrame({"text": ["a sample text to classify", "another one"]})
             signature = infer_signature(example, pd.DataFrame({"label": [config.labels[0]] * 2,
                                                                "probability": [0.5, 0.5]}))
@@ -248,6 +241,20 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
 
     return execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
                    config_sections=SECTIONS)
+
+
+def served_artifacts(context: StepContext, inputs: dict[str, Manifest]) -> dict[str, str]:
+    """What the pyfunc serves: the Hugging Face directory, the ONNX file or distilled student the gate chose, and
+    the lexical blend."""
+    compress_facts = inputs["compress"].facts
+    artifacts = {model_registry.HF_ARTIFACT: str(context.input_path("train", "model"))}
+    if compress_facts.get("serving_artifact"):  # the ONNX file the chosen variant serves
+        artifacts["onnx_model"] = str(context.input_path("compress", compress_facts["serving_artifact"]))
+    if compress_facts.get("serving_model"):  # the distilled student's HF directory
+        artifacts["student_model"] = str(context.input_path("compress", compress_facts["serving_model"]))
+    if "blend" in inputs["evaluate"].outputs:  # the lexical model served blended with the transformer
+        artifacts[model_registry.BLEND_ARTIFACT] = str(context.input_path("evaluate", "blend"))
+    return artifacts
 
 
 def serving_check(config: PipelineConfig, context: StepContext, client, name: str, version: str) -> dict[str, Any]:

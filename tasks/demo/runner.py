@@ -556,6 +556,22 @@ class DaysRun:
     failed: str | None = None
 
 
+def run_day_dags(env: dict[str, str], logical_date: dt.date, log_path: Path, conf: dict[str, Any] | None,
+                 production: bool) -> list[DagOutcome]:
+    """One day's DAG runs: batch scoring (with `production`), the pipeline, then the monitor."""
+    outcomes: list[DagOutcome] = []
+    if production:
+        print(f"running DAG freshet_score for {logical_date} ...", flush=True)
+        outcomes.append(run_dag(env, logical_date, log_path.with_name(f"score-{logical_date}.log"), "freshet_score"))
+    print(f"running DAG {DAG_ID} for {logical_date} (log: {log_path}) ...", flush=True)
+    outcomes.append(run_dag(env, logical_date, log_path, conf=conf))
+    if production:
+        print(f"running DAG freshet_monitor for {logical_date} ...", flush=True)
+        outcomes.append(run_dag(env, logical_date, log_path.with_name(f"monitor-{logical_date}.log"),
+                                "freshet_monitor"))
+    return outcomes
+
+
 def run_days(config: PipelineConfig, store: ArtifactStore, env: dict[str, str], home: Path, plan: DemoPlan,
              corpus: Path | None, since: str, conf: dict[str, Any] | None = None) -> DaysRun:
     """The planned days, one after the other (the demo site serving `corpus` when the config crawls it): each
@@ -579,20 +595,9 @@ def run_days(config: PipelineConfig, store: ArtifactStore, env: dict[str, str], 
             log_path = home / "logs" / f"dag-{logical_date}.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
             day_started = time.perf_counter()
-            outcomes: list[DagOutcome] = []
             # The day's texts are scored (by yesterday's champion) before the pipeline learns their labels.
             production = corpus is not None and drop_published_texts(config, site.url, logical_date) is not None
-            if production:
-                print(f"running DAG freshet_score for {logical_date} ...", flush=True)
-                outcomes.append(run_dag(env, logical_date, log_path.with_name(f"score-{logical_date}.log"),
-                                        "freshet_score"))
-            print(f"running DAG {DAG_ID} for {logical_date} (log: {log_path}) ...", flush=True)
-            pipeline = run_dag(env, logical_date, log_path, conf=conf)
-            outcomes.append(pipeline)
-            if production:
-                print(f"running DAG freshet_monitor for {logical_date} ...", flush=True)
-                outcomes.append(run_dag(env, logical_date, log_path.with_name(f"monitor-{logical_date}.log"),
-                                        "freshet_monitor"))
+            outcomes = run_day_dags(env, logical_date, log_path, conf, production)
             write_demo_state(home, plan, day + 1)
             run_id = find_run(store, logical_date, since)
             days.run_ids += [run_id] if run_id else []

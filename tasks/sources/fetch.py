@@ -575,7 +575,7 @@ class SourceFetcher:
         if peer:
             self._refuse_address(url, ipaddress.ip_address(str(peer[0]).split("%", 1)[0]), f"connected to {peer[0]}")
 
-    def read_body(self, url: httpx.URL, response: httpx.Response, clock: ResponseClock) -> bytes:
+    def refuse_unread_content_type(self, url: httpx.URL, response: httpx.Response) -> None:
         media_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         is_robots = url.path == "/robots.txt" and media_type == "text/plain"
         if media_type not in self.media_types and not is_robots and not (
@@ -584,6 +584,9 @@ class SourceFetcher:
                 self.source.name, str(url),
                 f"content type {media_type or '(none)'!r} is not one a {self.source.kind} source reads "
                 f"({', '.join(sorted(self.media_types))})")
+
+    def read_body(self, url: httpx.URL, response: httpx.Response, clock: ResponseClock) -> bytes:
+        self.refuse_unread_content_type(url, response)
         limit = self.crawl.max_response_bytes
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:

@@ -245,16 +245,22 @@ class SourceSession:
             self.report.pages_not_modified += 1
         else:
             self.report.pages_fetched += 1
-        undecodable = undecodable_reason(fetched)
-        if undecodable is not None:
-            if required or listing:
-                raise FeedFormatError(self.source.name, url, undecodable)
-            # Quarantined with the reason, and remembered: the same bytes are not quarantined again tomorrow.
-            log.warning("crawl %s: %s quarantined: %s", self.source.name, url, undecodable)
-            self.quarantine(url, "undecodable_text", undecodable, "")
-            self.remember(url, fetched)
+        if self._quarantined_as_undecodable(url, fetched, required or listing):
             return None
         return self._hand_to_kind(url, fetched)
+
+    def _quarantined_as_undecodable(self, url: str, fetched: Fetched, needed: bool) -> bool:
+        """A text page whose charset cannot be known: quarantined with the reason and remembered (the same bytes are
+        not quarantined again tomorrow); a document the crawl needs (an index, a sitemap) raises instead."""
+        undecodable = undecodable_reason(fetched)
+        if undecodable is None:
+            return False
+        if needed:
+            raise FeedFormatError(self.source.name, url, undecodable)
+        log.warning("crawl %s: %s quarantined: %s", self.source.name, url, undecodable)
+        self.quarantine(url, "undecodable_text", undecodable, "")
+        self.remember(url, fetched)
+        return True
 
     def _hand_to_kind(self, url: str, fetched: Fetched) -> Fetched:
         self.page_in_progress = url
