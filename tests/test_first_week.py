@@ -1,7 +1,9 @@
 """A newcomer's first week on a folder source, through the real DAG (`freshet demo --config`, `airflow dags test`):
 the README's own-data config on a tiny local BERT. Day 1 fails in training (the model folder's tokenizer has no
 pad token): the command exits 1 and names the failed task and the step's own error, and nothing claims the round
-trained. After the fix, with a day of new files, `--force-training` runs the round and registers version 1."""
+trained. After the fix, with a day of new files, `--force-training` runs the round and registers version 1. Day 3
+is small, with a new label folder, a Latin-1 file and an empty file; a config naming a missing model folder is
+refused at once. One test, one home: each day costs a real DAG run."""
 
 from __future__ import annotations
 
@@ -66,25 +68,17 @@ def test_a_failed_day_exits_non_zero_naming_task_and_error_then_a_forced_round_a
     assert "registered version 1" in output
     assert "registry: tickets aliases" in output, "the registered model is named after the pipeline"
     assert not (tmp_path / "mlruns").exists()
+    a_small_day_with_a_new_label_latin1_and_empty_files(tmp_path)
+    a_missing_model_folder_is_refused_naming_both_readings(tmp_path, config)
 
 
-def test_a_small_day_with_a_new_label_latin1_and_empty_files_and_a_missing_model_folder(tmp_path):
-    """Day 1 trains the README's config; day 2 brings 10 files: a new label folder with a space in its name, one
-    file in Latin-1, one empty. Nothing crashes: the small day ends green with the reason and its rows wait, the
-    Latin-1 text arrives exactly, the empty file is quarantined with a reason the console shows, and the new label
-    is named as spelled. A config pointing at a missing model folder fails at once, naming both readings."""
+def a_small_day_with_a_new_label_latin1_and_empty_files(tmp_path) -> None:
+    """Day 3 brings 10 files: a new label folder with a space in its name, one file in Latin-1, one empty. Nothing
+    crashes: the small day ends green with the reason and its rows wait, the Latin-1 text arrives exactly, the empty
+    file is quarantined with a reason the console shows, and the new label is named as spelled."""
     from tasks.contract import read_manifest
     from tasks.records import read_rows
     from tasks.store import ArtifactStore
-
-    config_text, _ = readme_section()
-    config = yaml.safe_load(config_text)
-    config.update(compress={"variants": ["int8-dynamic"]})
-    (tmp_path / "tickets.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    write_files(tmp_path, synthetic_corpus(150, LABELS, seed=9))
-    build_family_dir("bert", tmp_path / config["train"]["model"])
-    first = freshet(tmp_path, "demo", "--config", "tickets.yaml", "--days", "1")
-    assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
 
     scripts = tmp_path / "data" / "tickets" / "shell scripts"
     scripts.mkdir()
@@ -104,10 +98,12 @@ def test_a_small_day_with_a_new_label_latin1_and_empty_files_and_a_missing_model
 
     store = ArtifactStore(str(tmp_path / "artifacts"))
     validated = [manifest for run in store.run_directories()
-                 if (manifest := read_manifest(store, run, "validate")) and (manifest.logical_date or "") >= "2026-11-02"]
+                 if (manifest := read_manifest(store, run, "validate")) and (manifest.logical_date or "") >= "2026-11-03"]
     texts = {row["text"] for manifest in validated for row in read_rows(store.local_path(manifest.output("valid").uri))}
     assert latin1 in texts and not any("Ã" in text or "\ufffd" in text for text in texts)
 
+
+def a_missing_model_folder_is_refused_naming_both_readings(tmp_path, config) -> None:
     missing = dict(config, train={**config["train"], "model": "models/not-here"})
     (tmp_path / "missing.yaml").write_text(yaml.safe_dump(missing, sort_keys=False))
     refused = freshet(tmp_path, "demo", "--config", "missing.yaml", "--days", "1")
