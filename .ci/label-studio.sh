@@ -6,18 +6,8 @@
 # (tests/label_studio_support.py reads the same variables).
 set -euo pipefail
 
-say() { printf 'services: %s\n' "$*"; }
-
-wait_for() {  # wait_for NAME SECONDS COMMAND...
-  local name=$1 seconds=$2
-  shift 2
-  for _ in $(seq "$seconds"); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    sleep 1
-  done
-  echo "services: $name is still not answering after ${seconds} s" >&2
-  exit 1
-}
+# shellcheck source=.ci/service-helpers.sh
+. "$(dirname "$0")/service-helpers.sh"
 
 label_studio_venv=${FRESHET_LABEL_STUDIO_VENV:-/opt/label-studio-venv}
 label_studio_port=${FRESHET_LABEL_STUDIO_PORT:-8089}

@@ -5,7 +5,8 @@
 # not answering, installs only what is missing.
 set -euo pipefail
 
-say() { printf 'services: %s\n' "$*"; }
+# shellcheck source=.ci/service-helpers.sh
+. "$(dirname "$0")/service-helpers.sh"
 
 apt_install() {
   if [ "$(id -u)" != 0 ]; then
@@ -17,17 +18,6 @@ apt_install() {
     apt-get update -qq >/dev/null
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
-
-wait_for() {  # wait_for NAME SECONDS COMMAND...
-  local name=$1 seconds=$2
-  shift 2
-  for _ in $(seq "$seconds"); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    sleep 1
-  done
-  echo "services: $name is still not answering after ${seconds} s" >&2
-  exit 1
 }
 
 # PostgreSQL

@@ -142,9 +142,7 @@ def test_the_registry_records_the_label_set_of_every_version(two_days):
     assert second["register"].facts["serving_check"]["passed"] is True
 
 
-def test_the_new_label_is_judged_on_its_own_rows_and_the_summary_says_what_became_of_it(two_days):
-    from tasks.demo.runner import summarize_run
-
+def test_the_new_label_is_judged_on_its_own_rows(two_days):
     _, store, _, second = two_days
     [judged] = [check for check in second["evaluate"].facts["gate"]["checks"]
                 if check["name"] == f"new_class:{NEW}:fresh.f1"]
@@ -155,7 +153,3 @@ def test_the_new_label_is_judged_on_its_own_rows_and_the_summary_says_what_becam
         assert judged["verdict"] == "skipped" and "min_class_support=20" in judged["detail"]
     else:
         assert judged["verdict"] in ("passed", "failed")
-    [fate] = [line for line in summarize_run(store, "day-2") if line.startswith(f'  new label "{NEW}"')]
-    promoted = second["promote"].facts.get("promoted")
-    assert "trained" in fate and judged["verdict"] in fate
-    assert (f"served by champion v{second['promote'].facts['champion']}" if promoted else "not served") in fate
