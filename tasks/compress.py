@@ -281,7 +281,7 @@ def write_serving_sample(context: StepContext, config: PipelineConfig, model: An
                          slices: Mapping[str, list[dict[str, Any]]], labels: list[str], blend: Blend | None) -> None:
     """What the served model must reproduce (register's and serve's check): the same texts through the same
     `predict` call, batching and the lexical blend included."""
-    rows = (slices["frozen"] or slices["fresh"])[: config.compress.serving_check_rows]
+    rows = (slices.get("frozen") or slices.get("fresh") or [])[: config.compress.serving_check_rows]
     texts = [row["text"] for row in rows]
     expected = predict(model, tokenizer, texts, max_length=config.train.max_length, blend=blend)
     (context.out_dir / "serving_sample.json").write_text(json.dumps({
@@ -306,7 +306,8 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
                  if "blend" in context.input("evaluate").outputs else None)
         settings: dict[str, Any] = {"max_length": config.train.max_length, "batch_size": config.evaluate.batch_size,
                                     "blend": blend}
-        sample = [row["text"] for row in (slices["fresh"] or slices["frozen"])[: config.compress.latency_sample_rows]]
+        sample = [row["text"] for row in (slices.get("fresh") or slices.get("frozen") or [])[
+            : config.compress.latency_sample_rows]]
         fp32_size = sum(path.stat().st_size for path in Path(model_dir).glob("*.safetensors")) or _saved_size(fp32_model)
         enabled = config.compress.enabled_variants
 

@@ -13,9 +13,10 @@ training is costly, so it runs only when it can change something:
   `production_drift` facts name the breaches it consumed, so the next decide does not train on them again, or
 - the run was started with `force` (the DAG's `force_training` param),
 
-but never when this run's snapshot has fewer train-split rows than training needs (one per training process:
-a round trains on this run's train split, plus replay and augmentation of it): then the run ends green
-without training, whatever the reason above, and the rows wait for the next day's round.
+but never when the snapshots waiting to train (this run's, and earlier ones no round trained on) have fewer
+train-split rows than training needs (one per training process: a round trains on those train splits, plus
+replay and augmentation): then the run ends green without training, whatever the reason above, and the rows
+wait for the next day's round. A forced retry after a fix may bring no new rows at all: the waiting ones train.
 
 The verdict and its reason are facts of this step's manifest (and the DAG's XCom), whatever they are.
 """
@@ -30,7 +31,7 @@ from tasks.config import PipelineConfig
 from tasks.contract import StepContext, cli, execute, parse_bool
 from tasks.manifest import Manifest
 from tasks.monitoring import breach as breaches
-from tasks.snapshots import last_training, read_history, untrained_snapshots
+from tasks.snapshots import last_training, untrained_snapshots
 from tasks.store import ArtifactStore
 
 STEP = "decide"
@@ -46,15 +47,15 @@ def training_processes(config: PipelineConfig) -> int:
     return per_node * settings.nnodes
 
 
-def train_split_rows(store: ArtifactStore, run_id: str) -> int | None:
-    """Rows in the train split of this run's cleaned snapshot (what a round trains on); None: no snapshot yet."""
+def train_split_rows(store: ArtifactStore, run_id: str, snapshots: Sequence[Mapping[str, Any]]) -> int | None:
+    """Rows in the train split of the untrained `snapshots`, this run's included (the new rows a round trains on:
+    a forced retry's own snapshot may be empty); None: this run has no snapshot yet."""
     import pyarrow.parquet as pq
 
-    entry = next((item for item in read_history(store) if item["run_id"] == run_id), None)
-    if entry is None:
+    if not any(item["run_id"] == run_id for item in snapshots):
         return None
-    splits = pq.read_table(store.local_path(entry["uri"]), columns=["split"]).column("split").to_pylist()
-    return sum(split == "train" for split in splits)
+    return sum(split == "train" for entry in snapshots
+               for split in pq.read_table(store.local_path(entry["uri"]), columns=["split"]).column("split").to_pylist())
 
 
 def production_drift_reason(pending: Sequence[Mapping[str, Any]], new_rows: int) -> str:
@@ -77,8 +78,9 @@ def decide(config: PipelineConfig, *, has_champion: bool, new_rows: int, drift: 
     processes = training_processes(config)
     if train_rows is not None and train_rows < processes:
         # A round that cannot train would fail and be retried; waiting for more rows is the normal outcome.
-        return False, (f"this run's snapshot has {train_rows} train-split rows, fewer than the {processes} a round "
-                       f"needs (one per training process); not training{' even though forced' if force else ''}, "
+        return False, (f"the snapshots waiting to train have {train_rows} train-split rows, fewer than the "
+                       f"{processes} a round needs (one per training process); not training"
+                       f"{' even though forced' if force else ''}, "
                        f"the {new_rows} new rows wait for the next round")
     if force:
         return True, "forced by the run's force_training param"
@@ -113,7 +115,7 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
     snapshots = untrained_snapshots(store, since, run_id, logical_date)
     champion = has_champion(config) if champion is None else champion
     pending = breaches.pending(store, run_id, logical_date) if config.monitor.retrain_on_breach else []
-    train_rows = train_split_rows(store, run_id)
+    train_rows = train_split_rows(store, run_id, snapshots)
 
     def body(context: StepContext) -> None:
         validation = context.input("validate").metrics

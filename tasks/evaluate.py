@@ -368,7 +368,7 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         versus = compare_with_champion(config, champion_version, slices, labels, settings, scores.served)
         over_baseline = (paired_comparisons(policy, slices, labels, scores.predicted, scores.baseline_predicted)
                          if scores.baseline_predicted is not None else None)
-        sample = [row["text"] for row in slices["fresh"][:16]] or [row["text"] for row in slices["frozen"][:16]]
+        sample = [row["text"] for row in (slices.get("fresh") or slices.get("frozen") or [])[:16]]
         latency = measure_latency(model, tokenizer, sample, max_length=config.train.max_length)
         best_frozen = best_champion_so_far(recorded_best, versus.metrics, champion_version, policy.primary_metric)
         verdict = judge_candidate(policy, scores.candidate, versus.metrics, paired=versus.paired, latency=latency,

@@ -90,7 +90,8 @@ def concat_rows(parts: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 def evaluation_slices(clean: Manifest, store: ArtifactStore) -> dict[str, list[dict[str, Any]]]:
-    """frozen / fresh / old test rows, from the clean manifest alone."""
+    """frozen / fresh / old test rows, from the clean manifest alone. A slice without rows is left out (a forced
+    retry's empty snapshot has no fresh rows; a first snapshot may have no test rows)."""
     current = [row for row in read_rows(store.local_path(clean.output("dataset").uri)) if row["split"] == "test"]
     prior = clean.facts.get("prior_snapshots", [])
     old: list[dict[str, Any]] = []
@@ -98,7 +99,5 @@ def evaluation_slices(clean: Manifest, store: ArtifactStore) -> dict[str, list[d
         old.extend(row for row in read_rows(store.local_path(entry["uri"])) if row["split"] == "test")
     frozen = ([row for row in read_rows(store.local_path(prior[0]["uri"])) if row["split"] == "test"]
               if prior else current)
-    slices = {"frozen": frozen, "fresh": current}
-    if old:
-        slices["old"] = old
-    return slices
+    slices = {"frozen": frozen, "fresh": current, "old": old}
+    return {name: rows for name, rows in slices.items() if rows}

@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 
 from tasks.checks import Check, failed, judge, skipped
 from tasks.config import PipelineConfig, digest_json
-from tasks.contract import StepContext, cli, execute, read_manifest
+from tasks.contract import StepContext, cli, execute, parse_bool, read_manifest
 from tasks.inbox import pending_batches, set_aside, taken_elsewhere
 from tasks.label_set import extend_labels, snapshot_labels
 from tasks.manifest import ArtifactRef, Manifest, StepError
@@ -360,10 +360,11 @@ def drift_checks(valid: Sequence[Mapping[str, Any]], reference: Reference | None
     return [judge(name, observed[name], bound, "<=", detail, setting=setting) for name, setting, bound in checks]
 
 
-def duplicate_check(outcomes: Sequence[ExpectationOutcome], config: PipelineConfig) -> Check:
+def duplicate_check(outcomes: Sequence[ExpectationOutcome], config: PipelineConfig, rows: int) -> Check:
     bound = config.validate_.max_duplicate_fraction
     outcome = next((item for item in outcomes if item.expectation == UNIQUE_TEXTS_EXPECTATION), None)
-    if outcome is None or outcome.observed is None:
+    # GX observes a unique proportion of 0 for an empty column: no rows, no duplicates.
+    if outcome is None or outcome.observed is None or rows == 0:
         return skipped("duplicate_fraction", None, bound, "<=", "no text column or no texts",
                        setting="max_duplicate_fraction")
     # Great Expectations judged it (expect ... unique proportion >= 1 - bound): its success is the verdict.
@@ -502,8 +503,10 @@ def persist_rejected_batch(context: StepContext, quarantine_table: pa.Table, res
 
 
 def batch_problems(outcomes: Sequence[ExpectationOutcome], metrics: Mapping[str, Any], config: PipelineConfig,
-                   rows: Sequence[Mapping[str, Any]] = (), checks: Sequence[Check] = ()) -> list[str]:
-    """Why the batch as a whole is rejected; empty when it passes."""
+                   rows: Sequence[Mapping[str, Any]] = (), checks: Sequence[Check] = (),
+                   allow_empty: bool = False) -> list[str]:
+    """Why the batch as a whole is rejected; empty when it passes. `allow_empty`: a batch of no rows at all passes
+    (a forced retry after a fix brings nothing new; the rows it trains were accepted before)."""
     problems = []
     if config.validate_.new_labels == "reject":
         unknown = [rows[number].get("label") for outcome in outcomes
@@ -517,7 +520,7 @@ def batch_problems(outcomes: Sequence[ExpectationOutcome], metrics: Mapping[str,
             problems.append(f"{COLUMNS_EXPECTATION}: missing columns {missing_columns(outcome)}")
         elif outcome.error:
             problems.append(f"{outcome.name} could not be evaluated: {outcome.error}")
-    if metrics["rows_in"] < config.validate_.min_rows:
+    if metrics["rows_in"] < config.validate_.min_rows and not (allow_empty and metrics["rows_in"] == 0):
         problems.append(f"{metrics['rows_in']} rows, fewer than validate.min_rows={config.validate_.min_rows} "
                         "(did the crawl find nothing new?)")
     if metrics["quarantine_fraction"] > config.validate_.max_quarantine_fraction:
@@ -544,7 +547,8 @@ def failure_metrics(outcomes: Sequence[ExpectationOutcome], failures: Sequence[F
 
 
 def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, store: ArtifactStore,
-        logical_date: str | None = None) -> Manifest:
+        logical_date: str | None = None, allow_empty: bool = False) -> Manifest:
+    """`allow_empty`: accept a batch of no rows (the DAG sets it in a forced run, whose crawl may find nothing)."""
     # The drift reference is accepted history, so it is an input: a new snapshot recomputes the step.
     snapshots = prior_snapshots(store, run_id, logical_date)
     stranded = stranded_batches(store, run_id, inputs["crawl"])
@@ -562,7 +566,7 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         carried = carried_quarantine(context, store, crawl, stranded)
         quarantine_table = pa.Table.from_pylist(carried + quarantined, schema=QUARANTINE_SCHEMA)
 
-        checks, reference = batch_checks(config, store, snapshots, outcomes, valid)
+        checks, reference = batch_checks(config, store, snapshots, outcomes, valid, len(rows))
         result["freshet_batch_checks"] = json_safe([check.model_dump() for check in checks])
         context.facts["batch_checks"] = result["freshet_batch_checks"]
         context.facts["drift_reference"] = {"snapshots": reference.snapshots if reference else [],
@@ -570,7 +574,7 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
 
         context.metrics.update(batch_metrics(rows, valid, quarantined_numbers, carried, stranded, outcomes, failures,
                                              checks))
-        problems = batch_problems(outcomes, context.metrics, config, rows, checks)
+        problems = batch_problems(outcomes, context.metrics, config, rows, checks, allow_empty)
         report = render_report(result, failures, rows, checks, context.metrics, problems, run_id=run_id, config=config)
         if problems:
             message = (f"batch rejected: {'; '.join(problems)}. "
@@ -597,7 +601,8 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         manifest = execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
                            config_sections=(STEP,),
                            extra_fingerprint={"reference_snapshots": [item["digest"] for item in snapshots],
-                                              "inbox": [entry["digest"] for entry in stranded]},
+                                              "inbox": [entry["digest"] for entry in stranded],
+                                              "allow_empty": allow_empty},
                            track=track)
     except BatchRejected as rejection:
         record_rejection(config, store, run_id, logical_date, inputs["crawl"], stranded, rejection)
@@ -627,12 +632,14 @@ def carried_quarantine(context: StepContext, store: ArtifactStore, crawl: Manife
 
 def batch_checks(config: PipelineConfig, store: ArtifactStore, snapshots: Sequence[Mapping[str, Any]],
                  outcomes: Sequence[ExpectationOutcome],
-                 valid: Sequence[Mapping[str, Any]]) -> tuple[list[Check], Reference | None]:
-    """The duplicate and drift checks of the batch, and the reference the drift is measured against."""
+                 valid: Sequence[Mapping[str, Any]], batch_rows: int) -> tuple[list[Check], Reference | None]:
+    """The duplicate and drift checks of the batch (of `batch_rows` rows), and the reference the drift is measured
+    against."""
     has_schema = all(outcome.success for outcome in outcomes if outcome.expectation == COLUMNS_EXPECTATION)
     reference = load_reference(store, snapshots, config.validate_.drift_reference_max_rows) if (
         has_schema and snapshots) else None
-    return [duplicate_check(outcomes, config), *drift_checks(valid, reference, config, has_schema)], reference
+    return ([duplicate_check(outcomes, config, batch_rows), *drift_checks(valid, reference, config, has_schema)],
+            reference)
 
 
 def batch_metrics(rows: Sequence[Any], valid: Sequence[Any], quarantined_numbers: set[int], carried: Sequence[Any],
@@ -726,8 +733,13 @@ def log_snapshots(config: PipelineConfig, store: ArtifactStore, records: Artifac
                     context="output")
 
 
+ALLOW_EMPTY = {"--allow-empty": {"dest": "allow_empty", "type": parse_bool, "default": False, "metavar": "BOOL",
+                                  "help": "accept a batch of no rows (the DAG's force_training param: a retry after a"
+                                          " fix that brings no new files)"}}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return cli(STEP, run, argv, __doc__)
+    return cli(STEP, run, argv, __doc__, options=ALLOW_EMPTY)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from tasks.gate_policy import judge_candidate, judge_compressed
 def test_the_gate_validate_and_the_monitor_fail_a_check_in_the_same_words():
     gate = judge_candidate(GatePolicy(floors={"frozen.macro_f1": 0.5}), {"frozen": {"macro_f1": 0.3, "rows": 50}}, None)
     duplicates = validate.ExpectationOutcome(validate.UNIQUE_TEXTS_EXPECTATION, "text", False, (), observed=0.5)
-    batch = validate.duplicate_check([duplicates], SimpleNamespace(validate_=ValidateConfig()))
+    batch = validate.duplicate_check([duplicates], SimpleNamespace(validate_=ValidateConfig()), rows=10)
     drift = monitor.check("label_psi", "max_label_psi", 0.4, 0.2, "vs the reference")
     floor = monitor.check("estimated_macro_f1", "min_estimated_macro_f1", 0.5, 0.6, floor=True)
     checks = [*gate.checks, batch, drift, floor]

@@ -209,6 +209,8 @@ def test_a_day_with_nothing_new_ends_the_run_green_at_new_data(tmp_path: Path, m
     go_on, reason = crawl_found_data(backfill.model_dump_json())
     assert not go_on
     assert reason.startswith(f"nothing new up to {day(1).isoformat()}: 0 pages fetched, 2 not modified, 0 errors")
+    go_on, reason = crawl_found_data(backfill.model_dump_json(), forced=True)  # a retry after a fix
+    assert go_on and "the run is forced" in reason
 
 
 def test_rerun_of_a_run_id_reuses_the_manifest_without_requests(tmp_path: Path, mlflow_uri: str,

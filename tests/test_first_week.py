@@ -1,7 +1,8 @@
 """A newcomer's first week on a folder source, through the real DAG (`freshet demo --config`, `airflow dags test`):
 the README's own-data config on a tiny local BERT. Day 1 fails in training (the model folder's tokenizer has no
 pad token): the command exits 1 and names the failed task and the step's own error, and nothing claims the round
-trained. After the fix, with a day of new files, `--force-training` runs the round and registers version 1. Day 3
+trained. After the fix, with no new file at all, `--force-training` trains the waiting rows and registers version 1.
+Day 3
 is small, with a new label folder, a Latin-1 file and an empty file; a config naming a missing model folder is
 refused at once. One test, one home: each day costs a real DAG run."""
 
@@ -38,14 +39,13 @@ def freshet(tmp_path, *arguments: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=900, check=False)
 
 
-def test_a_failed_day_exits_non_zero_naming_task_and_error_then_a_forced_round_after_the_fix_succeeds(tmp_path):
+def test_a_failed_day_exits_non_zero_naming_task_and_error_then_a_forced_retry_after_the_fix_succeeds(tmp_path):
     config_text, _ = readme_section()
     config = yaml.safe_load(config_text)
     # Kept small: no retry of the failing training, one compressed variant.
     config.update(schedule={"train_retries": 0}, compress={"variants": ["int8-dynamic"]})
     (tmp_path / "tickets.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    corpus = synthetic_corpus(210, LABELS, seed=8)
-    write_files(tmp_path, corpus[:150])
+    write_files(tmp_path, synthetic_corpus(180, LABELS, seed=8))
     model_dir = build_family_dir("bert", tmp_path / config["train"]["model"])
     tokenizer_config = model_dir / "tokenizer_config.json"
     settings = json.loads(tokenizer_config.read_text())
@@ -59,12 +59,12 @@ def test_a_failed_day_exits_non_zero_naming_task_and_error_then_a_forced_round_a
     assert "has no pad token" in output and "ChildFailedError" not in output
     assert "- day 1: trained" not in output, "the learning curve must not claim the failed round trained"
 
-    tokenizer_config.write_text(json.dumps(settings))  # the fix
-    write_files(tmp_path, corpus[150:])  # and a day of new files
+    tokenizer_config.write_text(json.dumps(settings))  # the fix, and no new file: the retry trains what waits
     forced = freshet(tmp_path, "demo", "--config", "tickets.yaml", "--days", "1", "--force-training")
     output = forced.stdout + forced.stderr
     assert forced.returncode == 0, output[-4000:]
-    assert "--- day 2, 2026-11-02" in output and "training: yes - forced by the run's force_training param" in output
+    assert "--- day 2, 2026-11-02" in output and "rows crawled 0" in output and "ended at new_data" not in output
+    assert "training: yes - forced by the run's force_training param" in output
     assert "registered version 1" in output
     assert "registry: tickets aliases" in output, "the registered model is named after the pipeline"
     assert not (tmp_path / "mlruns").exists()

@@ -113,8 +113,8 @@ def test_a_day_without_train_rows_is_not_trained_even_without_a_champion_or_forc
                               logical_date="2026-11-01", champion=False, force=force)
         assert manifest.facts["train"] is False
         assert manifest.metrics["train_split_rows"] == 0
-        assert manifest.facts["reason"].startswith("this run's snapshot has 0 train-split rows, fewer than the 1 "
-                                                   "a round needs"), manifest.facts["reason"]
+        assert manifest.facts["reason"].startswith("the snapshots waiting to train have 0 train-split rows, fewer "
+                                                   "than the 1 a round needs"), manifest.facts["reason"]
         assert ("even though forced" in manifest.facts["reason"]) is force
 
 

@@ -336,12 +336,17 @@ def test_psi_is_zero_for_equal_and_grows_with_shift() -> None:
     assert drift.length_psi(reference, np.arange(90, 100), 10) > 1
 
 
-def test_an_empty_batch_is_rejected(tmp_path: Path, tracking: Path) -> None:
+def test_an_empty_batch_is_rejected_unless_the_run_is_forced(tmp_path: Path, tracking: Path) -> None:
     config = make_config(tmp_path, tracking)
     store = ArtifactStore(config.artifact_root)
     crawl = crawl_manifest(config, store, "run-empty", [])
     with pytest.raises(StepError, match=r"0 rows, fewer than validate.min_rows=1 \(did the crawl find nothing new\?\)"):
         validate.run(config, {"crawl": crawl}, run_id="run-empty", store=store)
+    # A forced retry after a fix brings no new files: the empty batch passes, no check judges zero rows.
+    accepted = validate.run(config, {"crawl": crawl}, run_id="run-empty", store=store, allow_empty=True)
+    assert accepted.metrics["rows_in"] == 0 and accepted.output("valid").rows == 0
+    assert {check["name"]: check["verdict"] for check in accepted.facts["batch_checks"]}["duplicate_fraction"] == (
+        "skipped")
 
 
 def test_missing_columns_reject_the_batch(tmp_path: Path, tracking: Path) -> None:

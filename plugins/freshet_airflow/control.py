@@ -54,27 +54,32 @@ def xcom_manifest(output: dict[str, Any] | str, step: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------- new data?
 
-def crawl_found_data(manifest: dict[str, Any] | str) -> tuple[bool, str]:
-    """(go on?, why) from the crawl manifest: a day with nothing new is a normal day, not a failure."""
+def crawl_found_data(manifest: dict[str, Any] | str, *, forced: bool = False) -> tuple[bool, str]:
+    """(go on?, why) from the crawl manifest: a day with nothing new is a normal day, not a failure. A forced run
+    goes on anyway: the retry after a fix trains the rows that already wait (decide counts them)."""
     manifest = xcom_manifest(manifest, "crawl")
     metrics = manifest["metrics"]
     new, quarantined = int(metrics.get("rows_new") or 0), int(metrics.get("rows_quarantined") or 0)
     if new or quarantined:
         return True, f"{new} new rows ({quarantined} quarantined by the crawl) up to {manifest.get('logical_date')}"
-    return False, (f"nothing new up to {manifest.get('logical_date')}: {metrics.get('pages_fetched', 0)} pages fetched,"
-                   f" {metrics.get('pages_not_modified', 0)} not modified, {metrics.get('errors', 0)} errors;"
-                   " the run ends here")
+    found = (f"nothing new up to {manifest.get('logical_date')}: {metrics.get('pages_fetched', 0)} pages fetched,"
+             f" {metrics.get('pages_not_modified', 0)} not modified, {metrics.get('errors', 0)} errors")
+    if forced:
+        return True, found + "; going on because the run is forced (force_training): the waiting rows go to decide"
+    return False, found + "; the run ends here"
 
 
 def _new_data(config_path: str, **context: Any) -> bool:
-    go_on, reason = crawl_found_data(step_manifest(context, "crawl"))
+    forced = bool((context.get("params") or {}).get("force_training"))
+    go_on, reason = crawl_found_data(step_manifest(context, "crawl"), forced=forced)
     log.info("new data: %s", reason)
     context["ti"].xcom_push(key="new_data", value={"ingest": go_on, "reason": reason})
     return go_on
 
 
 def new_data(config_path: str, **operator_kwargs: Any) -> BaseOperator:
-    """ShortCircuit after crawl: a run whose crawl found nothing ends there, green, with the reason logged."""
+    """ShortCircuit after crawl: a run whose crawl found nothing ends there, green, with the reason logged (unless
+    the run is forced)."""
     return _short_circuit("new_data", _new_data, config_path, **operator_kwargs)
 
 

@@ -27,7 +27,8 @@ from tasks.pipeline import step as pipeline_step
 
 POD_XCOM_FILE = "/airflow/xcom/return.json"
 # Step flags rendered from the run's params (Airflow renders a boolean param as True/False).
-STEP_OPTIONS: dict[str, tuple[str, ...]] = {"decide": ("--force-training={{ params.force_training }}",)}
+STEP_OPTIONS: dict[str, tuple[str, ...]] = {"validate": ("--allow-empty={{ params.force_training }}",),
+                                             "decide": ("--force-training={{ params.force_training }}",)}
 
 
 def _container_operator(config: PipelineConfig, task_id: str, command: list[str], *, gpus: int = 0, **kwargs: Any):

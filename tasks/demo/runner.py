@@ -259,7 +259,8 @@ def summarize_run(store: ArtifactStore, run_id: str) -> list[str]:
     manifests: dict[str, Manifest] = {step: m for step in STEP_NAMES if (m := read_manifest(store, run_id, step))}
     lines = [f"run {run_id}: steps completed: {', '.join(manifests) or 'none'}"]
     crawl = manifests.get("crawl")
-    if crawl is not None and not crawl.metrics.get("rows_new") and not crawl.metrics.get("rows_quarantined"):
+    if (crawl is not None and "validate" not in manifests and not crawl.metrics.get("rows_new")
+            and not crawl.metrics.get("rows_quarantined")):
         lines.append("  ended at new_data: the crawl found nothing new")
     if "crawl" in manifests:
         lines.append(f"  rows crawled {manifests['crawl'].metrics.get('rows_new')}"
@@ -484,8 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         again = shlex.join(["freshet", "demo", "--config", str(config_path), "--home", str(home), "--days", "1",
                             "--force-training"])
         print(f"\nfreshet demo: FAILED on {days.failed}. After fixing the cause, `{again}` runs the next day and"
-              " trains whatever decide's thresholds say (when its crawl brings new rows: a run with nothing new ends"
-              " at new_data, before decide).", file=sys.stderr)
+              " trains whatever decide's thresholds say: the rows the failed round accepted wait for it, so no new"
+              " files are needed.", file=sys.stderr)
         return 1
     return 0
 
@@ -506,7 +507,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--force-training", action="store_true",
                         help="start every run of this invocation with the DAG param force_training=true: decide "
                              "trains whatever schedule.min_new_rows and drift say (a retry after fixing a failed "
-                             "round); a run whose crawl found nothing new still ends at new_data, before decide")
+                             "round, which trains the rows waiting since, with or without new files)")
     args = parser.parse_args(argv)
     if args.days < 1 or args.rows_per_day < 1:
         parser.error(f"--days and --rows-per-day must be at least 1 (got {args.days} and {args.rows_per_day})")
@@ -606,8 +607,7 @@ def run_days(config: PipelineConfig, store: ArtifactStore, env: dict[str, str], 
             days.summary += [f"--- day {day + 1}, {logical_date} ({time.perf_counter() - day_started:.0f} s): {verdict}"]
             days.summary += summarize_run(store, run_id) if run_id else [f"  no run recorded; see {log_path}"]
             if conf and conf.get("force_training") and run_id and read_manifest(store, run_id, "decide") is None:
-                days.summary.append("  force_training did not apply: the run ended before decide (a forced round"
-                                    " needs a crawl that brings new rows)")
+                days.summary.append("  force_training did not apply: the run ended before decide")
             for outcome in failed:
                 days.summary += outcome.describe()
             if production:
