@@ -348,6 +348,16 @@ def record(context: StepContext, scores: CandidateScores, champion: ChampionComp
     context.add_output("predictions", "predictions.parquet", "dataset", rows=sum(len(rows) for rows in slices.values()))
 
 
+def new_class_fates(facts: Mapping[str, Any]) -> dict[str, str]:
+    """Per class the champion never had: how the gate judged it on its own rows, and the round's verdict (an MLflow
+    tag of the evaluate run, so the audit shows what happened to a new label without opening the manifest)."""
+    checks = facts["gate"]["checks"]
+    verdict = "gate passed" if facts["gate"]["passed"] else "gate rejected the candidate"
+    return {label: "; ".join([*(f"{check['name']} {check['verdict']} ({check['detail']})" for check in checks
+                               if check["name"].startswith(f"new_class:{label}:")), verdict])
+            for label in facts["new_classes"]}
+
+
 def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, store: ArtifactStore,
         logical_date: str | None = None) -> Manifest:
     champion = model_registry.version_by_alias(config, model_registry.CHAMPION)
@@ -398,6 +408,9 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
             mlflow.log_artifact(str(store.local_path(manifest.output(name).uri)), artifact_path="evaluation")
         if "blend" in manifest.outputs:
             mlflow.log_artifacts(str(store.local_path(manifest.output("blend").uri)), artifact_path="evaluation/blend")
+        if manifest.facts["new_classes"]:
+            mlflow.set_tag("freshet.new_classes", json.dumps(new_class_fates(manifest.facts)))
+
 
     manifest = execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
                        config_sections=("evaluate", "train"),

@@ -134,6 +134,10 @@ def test_the_registry_records_the_label_set_of_every_version(two_days):
 
     config, _, first, second = two_days
     client = mlflow.MlflowClient(config.mlflow.tracking_uri)
+    [evaluated] = client.search_runs([client.get_experiment_by_name(config.mlflow.experiment).experiment_id],
+                                     "tags.`freshet.step` = 'evaluate' and tags.`freshet.run_id` = 'day-2'")
+    fate = json.loads(evaluated.data.tags["freshet.new_classes"])[NEW]  # the audit names the new label's fate
+    assert f"new_class:{NEW}:fresh.f1" in fate and fate.endswith(("gate passed", "gate rejected the candidate"))
     name = config.mlflow.model_name
     first_version = client.get_model_version(name, first["register"].facts["version"])
     assert json.loads(first_version.tags["freshet.labels"]) == LABELS
