@@ -7,7 +7,9 @@ phone numbers, IPv4/IPv6 addresses become `<EMAIL>`, `<PHONE>`, `<IPV4>`, `<IPV6
 shorter than `validate.min_text_chars` are quarantined (`clean.too_short`). Rows sharing a normalised
 text keep the first occurrence; if they disagree on the label all of them are quarantined
 (`clean.label_conflict`). Texts already in an earlier accepted snapshot are dropped and counted (known
-data); a known id with a new text is kept as an update.
+data); a known id with a new text is kept as an update, and so is a known id whose text is unchanged but whose
+label changed (an annotation edited in the labelling tool: `relabels_of_history`). The later version of an id
+supersedes the earlier one wherever snapshots are read (`tasks.snapshots.current_rows`).
 
 Near-duplicates (`clean.near_duplicate_threshold`): MinHash LSH over shingles of the casefolded text
 finds candidates, and the exact Jaccard similarity of the shingle sets decides, so the threshold is
@@ -239,18 +241,21 @@ def quarantine_record(row: Mapping[str, Any], check: str, field: str, value: Any
 
 @dataclass(frozen=True)
 class History:
-    """What earlier accepted snapshots hold: the labels of each normalised text (by hash), the ids, and
-    per row (for near-duplicates and leakage) its id, normalised text, label and split."""
+    """What earlier accepted snapshots hold: the labels of each normalised text (by hash), the ids, each id's
+    latest (text hash, label), and per row (for near-duplicates and leakage) its id, normalised text, label and
+    split."""
 
     labels_of_text: Mapping[str, set[str]]
     ids: set[str]
     rows: list[dict[str, Any]] = field(default_factory=list)
+    latest: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def load_history(store: ArtifactStore, snapshots: Iterable[Mapping[str, Any]], config: CleanConfig) -> History:
     labels_of_text: dict[str, set[str]] = {}
     ids: set[str] = set()
     rows: list[dict[str, Any]] = []
+    latest: dict[str, tuple[str, str]] = {}
     for snapshot in snapshots:
         path = store.local_path(snapshot["uri"])
         try:
@@ -264,8 +269,9 @@ def load_history(store: ArtifactStore, snapshots: Iterable[Mapping[str, Any]], c
             text = prepare(row["text"], config)[0].text
             labels_of_text.setdefault(content_hash(text), set()).add(row["label"])
             ids.add(row["id"])
+            latest[row["id"]] = (content_hash(text), row["label"])  # snapshots come oldest first
             rows.append({"id": row["id"], "text": text, "label": row["label"], "split": row.get("split")})
-    return History(labels_of_text, ids, rows)
+    return History(labels_of_text, ids, rows, latest)
 
 
 @dataclass
@@ -283,7 +289,7 @@ class CleanResult:
 
 def clean_rows(rows: Sequence[Mapping[str, Any]], config: PipelineConfig, history: History) -> CleanResult:
     counts = dict.fromkeys((*NORMALISATION_RULES, *REMOVAL_RULES, *PII_RULES, "history_label_disagreements",
-                            "updates_of_history"), 0)
+                            "updates_of_history", "relabels_of_history"), 0)
     result = CleanResult(dataset=[], quarantine=[], counts=counts, examples={})
     groups = normalised_groups(rows, config, result)
     survivors = first_of_each_text(groups, history, result)
@@ -340,7 +346,8 @@ def normalised_groups(rows: Sequence[Mapping[str, Any]], config: PipelineConfig,
 def first_of_each_text(groups: Mapping[str, list[Mapping[str, Any]]], history: History,
                        result: CleanResult) -> list[tuple[Mapping[str, Any], str]]:
     """(first row, normalised text) of each text, in batch order: a text with conflicting labels is quarantined,
-    its exact duplicates in the batch and a text already in the history are dropped."""
+    its exact duplicates in the batch and a text already in the history are dropped, unless it comes again under
+    its own id with another label (a relabel: kept, it supersedes the earlier version)."""
     survivors: list[tuple[Mapping[str, Any], str]] = []
     for text, group in groups.items():
         first, *duplicates = group
@@ -356,7 +363,10 @@ def first_of_each_text(groups: Mapping[str, list[Mapping[str, Any]]], history: H
         for duplicate in duplicates:
             result.count("duplicates_in_batch", duplicate["id"])
         text_hash = content_hash(text)
-        if text_hash in history.labels_of_text:
+        known = history.latest.get(first["id"])
+        if known is not None and known[0] == text_hash and known[1] != first["label"]:
+            result.count("relabels_of_history", first["id"])
+        elif text_hash in history.labels_of_text:
             result.count("duplicates_of_history", first["id"])
             if first["label"] not in history.labels_of_text[text_hash]:
                 result.count("history_label_disagreements", first["id"])

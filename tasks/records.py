@@ -89,15 +89,31 @@ def concat_rows(parts: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return rows
 
 
+def current_rows(store: ArtifactStore, entries: Sequence[Mapping[str, Any]],
+                 newer_ids: Iterable[str] = ()) -> dict[str, list[dict[str, Any]]]:
+    """Each snapshot's rows (by its uri) less those a later one supersedes: an id accepted again is an update (a new
+    text, or a label edited in the annotation tool), and only its latest version counts. `entries` oldest first;
+    `newer_ids`: the ids of a snapshot newer than all of them (this run's)."""
+    seen = set(newer_ids)
+    kept: dict[str, list[dict[str, Any]]] = {}
+    for entry in reversed(entries):
+        rows = read_rows(store.local_path(entry["uri"]))
+        kept[entry["uri"]] = [row for row in rows if row["id"] not in seen]
+        seen.update(row["id"] for row in rows)
+    return kept
+
+
 def evaluation_slices(clean: Manifest, store: ArtifactStore) -> dict[str, list[dict[str, Any]]]:
-    """frozen / fresh / old test rows, from the clean manifest alone. A slice without rows is left out (a forced
-    retry's empty snapshot has no fresh rows; a first snapshot may have no test rows)."""
+    """frozen / fresh / old test rows, from the clean manifest alone, each row in its latest version. A slice
+    without rows is left out (a forced retry's empty snapshot has no fresh rows; a first snapshot may have no test
+    rows)."""
     current = [row for row in read_rows(store.local_path(clean.output("dataset").uri)) if row["split"] == "test"]
     prior = clean.facts.get("prior_snapshots", [])
-    old: list[dict[str, Any]] = []
-    for entry in prior:
-        old.extend(row for row in read_rows(store.local_path(entry["uri"])) if row["split"] == "test")
-    frozen = ([row for row in read_rows(store.local_path(prior[0]["uri"])) if row["split"] == "test"]
+    # Test ids are test ids for good (the split hashes the id): only an update's version can change.
+    kept = current_rows(store, prior, (row["id"] for row in current))
+    old = [row for entry in prior for row in kept[entry["uri"]] if row["split"] == "test"]
+    latest = {row["id"]: row for row in [*old, *current]}
+    frozen = ([latest[row["id"]] for row in read_rows(store.local_path(prior[0]["uri"])) if row["split"] == "test"]
               if prior else current)
     slices = {"frozen": frozen, "fresh": current, "old": old}
     return {name: rows for name, rows in slices.items() if rows}

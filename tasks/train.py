@@ -28,7 +28,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from tasks.config import PipelineConfig
 from tasks.contract import StepContext, cli, execute, read_manifest, step_fingerprint
 from tasks.manifest import Manifest, StepError
-from tasks.records import read_rows, write_parquet
+from tasks.records import current_rows, read_rows, write_parquet
 from tasks.snapshots import last_training, untrained_snapshots
 from tasks.store import ArtifactStore, atomic_write_text
 from tasks.training.data import TrainingData
@@ -58,7 +58,11 @@ def gather_training_data(config: PipelineConfig, augment_rows: list[dict[str, An
     settings = config.train
     rng = random.Random(settings.seed)
     waiting_uris = {entry["uri"] for entry in waiting}
-    waited = [row for entry in waiting for row in read_rows(store.local_path(entry["uri"]))]
+    # An id accepted again (a new text, an edited label) counts once, in its latest version.
+    earlier = [*prior, *(entry for entry in waiting if entry["uri"] not in {item["uri"] for item in prior})]
+    earlier.sort(key=lambda entry: (entry.get("logical_date") or "", entry["run_id"]))
+    latest = current_rows(store, earlier, (row["id"] for row in snapshot_rows))
+    waited = [row for entry in waiting for row in latest[entry["uri"]]]
     real = [row for row in augment_rows if not row.get("augmented_from")]
     real += [row for row in waited if row["split"] == "train"]
     augmented = [row for row in augment_rows if row.get("augmented_from")]
@@ -71,7 +75,7 @@ def gather_training_data(config: PipelineConfig, augment_rows: list[dict[str, An
     for entry in prior:
         if entry["uri"] in waiting_uris:
             continue
-        for row in read_rows(store.local_path(entry["uri"])):
+        for row in latest[entry["uri"]]:
             if row["split"] == "train":
                 old_train.append(row)
             elif row["split"] == "validation":

@@ -180,6 +180,38 @@ def test_history_duplicates_are_removed_and_known_ids_updated(tmp_path: Path, tr
     assert [entry["run_id"] for entry in read_history(store)] == ["clean-d1", "clean-d2"]
 
 
+def test_an_edited_label_supersedes_the_earlier_version_everywhere(tmp_path: Path, tracking: Path) -> None:
+    """An annotation edited after it was pulled comes back under its id with the same text and another label:
+    clean keeps it, and training and evaluation read only its latest version (nothing doubled, nothing lost)."""
+    from tasks.records import evaluation_slices
+    from tasks.train import gather_training_data
+
+    config = make_config(tmp_path, tracking)
+    store = ArtifactStore(config.artifact_root)
+    train_id, test_id = id_in("train"), id_in("test")
+    day_one = [record(train_id, "a train row whose label is edited later", "libs"),
+               record(test_id, "a test row whose label is edited later", "libs"),
+               record(id_in("test", 1), "a test row that stays as it was", "utils")]
+    first = clean.run(config, {"validate": validate_manifest(config, store, "edit-d1", day_one, "2026-01-01")},
+                      run_id="edit-d1", store=store, logical_date="2026-01-01")
+    day_two = [record(train_id, day_one[0]["text"], "net"), record(test_id, day_one[1]["text"], "net"),
+               record("someone-else", day_one[2]["text"], "utils")]  # a known text under another id: a duplicate
+    second = clean.run(config, {"validate": validate_manifest(config, store, "edit-d2", day_two, "2026-01-02")},
+                       run_id="edit-d2", store=store, logical_date="2026-01-02")
+    dataset = read_rows(store.local_path(second.output("dataset").uri))
+    assert [(row["id"], row["label"]) for row in dataset] == [(train_id, "net"), (test_id, "net")]
+    assert (second.metrics["relabels_of_history"], second.metrics["duplicates_of_history"]) == (2, 1)
+
+    slices = evaluation_slices(second, store)
+    assert [(row["id"], row["label"]) for row in slices["fresh"]] == [(test_id, "net")]
+    assert [row["id"] for row in slices["old"]] == [id_in("test", 1)]
+    assert {row["id"]: row["label"] for row in slices["frozen"]} == {test_id: "net", id_in("test", 1): "utils"}
+    assert evaluation_slices(first, store)["frozen"][0]["label"] == "libs"  # day one's own evaluation unchanged
+    replayed = config.model_copy(update={"train": config.train.model_copy(update={"replay_fraction": 1.0})})
+    data = gather_training_data(replayed, dataset, dataset, second.facts["prior_snapshots"], store)
+    assert [(row["id"], row["label"]) for row in data.train if row["id"] == train_id] == [(train_id, "net")]
+
+
 def test_history_duplicate_after_normalisation(tmp_path: Path, tracking: Path) -> None:
     config = make_config(tmp_path, tracking)
     store = ArtifactStore(config.artifact_root)
