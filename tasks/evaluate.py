@@ -164,12 +164,14 @@ def score_champion(config: PipelineConfig, champion_version: str, slices: Mappin
 
 
 def fit_baseline(config: PipelineConfig, context: StepContext, labels: list[str]) -> tuple[LexicalModel | None, str]:
-    """The lexical baseline on the candidate's exact train rows, or None and why it could not be fitted."""
+    """The lexical baseline on the candidate's exact train rows (less self-training's pseudo-labelled ones: the
+    anchor learns from the same labels), or None and why it could not be fitted."""
     if config.evaluate.baseline is None:
         return None, "evaluate.baseline is null"
     if "train_rows" not in context.input("train").outputs:
         return None, "the train step recorded no train_rows (a model trained before freshet kept them)"
-    rows = read_rows(context.input_path("train", "train_rows"))
+    rows = [row for row in read_rows(context.input_path("train", "train_rows")) if not row.get("pseudo_label")]
+    context.facts["baseline_train_rows"] = len(rows)
     try:
         return LexicalModel.fit([row["text"] for row in rows], [row["label"] for row in rows], labels,
                                 config.evaluate.baseline), ""

@@ -17,22 +17,26 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from tasks.config import PipelineConfig
-from tasks.contract import StepContext, cli, execute, read_manifest, step_fingerprint
+from tasks.clean import prepare
+from tasks.config import PipelineConfig, PseudoLabelConfig
+from tasks.contract import StepContext, cli, execute, logical_day, read_manifest, step_fingerprint
 from tasks.manifest import Manifest, StepError
-from tasks.records import current_rows, read_rows, write_parquet
-from tasks.snapshots import last_training, untrained_snapshots
+from tasks.records import content_hash, current_rows, read_rows, write_parquet
+from tasks.snapshots import last_training, read_history, untrained_snapshots
 from tasks.store import ArtifactStore, atomic_write_text
 from tasks.training.data import TrainingData
 from tasks.training.distributed import DistributedEnv
+from tasks.training.pseudo_labels import from_prediction_log, window_parts
 from tasks.training.runtime import threads_per_rank
 
 if TYPE_CHECKING:
@@ -137,6 +141,10 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         extra["waiting"] = [entry.get("digest") for entry in waiting]
     if labels != list(config.labels):  # grown by validate.new_labels: extend (unchanged fingerprints otherwise)
         extra["labels"] = labels
+    teacher = self_training_teacher(config, store, logical_date)
+    if teacher is not None:
+        extra["self_training"] = {"teacher": teacher.version,
+                                  "log": [[part["name"], part["size"], part["stamp"]] for part in teacher.parts]}
     sections = ("train", "split")
     fingerprint = step_fingerprint(STEP, config, inputs, logical_date, sections, extra)
     existing = read_manifest(store, run_id, STEP)
@@ -147,9 +155,10 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
     data = _read_training_data(config, inputs, store, labels, waiting)
     init_dir = model_registry.download_model_dir(config, champion.version) if champion else None
     checkpoint_dir = store.work_dir(run_id, STEP) / fingerprint.split(":")[-1][:16]
+    pseudo = self_training_rows(config, store, teacher, data, labels) if teacher is not None else None
 
     if not environment.is_main:
-        return follow_rank_zero(config, data, environment, checkpoint_dir, init_dir, store, run_id)
+        return follow_rank_zero(config, data, pseudo, environment, checkpoint_dir, init_dir, store, run_id)
 
     from tasks.tracking import log_manifest, step_run
 
@@ -159,10 +168,18 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         mlflow.log_params(_mlflow_params(config, champion_version))
         mlflow.set_tag("freshet.labels", json.dumps(labels))
 
+        def log_metrics(values: dict[str, float], step: int, prefix: str = "") -> None:
+            mlflow.log_metrics({prefix + name: value for name, value in values.items()}, step=step)
+
         def body(context: StepContext) -> None:
-            result = fit(config, data, environment, checkpoint_dir, init_dir,
-                         log_metrics=lambda values, step: mlflow.log_metrics(values, step=step))
-            label_map = write_trained_model(context, config, result, data, labels, champion_version)
+            result, trained, self_training = fit_round(config, data, pseudo, environment, checkpoint_dir, init_dir,
+                                                       log_metrics)
+            label_map = write_trained_model(context, config, result, trained, labels, champion_version)
+            if self_training is not None:
+                context.facts["self_training"] = self_training
+                context.metrics.update({f"self_training.{key}": self_training[key] for key in (
+                    "candidates", "pseudo_rows", "kept", "validation_macro_f1_without", "validation_macro_f1_with")
+                    if self_training.get(key) is not None})
             mlflow.log_dict(label_map, "label_map.json")
             mlflow.set_tags({"freshet.precision": result.facts["precision"]["precision"],
                              "freshet.precision_reason": result.facts["precision"]["reason"]})
@@ -178,10 +195,11 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
     return manifest
 
 
-def follow_rank_zero(config: PipelineConfig, data: TrainingData, environment: DistributedEnv, checkpoint_dir: Path,
-                     init_dir: Path | None, store: ArtifactStore, run_id: str) -> Manifest:
+def follow_rank_zero(config: PipelineConfig, data: TrainingData, pseudo: SelfTrainingRows | None,
+                     environment: DistributedEnv, checkpoint_dir: Path, init_dir: Path | None, store: ArtifactStore,
+                     run_id: str) -> Manifest:
     """A rank other than 0: train in step with the others, then return the manifest rank 0 committed."""
-    fit(config, data, environment, checkpoint_dir, init_dir)
+    fit_round(config, data, pseudo, environment, checkpoint_dir, init_dir)
     dist.barrier()
     manifest = read_manifest(store, run_id, STEP)
     dist.destroy_process_group()
@@ -189,6 +207,81 @@ def follow_rank_zero(config: PipelineConfig, data: TrainingData, environment: Di
         raise StepError(f"train rank {environment.rank}: rank 0 committed no manifest at "
                         f"{store.step_uri(run_id, STEP, 'manifest.json')}")
     return manifest
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """Self-training's teacher: the champion version, the prediction log's parts it answered in, the settings."""
+
+    version: str
+    parts: list[dict[str, Any]]
+    settings: PseudoLabelConfig
+
+
+@dataclass(frozen=True)
+class SelfTrainingRows:
+    """The champion's confident answers on texts nobody labelled, chosen for a second fit, and how many texts the
+    prediction log offered."""
+
+    rows: list[dict[str, Any]]
+    candidates: int
+    champion_version: str
+    min_confidence: float
+
+
+def self_training_teacher(config: PipelineConfig, store: ArtifactStore, logical_date: str | None) -> Teacher | None:
+    """None: `train.self_training` off, no champion yet, or no logical date to end the log's window."""
+    from tasks import model_registry
+
+    settings = config.train.self_training
+    day = logical_day(logical_date)
+    if settings is None or day is None:
+        return None
+    champion = model_registry.version_by_alias(config, model_registry.CHAMPION)
+    return (Teacher(str(champion.version), window_parts(store, day, settings), settings) if champion is not None
+            else None)
+
+
+def self_training_rows(config: PipelineConfig, store: ArtifactStore, teacher: Teacher, data: TrainingData,
+                       labels: Sequence[str]) -> SelfTrainingRows:
+    """The round's pseudo-labelled rows: the teacher's logged answers on texts no accepted snapshot holds."""
+    def text_key(text: str) -> str:  # clean's normalised text, so a logged text matches its labelled row
+        return content_hash(prepare(text, config.clean)[0].text)
+
+    labelled = {text_key(text) for entry in read_history(store) for text in pq.read_table(
+        store.local_path(entry["uri"]), columns=["text"]).column("text").to_pylist()}
+    rows, candidates = from_prediction_log(
+        store, teacher.parts, teacher.version, labels, labelled, text_key,
+        sum(not row.get("augmented_from") for row in data.train), teacher.settings)
+    return SelfTrainingRows(rows, candidates, teacher.version, teacher.settings.min_confidence)
+
+
+def fit_round(config: PipelineConfig, data: TrainingData, pseudo: SelfTrainingRows | None,
+              environment: DistributedEnv, checkpoint_dir: Path, init_dir: Path | None,
+              log_metrics: Callable[..., None] | None = None) -> tuple[FitResult, TrainingData, dict[str, Any] | None]:
+    """The round's fit; with self-training rows, a second fit on them too, kept only when its best validation
+    macro-F1 is higher. Returns the kept fit, the rows it trained on and the self-training facts (None: off)."""
+    result = fit(config, data, environment, checkpoint_dir, init_dir, log_metrics)
+    if pseudo is None:
+        return result, data, None
+    facts: dict[str, Any] = {"candidates": pseudo.candidates, "pseudo_rows": len(pseudo.rows),
+                             "teacher_version": pseudo.champion_version, "kept": False,
+                             "validation_macro_f1_without": result.metrics.get("best_validation_macro_f1")}
+    if not pseudo.rows:
+        facts["reason"] = (f"no text of the prediction log's {pseudo.candidates} unlabelled ones reached "
+                           f"train.self_training.min_confidence={pseudo.min_confidence}"
+                           if pseudo.candidates else "the prediction log holds no unlabelled text of the champion")
+        return result, data, facts
+    augmented = TrainingData(data.train + pseudo.rows, data.validation,
+                             {**data.counts, "rows_pseudo": len(pseudo.rows)}, data.labels)
+    second = fit(config, augmented, environment, checkpoint_dir / "self_training", init_dir,
+                 (lambda values, step: log_metrics(values, step, "self_training.")) if log_metrics else None)
+    without, with_pseudo = facts["validation_macro_f1_without"], second.metrics.get("best_validation_macro_f1")
+    facts["validation_macro_f1_with"] = with_pseudo
+    facts["kept"] = bool(without is not None and with_pseudo is not None and with_pseudo > without)
+    facts["reason"] = (f"validation macro-F1 {with_pseudo} with the {len(pseudo.rows)} pseudo-labelled rows vs "
+                       f"{without} without: {'kept' if facts['kept'] else 'not kept'}")
+    return (second, augmented, facts) if facts["kept"] else (result, data, facts)
 
 
 def write_trained_model(context: StepContext, config: PipelineConfig, result: FitResult, data: TrainingData,
@@ -256,7 +349,7 @@ def _mlflow_params(config: PipelineConfig, champion_version: str | None) -> dict
 
 def _trained_row(row: dict[str, Any]) -> dict[str, Any]:
     return {"id": row["id"], "text": row["text"], "label": row["label"],
-            "augmented_from": row.get("augmented_from") or None}
+            "augmented_from": row.get("augmented_from") or None, "pseudo_label": bool(row.get("pseudo_label"))}
 
 
 def _json(value: Any) -> str:
