@@ -32,9 +32,9 @@ import mlflow
 
 from tasks.config import PipelineConfig
 from tasks.contract import StepContext, cli, execute
-from tasks.gate_policy import SliceMetrics, final_verdict, judge_compressed
+from tasks.gate_policy import GateFacts, SliceMetrics, final_verdict, judge_compressed
 from tasks.label_set import run_labels
-from tasks.manifest import Manifest, StepError
+from tasks.manifest import Manifest, StepError, StepFacts
 from tasks.models.blend import Blend, load_blend
 from tasks.models.build import load_classifier, quantize_int8
 from tasks.models.compression import (
@@ -334,7 +334,8 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         if config.compress.serving_check_rows:
             write_serving_sample(context, config, models[serving_variant], serving_variant, tokenizer, slices, labels,
                                  blend)
-        gate = final_verdict(context.input("evaluate").facts["gate"], checks, serving_variant)
+        gate = final_verdict(GateFacts.model_validate(context.input("evaluate").facts["gate"]), checks,
+                             serving_variant)
         record_compression(context, variants, serving_variant, gate)
 
     def track(manifest: Manifest) -> None:
@@ -345,8 +346,20 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
                    config_sections=("compress", "evaluate"), track=track)
 
 
+class CompressFacts(StepFacts):
+    """The final gate verdict, the served variant (its ONNX file or student model, in this step's outputs),
+    every variant's figures, and the champion the candidate was compared with."""
+
+    gate: GateFacts
+    serving_variant: str
+    serving_artifact: str | None
+    serving_model: str | None
+    variants: dict[str, dict[str, Any]]
+    champion_version: str | None
+
+
 def record_compression(context: StepContext, variants: Mapping[str, Mapping[str, Any]], serving_variant: str,
-                       gate: Mapping[str, Any]) -> None:
+                       gate: GateFacts) -> None:
     """The compression table and the final gate verdict as reports, each variant's ratios and deltas as metrics,
     the served variant (and its artifact or model) as facts."""
     serving_artifact = ONNX_OUTPUTS[serving_variant][0] if serving_variant in ONNX_OUTPUTS else None
@@ -354,7 +367,7 @@ def record_compression(context: StepContext, variants: Mapping[str, Mapping[str,
     (context.out_dir / "compression.json").write_text(json.dumps(
         {"variants": variants, "serving_variant": serving_variant, "serving_artifact": serving_artifact,
          "serving_model": serving_model}, indent=2))
-    (context.out_dir / "gate.json").write_text(json.dumps(gate, indent=2))
+    (context.out_dir / "gate.json").write_text(json.dumps(gate.model_dump(), indent=2))
     context.add_output("compression", "compression.json", "report")
     context.add_output("gate", "gate.json", "report")
     for variant, facts in variants.items():
@@ -366,11 +379,11 @@ def record_compression(context: StepContext, variants: Mapping[str, Mapping[str,
         for name, delta in facts["macro_f1_delta"].items():
             context.metrics[f"{variant}.{name}.macro_f1_delta"] = delta
     context.metrics["serving_variant"] = serving_variant
-    context.metrics["gate_passed"] = gate["passed"]
-    context.facts.update({"gate": gate, "serving_variant": serving_variant, "serving_artifact": serving_artifact,
-                          "serving_model": serving_model,
-                          "variants": variants,
-                          "champion_version": context.input("evaluate").facts.get("champion_version")})
+    context.metrics["gate_passed"] = gate.passed
+    context.facts.update(CompressFacts(
+        gate=gate, serving_variant=serving_variant, serving_artifact=serving_artifact, serving_model=serving_model,
+        variants={name: dict(figures) for name, figures in variants.items()},
+        champion_version=context.input("evaluate").facts.get("champion_version")).dump())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,21 @@ class Verdict(BaseModel):
     def summary(self) -> dict[str, Any]:
         return {"passed": self.passed, "reasons": self.reasons, "checks": [check.model_dump() for check in self.checks]}
 
+    def facts(self) -> GateFacts:
+        return GateFacts(passed=self.passed, reasons=self.reasons, checks=self.checks)
+
+
+class GateFacts(BaseModel):
+    """The gate's verdict as a manifest fact (evaluate's; compress's adds the serving variant)."""
+
+    passed: bool
+    reasons: list[str]
+    checks: list[Check]
+    serving_variant: str | None = None
+
+    def verdict(self) -> Verdict:
+        return Verdict(passed=self.passed, checks=self.checks)
+
 
 def _check(name: str, value: Any, bound: float, comparison: Comparison, what: str) -> Check:
     if not measurable(value):
@@ -311,11 +326,9 @@ def judge_compressed(policy: GatePolicy, compressed: SliceMetrics, uncompressed:
     return Verdict(passed=not failed(checks), checks=checks)
 
 
-def final_verdict(candidate: Mapping[str, Any], compressed_checks: Sequence[Check], serving_variant: str) -> dict[str, Any]:
+def final_verdict(candidate: GateFacts, compressed_checks: Sequence[Check], serving_variant: str) -> GateFacts:
     """The verdict the `gate` task reads: the candidate's own (evaluate) with every compressed variant's
     re-gate checks listed beside it. Only the candidate's checks decide: a compressed variant that fails its
     re-gate does not reject the candidate, fp32 is served instead (compress chose `serving_variant`)."""
-    listed = Verdict.model_validate({"passed": candidate["passed"], "checks": [
-        *candidate["checks"], *(check.model_dump() for check in compressed_checks)]})
-    return listed.summary() | {"passed": candidate["passed"], "reasons": candidate["reasons"],
-                               "serving_variant": serving_variant}
+    return GateFacts(passed=candidate.passed, reasons=candidate.reasons,
+                     checks=[*candidate.checks, *compressed_checks], serving_variant=serving_variant)

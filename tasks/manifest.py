@@ -4,7 +4,8 @@ raises when it can name what failed. Plain types, so the tracking helpers and th
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict
 
@@ -46,6 +47,24 @@ class Manifest(BaseModel):
             return self.outputs[name]
         except KeyError as error:
             raise StepError(f"{self.step} manifest {self.uri} has no output {name!r}; has {sorted(self.outputs)}") from error
+
+
+class StepFacts(BaseModel):
+    """A step's facts, typed: the step writes them with `dump()` into its manifest, and every reader (control
+    tasks, the next step, the demo, tests) reads them with `of(manifest)`, so a misspelt key or a wrong word fails
+    where it is written, not silently where it is read. Subclasses live beside their step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def of(cls, manifest: Manifest | Mapping[str, Any]) -> Self:
+        """From a manifest, or its JSON form (an XCom)."""
+        return cls.model_validate(manifest.facts if isinstance(manifest, Manifest) else manifest["facts"])
+
+    def dump(self) -> dict[str, Any]:
+        """The manifest's facts: the fields the step set (an optional fact it did not set stays absent; nested
+        values are dumped whole)."""
+        return {name: value for name, value in self.model_dump().items() if name in self.model_fields_set}
 
 
 def airflow_identity() -> dict[str, str]:

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from typing import Literal
+
+from pydantic import Field
 
 from tasks import model_registry
 from tasks.config import PipelineConfig
 from tasks.contract import StepContext, cli, execute
-from tasks.manifest import Manifest, StepError, airflow_identity
+from tasks.manifest import Manifest, StepError, StepFacts, airflow_identity
+from tasks.register import RegisterFacts
 from tasks.store import ArtifactStore
 
 STEP = "promote"
@@ -31,6 +35,18 @@ def _identity() -> str:
     if airflow:
         return "airflow " + " ".join(f"{key}={value}" for key, value in airflow.items())
     return getpass.getuser()
+
+
+class PromoteFacts(StepFacts):
+    """Promoted or not; when not, why (the gate's reasons) and which version stayed a challenger; when promoted,
+    the champion, the one it replaced, and whether the alias moved in this run ("no": a retry after the move)."""
+
+    promoted: bool
+    reasons: list[str] = Field(default_factory=list)
+    version: str | None = None
+    champion: str | None = None
+    previous: str | None = None
+    changed: Literal["yes", "no"] | None = None
 
 
 def move_champion(config: PipelineConfig, version: str, expected_champion: str | None, reason: str,
@@ -64,16 +80,16 @@ def move_champion(config: PipelineConfig, version: str, expected_champion: str |
 def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, store: ArtifactStore,
         logical_date: str | None = None) -> Manifest:
     def body(context: StepContext) -> None:
-        registration = context.input("register").facts
-        gate = registration["gate"]
-        if not gate["passed"]:
-            context.facts.update({"promoted": False, "reasons": gate["reasons"], "version": registration["version"]})
+        registration = RegisterFacts.of(context.input("register"))
+        gate = registration.gate
+        if not gate.passed:
+            context.facts.update(PromoteFacts(promoted=False, reasons=gate.reasons, version=registration.version).dump())
             context.metrics["promoted"] = False
-            log.info("promote: version %s not promoted: %s", registration["version"], "; ".join(gate["reasons"]))
+            log.info("promote: version %s not promoted: %s", registration.version, "; ".join(gate.reasons))
             return
-        moved = move_champion(config, registration["version"], registration.get("compared_champion"),
+        moved = move_champion(config, registration.version, registration.compared_champion,
                               reason=f"passed the gate in run {run_id}")
-        context.facts.update({"promoted": True, **moved})
+        context.facts.update(PromoteFacts(promoted=True, **moved).dump())
         context.metrics["promoted"] = True
         context.metrics["champion_version"] = int(str(moved["champion"]))
         log.info("promote: %s@champion -> version %s (previous: %s)", config.mlflow.model_name, moved["champion"], moved["previous"])

@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from tasks import model_registry
+from tasks.compress import CompressFacts
 from tasks.config import PipelineConfig
 from tasks.contract import StepContext, cli, execute, step_fingerprint
-from tasks.manifest import ArtifactRef, Manifest, StepError, airflow_identity
+from tasks.gate_policy import GateFacts
+from tasks.manifest import ArtifactRef, Manifest, StepError, StepFacts, airflow_identity
 from tasks.models.serving_check import compare_serving
 from tasks.store import ArtifactStore
 
@@ -66,15 +68,27 @@ def serving_requirements() -> list[str]:
     return pins
 
 
+class RegisterFacts(StepFacts):
+    """The registered version, the gate verdict it was registered with, the champion that verdict compared it
+    with, and the fresh-process serving check."""
+
+    name: str
+    version: str
+    gate: GateFacts
+    compared_champion: str | None
+    serving_check: dict[str, Any]
+
+
 def evidence_tags(config: PipelineConfig, inputs: dict[str, Manifest], run_id: str, fingerprint: str) -> dict[str, str]:
-    gate = inputs["compress"].facts["gate"]
+    compressed = CompressFacts.of(inputs["compress"])
+    gate = compressed.gate
     tags = {
         "freshet.run_id": run_id,
         "freshet.fingerprint": fingerprint,
-        "freshet.gate": "passed" if gate["passed"] else "rejected",
-        "freshet.gate_reasons": "; ".join(gate["reasons"]) or "all checks passed",
-        "freshet.serving_variant": gate.get("serving_variant", "fp32"),
-        "freshet.compared_champion": str(inputs["compress"].facts.get("champion_version")),
+        "freshet.gate": "passed" if gate.passed else "rejected",
+        "freshet.gate_reasons": "; ".join(gate.reasons) or "all checks passed",
+        "freshet.serving_variant": gate.serving_variant or "fp32",
+        "freshet.compared_champion": str(compressed.champion_version),
         "freshet.config_hash": config.config_hash,
         "freshet.git_commit": git_commit(),
         "freshet.data.validated_digest": inputs["validate"].output("valid").digest,
@@ -203,8 +217,8 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         tags = evidence_tags(config, inputs, run_id, fingerprint)
         version = find_version(client, name, run_id, fingerprint)
         if version is None:
-            gate = inputs["compress"].facts["gate"]
-            variant = gate.get("serving_variant", "fp32")
+            gate = CompressFacts.of(inputs["compress"]).gate
+            variant = gate.serving_variant or "fp32"
             artifacts = served_artifacts(context, inputs)
             example = pd.DataFrame({"text": ["a sample text to classify", "another one"]})
             signature = infer_signature(example, pd.DataFrame({"label": [config.labels[0]] * 2,
@@ -223,7 +237,7 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
                     pip_requirements=serving_requirements(),
                 )
                 version = mlflow.register_model(info.model_uri, name, tags=tags)
-            verdict = "passed the gate" if gate["passed"] else "REJECTED by the gate: " + tags["freshet.gate_reasons"]
+            verdict = "passed the gate" if gate.passed else "REJECTED by the gate: " + tags["freshet.gate_reasons"]
             client.update_model_version(name, version.version, description=(
                 f"Candidate from freshet run {run_id} ({logical_date}); {verdict}. "
                 f"Serving variant: {tags['freshet.serving_variant']}. Evidence in the tags and in the run's MLflow artifacts."))
@@ -235,9 +249,9 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
                                                                        "tags": tags}, indent=2))
         context.add_output("registration", "registration.json", "report")
         context.metrics["version"] = int(version.version)
-        context.facts["serving_check"] = check
-        context.facts.update({"name": name, "version": str(version.version), "gate": inputs["compress"].facts["gate"],
-                              "compared_champion": inputs["compress"].facts.get("champion_version")})
+        compressed = CompressFacts.of(inputs["compress"])
+        context.facts.update(RegisterFacts(serving_check=check, name=name, version=str(version.version),
+                                           gate=compressed.gate, compared_champion=compressed.champion_version).dump())
 
     return execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
                    config_sections=SECTIONS)
@@ -246,12 +260,12 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
 def served_artifacts(context: StepContext, inputs: dict[str, Manifest]) -> dict[str, str]:
     """What the pyfunc serves: the Hugging Face directory, the ONNX file or distilled student the gate chose, and
     the lexical blend."""
-    compress_facts = inputs["compress"].facts
+    compressed = CompressFacts.of(inputs["compress"])
     artifacts = {model_registry.HF_ARTIFACT: str(context.input_path("train", "model"))}
-    if compress_facts.get("serving_artifact"):  # the ONNX file the chosen variant serves
-        artifacts["onnx_model"] = str(context.input_path("compress", compress_facts["serving_artifact"]))
-    if compress_facts.get("serving_model"):  # the distilled student's HF directory
-        artifacts["student_model"] = str(context.input_path("compress", compress_facts["serving_model"]))
+    if compressed.serving_artifact:  # the ONNX file the chosen variant serves
+        artifacts["onnx_model"] = str(context.input_path("compress", compressed.serving_artifact))
+    if compressed.serving_model:  # the distilled student's HF directory
+        artifacts["student_model"] = str(context.input_path("compress", compressed.serving_model))
     if "blend" in inputs["evaluate"].outputs:  # the lexical model served blended with the transformer
         artifacts[model_registry.BLEND_ARTIFACT] = str(context.input_path("evaluate", "blend"))
     return artifacts

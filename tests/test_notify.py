@@ -12,6 +12,7 @@ import yaml
 from freshet_airflow import control, schedule
 from freshet_airflow.notify import WebhookNotifier
 from tasks.checks import Check
+from tasks.compress import CompressFacts
 from tasks.config import GatePolicy
 from tasks.gate_policy import final_verdict, judge_candidate, judge_compressed
 from tests.airflow_support import WebhookReceiver, migrate_airflow_db
@@ -61,8 +62,10 @@ def _compress_manifest(frozen_macro_f1: float) -> dict:
     compressed = {"frozen": {"macro_f1": frozen_macro_f1 - 0.01, "rows": 200}}
     verdict = judge_candidate(policy, candidate, champion=None)
     regate = judge_compressed(policy, compressed, candidate, "int8")
-    gate = final_verdict(verdict.summary(), regate.checks, serving_variant="int8")
-    return {"step": "compress", "facts": {"gate": gate, "serving_variant": "int8"}}
+    gate = final_verdict(verdict.facts(), regate.checks, serving_variant="int8")
+    facts = CompressFacts(gate=gate, serving_variant="int8", serving_artifact=None, serving_model=None, variants={},
+                          champion_version=None)
+    return {"step": "compress", "facts": facts.dump()}
 
 
 def test_gate_rejection_notifies_its_failed_checks_and_still_short_circuits(tmp_path, receiver):

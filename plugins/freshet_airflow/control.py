@@ -27,7 +27,7 @@ from freshet_airflow.schedule import (
 )
 
 if TYPE_CHECKING:
-    from tasks.gate_policy import Verdict
+    from tasks.gate_policy import GateFacts, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -104,20 +104,25 @@ def should_train(config_path: str, **operator_kwargs: Any) -> BaseOperator:
 
 # -------------------------------------------------------------------------------------------- gate
 
-def gate_verdict(manifest: dict[str, Any] | str) -> Verdict:
+def gate_facts(manifest: dict[str, Any] | str) -> GateFacts:
     """The gate verdict in the compress manifest (gate_policy.final_verdict), read through the type that wrote
     it, so a check's verdict is one of that type's words, not a string this module guesses."""
-    from tasks.gate_policy import Verdict  # here, not at the top: it brings numpy (~0.1 s) into every DAG parse
+    # Here, not at the top: tasks.compress brings torch (seconds) into every DAG parse; this runs in the task.
+    from tasks.compress import CompressFacts
 
-    return Verdict.model_validate(xcom_manifest(manifest, "compress")["facts"]["gate"])
+    return CompressFacts.of(xcom_manifest(manifest, "compress")).gate
+
+
+def gate_verdict(manifest: dict[str, Any] | str) -> Verdict:
+    return gate_facts(manifest).verdict()
 
 
 def gate_passed(manifest: dict[str, Any] | str) -> bool:
     """ShortCircuit callable: True lets promotion run; False skips it and the log says why."""
-    verdict = gate_verdict(manifest)
+    facts = gate_facts(manifest)
+    verdict = facts.verdict()
     if verdict.passed:
-        serving_variant = xcom_manifest(manifest, "compress")["facts"].get("serving_variant")
-        log.info("gate PASSED (serving variant %s); promoting", serving_variant)
+        log.info("gate PASSED (serving variant %s); promoting", facts.serving_variant)
     else:
         log.warning("gate REJECTED the candidate; promotion skipped. Reasons: %s", "; ".join(verdict.reasons))
     for check in verdict.checks:
