@@ -29,7 +29,7 @@ from typing import Any
 
 from tasks.config import PipelineConfig
 from tasks.contract import StepContext, cli, execute, parse_bool
-from tasks.manifest import Manifest
+from tasks.manifest import Manifest, StepFacts
 from tasks.monitoring import breach as breaches
 from tasks.snapshots import last_training, untrained_snapshots
 from tasks.store import ArtifactStore
@@ -101,6 +101,20 @@ def decide(config: PipelineConfig, *, has_champion: bool, new_rows: int, drift: 
                    f" < schedule.retrain_on_psi={settings.retrain_on_psi})")
 
 
+class DecideFacts(StepFacts):
+    """Train or not and why; what the round covers (the snapshots since the last training) and the signals
+    weighed: the forced flag, the champion, the batch drift, the production-drift breaches pending and consumed."""
+
+    train: bool
+    reason: str
+    has_champion: bool
+    forced: bool
+    last_training: dict[str, str | None] | None
+    untrained_snapshots: list[dict[str, Any]]
+    drift: dict[str, float | None]
+    production_drift: dict[str, Any]
+
+
 def has_champion(config: PipelineConfig) -> bool:
     from tasks import model_registry
 
@@ -124,18 +138,18 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         new_rows = sum(int(entry.get("rows") or 0) for entry in snapshots)
         train, reason = decide(config, has_champion=champion, new_rows=new_rows, drift=drift, force=force,
                                production_drift=pending, train_rows=train_rows)
-        context.facts.update({
-            "train": train, "reason": reason, "has_champion": champion, "forced": force,
-            "last_training": {"run_id": previous.run_id, "logical_date": previous.logical_date} if previous else None,
+        context.facts.update(DecideFacts(
+            train=train, reason=reason, has_champion=champion, forced=force,
+            last_training={"run_id": previous.run_id, "logical_date": previous.logical_date} if previous else None,
             # What a training run should cover: every snapshot since the last one that trained.
-            "untrained_snapshots": [{key: entry.get(key) for key in ("run_id", "logical_date", "rows", "digest")}
-                                    for entry in snapshots],
-            "drift": drift,
+            untrained_snapshots=[{key: entry.get(key) for key in ("run_id", "logical_date", "rows", "digest")}
+                                 for entry in snapshots],
+            drift=drift,
             # A run that trains consumes every pending breach: the new model is the answer to them.
-            "production_drift": {"pending": [item["id"] for item in pending],
-                                 "consumed": [item["id"] for item in pending] if train else [],
-                                 "latest": pending[-1] if pending else None},
-        })
+            production_drift={"pending": [item["id"] for item in pending],
+                              "consumed": [item["id"] for item in pending] if train else [],
+                              "latest": pending[-1] if pending else None},
+        ).dump())
         context.metrics.update({"train": train, "rows_since_last_training": new_rows, "train_split_rows": train_rows,
                                 "snapshots_since_last_training": len(snapshots),
                                 "production_drift": bool(pending)})

