@@ -40,7 +40,7 @@ from tasks.checks import Check, Comparison, failed, skipped
 from tasks.checks import judge as judge_check  # `judge` here judges a version
 from tasks.config import PipelineConfig
 from tasks.contract import StepContext, cli, execute, logical_day, step_fingerprint
-from tasks.manifest import Manifest
+from tasks.manifest import Manifest, StepFacts
 from tasks.monitoring import breach as breaches
 from tasks.monitoring.feedback import feedback_runs, labelled_rows
 from tasks.monitoring.predictions import log_parts, read_parts, window, with_probabilities
@@ -250,6 +250,24 @@ def judge_versions(config: PipelineConfig, store: ArtifactStore, context: StepCo
     return results, pictures
 
 
+class MonitorFacts(StepFacts):
+    """The day's verdict and window; per served version its judgement (`versions`); the breach, if any, and
+    whether it was emitted (a breach within the cooldown of another is recorded, not emitted)."""
+
+    verdict: str
+    window: list[str]
+    parts: int
+    predictions: int
+    feedback_runs: list[str]
+    champion: str | None
+    primary_version: str | None
+    versions: dict[str, dict[str, Any]]
+    breach: dict[str, Any] | None
+    breach_emitted: bool
+    served_versions: dict[str, int]
+    endpoints: dict[str, int]
+
+
 def new_breach(run_id: str, day: dt.date, moment: dt.datetime, fingerprint: str, judged: Mapping[str, dict[str, Any]],
                failed: Sequence[str], champion_version: str | None, near: dict[str, Any] | None,
                cooldown_hours: float) -> dict[str, Any]:
@@ -316,13 +334,13 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         document = {"verdict": verdict, "window": [str(days[0]), str(days[-1])], "versions": results, "breach": breach}
         (context.out_dir / "monitor.json").write_text(json.dumps(document, indent=2, sort_keys=True, default=str))
         context.add_output("monitor", "monitor.json", "report")
-        context.facts.update({"verdict": verdict, "window": [str(days[0]), str(days[-1])], "parts": len(parts),
-                              "predictions": len(frame), "feedback_runs": [entry["run_id"] for entry in feedback],
-                              "champion": champion_version, "primary_version": primary, "versions": results,
-                              "breach": breach, "breach_emitted": emitted,
-                              "served_versions": {str(k): int(v) for k, v in frame["model_version"].value_counts().items()},
-                              "endpoints": {str(k): int(v) for k, v in frame["endpoint"].value_counts().items()}
-                              if len(frame) else {}})
+        context.facts.update(MonitorFacts(
+            verdict=verdict, window=[str(days[0]), str(days[-1])], parts=len(parts), predictions=len(frame),
+            feedback_runs=[entry["run_id"] for entry in feedback], champion=champion_version, primary_version=primary,
+            versions=results, breach=breach, breach_emitted=emitted,
+            served_versions={str(k): int(v) for k, v in frame["model_version"].value_counts().items()},
+            endpoints={str(k): int(v) for k, v in frame["endpoint"].value_counts().items()} if len(frame) else {},
+        ).dump())
         context.metrics.update({"predictions": len(frame), "versions_judged": len(judged), "breach": bool(failed),
                                 "breach_emitted": emitted})
         context.metrics.update(primary_metrics(judged, primary))

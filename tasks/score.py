@@ -31,12 +31,28 @@ from typing import Any
 from tasks import model_registry
 from tasks.config import PipelineConfig
 from tasks.contract import StepContext, cli, execute, logical_day
-from tasks.manifest import ArtifactRef, Manifest, StepError
+from tasks.manifest import ArtifactRef, Manifest, StepError, StepFacts
 from tasks.store import ArtifactStore
 
 STEP = "score"
 log = logging.getLogger("freshet.score")
 EXAMPLES = 5
+
+
+class ScoreFacts(StepFacts):
+    """Scored or not and why; the files, the versions (champion, shadow) and the served variant; the predicted
+    labels' counts; a few ids of rows without text."""
+
+    scored: bool
+    reason: str
+    input: str | None
+    files: list[dict[str, Any]]
+    model: str
+    model_version: str | None
+    variant: str | None
+    shadow_version: str | None
+    labels: dict[str, int]
+    invalid_rows: list[str]
 
 
 def input_pattern(config: PipelineConfig, logical_date: str | None) -> str | None:
@@ -137,23 +153,24 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
                                 "mean_confidence": float(frame["confidence"].mean()) if len(frame) else None})
         if shadow is not None and len(frame):
             context.metrics["shadow_agreement"] = float((frame["label"] == frame["shadow_label"]).mean())
-        context.facts.update({
-            "scored": reason is None, "reason": reason or f"{len(frame)} rows scored by version {champion}"
+        facts = ScoreFacts(
+            scored=reason is None, reason=reason or f"{len(frame)} rows scored by version {champion}"
             + (f", version {shadow} in shadow" if shadow else ""),
-            "input": pattern, "files": files, "model": config.mlflow.model_name, "model_version": champion,
-            "variant": variant, "shadow_version": shadow,
-            "labels": frame["label"].value_counts().sort_index().to_dict() if len(frame) else {},
-            "invalid_rows": [row["id"] for row in invalid[:EXAMPLES]],
-        })
-        log.info("score: %s", context.facts["reason"])
+            input=pattern, files=files, model=config.mlflow.model_name, model_version=champion,
+            variant=variant, shadow_version=shadow,
+            labels=frame["label"].value_counts().sort_index().to_dict() if len(frame) else {},
+            invalid_rows=[row["id"] for row in invalid[:EXAMPLES]],
+        )
+        context.facts.update(facts.dump())
+        log.info("score: %s", facts.reason)
 
     def track(manifest: Manifest) -> None:
         import mlflow
 
-        facts = manifest.facts
-        mlflow.set_tags({"freshet.model_version": str(facts["model_version"]),
-                         "freshet.shadow_version": str(facts["shadow_version"]),
-                         "freshet.score.input": str(facts["input"])})
+        facts = ScoreFacts.of(manifest)
+        mlflow.set_tags({"freshet.model_version": str(facts.model_version),
+                         "freshet.shadow_version": str(facts.shadow_version),
+                         "freshet.score.input": str(facts.input)})
         ref = manifest.output("predictions")
         if ref.rows:
             log_predictions(config, store, ref, facts)
@@ -233,7 +250,7 @@ def pa_table(frame: Any) -> Any:
     return pa.Table.from_pandas(frame, preserve_index=False)
 
 
-def log_predictions(config: PipelineConfig, store: ArtifactStore, ref: ArtifactRef, facts: Mapping[str, Any]) -> None:
+def log_predictions(config: PipelineConfig, store: ArtifactStore, ref: ArtifactRef, facts: ScoreFacts) -> None:
     """The predictions as an MLflow dataset (output), tagged with the version(s) that made them."""
     import warnings
 
@@ -246,9 +263,9 @@ def log_predictions(config: PipelineConfig, store: ArtifactStore, ref: ArtifactR
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
         dataset = mlflow.data.from_pandas(frame, source=ref.uri, name=f"{config.name}.predictions",  # type: ignore[attr-defined]
                                           digest=ref.digest.removeprefix("sha256:")[:36])
-    tags = {"freshet.digest": ref.digest, "freshet.model_version": str(facts["model_version"])}
-    if facts.get("shadow_version"):
-        tags["freshet.shadow_version"] = str(facts["shadow_version"])
+    tags = {"freshet.digest": ref.digest, "freshet.model_version": str(facts.model_version)}
+    if facts.shadow_version:
+        tags["freshet.shadow_version"] = str(facts.shadow_version)
     mlflow.log_input(dataset, context="predictions", tags=tags)
 
 

@@ -20,9 +20,11 @@ from freshet_airflow.dag_settings import pipeline_config, retry_policy
 from freshet_airflow.notify import failure_callbacks, webhook
 from freshet_airflow.operators import parse_manifest
 from tasks.decide import DecideFacts
+from tasks.score import ScoreFacts
 
 if TYPE_CHECKING:
     from tasks.gate_policy import GateFacts, Verdict
+    from tasks.monitor import MonitorFacts
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +215,7 @@ def watch(config_path: str, **operator_kwargs: Any) -> BaseOperator:
 def scored_rows(manifest: dict[str, Any] | str) -> tuple[int, str]:
     """(rows filed in the prediction log, why) from the score manifest."""
     manifest = xcom_manifest(manifest, "score")
-    facts = manifest["facts"]
-    return int(manifest["metrics"].get("rows") or 0), str(facts.get("reason"))
+    return int(manifest["metrics"].get("rows") or 0), ScoreFacts.of(manifest).reason
 
 
 def _predictions_scored(config_path: str, **context: Any) -> dict[str, Any]:
@@ -226,8 +227,9 @@ def _predictions_scored(config_path: str, **context: Any) -> dict[str, Any]:
     if not rows or not config.score.log_predictions:
         # Skipped, so no Asset event: the monitor keeps its daily slot.
         raise AirflowSkipException(f"nothing filed in the prediction log: {reason}")
-    extra = {"rows": rows, "run_id": manifest["run_id"], "model_version": manifest["facts"].get("model_version"),
-             "shadow_version": manifest["facts"].get("shadow_version"), "endpoint": "batch"}
+    facts = ScoreFacts.of(manifest)
+    extra = {"rows": rows, "run_id": manifest["run_id"], "model_version": facts.model_version,
+             "shadow_version": facts.shadow_version, "endpoint": "batch"}
     context["outlet_events"][prediction_log_asset(config)].extra = extra
     log.info("prediction log: %s", reason)
     return extra
@@ -243,10 +245,18 @@ def predictions_scored(config_path: str, **operator_kwargs: Any) -> BaseOperator
                           **operator_kwargs)
 
 
+def monitor_facts(manifest: dict[str, Any] | str) -> MonitorFacts:
+    # Here, not at the top: tasks.monitor brings the scorer (blend, scikit-learn, torch; 1.3-1.5 s measured) into
+    # every DAG parse; this runs in the task.
+    from tasks.monitor import MonitorFacts
+
+    return MonitorFacts.of(xcom_manifest(manifest, "monitor"))
+
+
 def breach_of(manifest: dict[str, Any] | str) -> dict[str, Any] | None:
     """The breach the monitor emitted (None: none, or one held back by the cooldown)."""
-    facts = xcom_manifest(manifest, "monitor")["facts"]
-    return facts["breach"] if facts.get("breach_emitted") else None
+    facts = monitor_facts(manifest)
+    return facts.breach if facts.breach_emitted else None
 
 
 def _production_drift(config_path: str, **context: Any) -> dict[str, Any]:
@@ -256,7 +266,7 @@ def _production_drift(config_path: str, **context: Any) -> dict[str, Any]:
     manifest = step_manifest(context, "monitor")
     breach = breach_of(manifest)
     if breach is None:
-        raise AirflowSkipException(f"no breach emitted: {manifest['facts'].get('verdict')}")
+        raise AirflowSkipException(f"no breach emitted: {monitor_facts(manifest).verdict}")
     extra = {key: breach.get(key) for key in ("id", "logical_date", "reasons", "versions", "champion")}
     context["outlet_events"][production_drift_asset(config)].extra = extra
     log.warning("production drift: breach %s: %s", breach["id"], "; ".join(breach["reasons"]))
