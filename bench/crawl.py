@@ -60,8 +60,11 @@ def crawl_site(site_url: str, args: argparse.Namespace, last_day: dt.date) -> No
     import httpx
 
     from tasks.config import CrawlConfig
-    from tasks.sources import crawl_source, fetch
+    from tasks.sources import SOURCE_KINDS, crawl_source
+    from tasks.sources.fetch import HostPacer, SourceFetcher
+    from tasks.sources.report import SourceReport
     from tasks.sources.session import source_location
+    from tasks.sources.transport import open_client
 
     common = {"allow_private_network": True}
     sources = {
@@ -84,12 +87,13 @@ def crawl_site(site_url: str, args: argparse.Namespace, last_day: dt.date) -> No
     for kind, source in sources.items():
         config = CrawlConfig.model_validate({"sources": [{**source, **common}], "min_interval_s": 0.0})
         settings = config.sources[0]
-        with fetch.open_client(config) as client, httpx.Client(trust_env=False, timeout=10) as bare:
+        with open_client(config) as client, httpx.Client(trust_env=False, timeout=10) as bare:
             state: dict = {"generation": 0, "pages": {}, "records": {}}
             timings = []
             for _ in range(2):
-                report = fetch.SourceReport(settings.name, source_location(settings))
-                fetcher = fetch.SourceFetcher(client, config, settings, report, fetch.HostPacer(0.0))
+                report = SourceReport(settings.name, source_location(settings))
+                fetcher = SourceFetcher(client, config, settings, report, HostPacer(0.0),
+                                        SOURCE_KINDS[settings.kind].accepts)
                 started = time.perf_counter()
                 result = crawl_source(fetcher, state, last_day, "bench", last_day.isoformat())
                 timings.append((time.perf_counter() - started, report, len(result.rows)))

@@ -112,6 +112,7 @@ def main() -> int:
     from tasks.records import RECORD_SCHEMA, read_rows, write_parquet
     from tasks.store import ArtifactStore
     from tasks.tracking import configure
+    from tasks.validation import expectations
 
     config = load_config(args.config)
     store = ArtifactStore(config.artifact_root)
@@ -127,10 +128,10 @@ def main() -> int:
     configure(config)  # creates the MLflow database once, outside the timings (a one-time ~5-10 s)
 
     frame = pd.DataFrame(batch)
-    frame[validate.ROW_NUMBER] = np.arange(len(frame))
-    frame[validate.PRINTABLE_RATIO] = [validate.printable_ratio(text) for text in frame["text"]]
-    validate.run_expectations(frame.head(100), config)  # warm-up: GX's import and first context cost seconds
-    timed("validate core (GX suite, 9 expectations)", len(batch), validate.run_expectations, frame, config)
+    frame[expectations.ROW_NUMBER] = np.arange(len(frame))
+    frame[expectations.PRINTABLE_RATIO] = [expectations.printable_ratio(text) for text in frame["text"]]
+    expectations.run_expectations(frame.head(100), config)  # warm-up: GX's import and first context cost seconds
+    timed("validate core (GX suite, 9 expectations)", len(batch), expectations.run_expectations, frame, config)
     manifest = timed("validate step (+ quarantine, I/O, MLflow)", len(batch), validate.run, config,
                      {"crawl": crawl}, run_id="bench", store=store)
     valid = read_rows(store.local_path(manifest.output("valid").uri))

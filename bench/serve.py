@@ -102,7 +102,7 @@ def model_alone_ms(config, version: str, texts: list[str]) -> float:
     import mlflow
 
     from tasks import model_registry
-    from tasks.serve.follower import Predictor
+    from tasks.serve.predictor import Predictor
 
     model_registry.client(config)
     predictor = Predictor(mlflow.pyfunc.load_model(f"models:/{config.mlflow.model_name}/{version}"))

@@ -1,7 +1,7 @@
-"""The continuous-learning pipeline: crawl → new_data → validate → clean → augment → decide → should_train
-→ train (DDP) → evaluate → compress → register → gate → [approve] → promote. Thin: every task is built
-the same way, by name (`freshet_airflow.task`); the config file (FRESHET_CONFIG) decides sources, model, schedule, gate policy, notifications,
-approval and where each step runs.
+"""The continuous-learning pipeline, crawl to promote: the steps of `tasks.pipeline` in its order, with the control
+tasks between them (`new_data`, `should_train`, `gate`, `approve`: `freshet_airflow.PIPELINE_TASKS`). Thin: every
+task is built the same way, by name (`freshet_airflow.task`); the config file (FRESHET_CONFIG) decides sources,
+model, schedule, gate policy, notifications, approval and where each step runs.
 
 Runs daily and, when the `freshet_watch` DAG sees new pages at a source, early (an Airflow Asset).
 Every run ingests what is new (`new_data` ends a run whose crawl found nothing, green, with the
@@ -15,13 +15,10 @@ import os
 
 from airflow.sdk import DAG, chain
 
-from freshet_airflow import config_path, pipeline_dag_settings, pipeline_schedule, tasks
+from freshet_airflow import PIPELINE_TASKS, config_path, pipeline_dag_settings, pipeline_schedule, tasks
 
 CONFIG = config_path()
 DAG_ID = os.environ.get("FRESHET_DAG_ID_OVERRIDE", "freshet")
-# Steps (tasks.pipeline) and the control tasks between them; `approve` only when approval.required.
-PIPELINE = ("crawl", "new_data", "validate", "clean", "augment", "decide", "should_train", "train", "evaluate",
-            "compress", "register", "gate", "approve", "promote")
 
 with DAG(
     dag_id=DAG_ID,
@@ -31,4 +28,4 @@ with DAG(
     schedule=pipeline_schedule(CONFIG),
     **pipeline_dag_settings(CONFIG),
 ) as dag:
-    chain(*tasks(CONFIG, PIPELINE))
+    chain(*tasks(CONFIG, PIPELINE_TASKS))  # `approve` only when approval.required

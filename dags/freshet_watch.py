@@ -8,7 +8,7 @@ import pendulum
 from airflow.sdk import DAG
 
 from freshet_airflow import config_path, task
-from freshet_airflow.schedule import pipeline_config
+from freshet_airflow.dag_settings import pipeline_config
 
 CONFIG = config_path()
 SETTINGS = pipeline_config(CONFIG).schedule

@@ -309,7 +309,7 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         sample = [row["text"] for row in (slices.get("fresh") or slices.get("frozen") or [])[
             : config.compress.latency_sample_rows]]
         fp32_size = sum(path.stat().st_size for path in Path(model_dir).glob("*.safetensors")) or _saved_size(fp32_model)
-        enabled = config.compress.enabled_variants
+        enabled = config.compress.variants
 
         build = VariantBuild(config, context, store, model_dir, fp32_model, tokenizer, labels)
         models, sizes, extra, unavailable = build_variants(build, enabled)

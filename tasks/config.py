@@ -335,7 +335,6 @@ SourceConfig = Annotated[
     | Annotated[LabelStudioSource, Tag("label_studio")],
     Discriminator(_source_kind),
 ]
-SOURCE_KINDS = ("jsonl_feed", "html_site", "feed", "json_api", "local", "debian_index", "label_studio")
 
 
 class CrawlConfig(_Section):
@@ -669,10 +668,6 @@ class CompressConfig(_Section):
     # compress step's predictions of the serving variant on this many fixed test rows.
     serving_check_rows: int = Field(32, ge=0, description="0 turns the check off")
     serving_check_tolerance: float = Field(1e-3, gt=0, description="max absolute probability difference")
-
-    @property
-    def enabled_variants(self) -> list[str]:
-        return list(self.variants)
 
 
 class MlflowConfig(_Section):

@@ -50,9 +50,11 @@ from tasks.contract import StepContext, cli, execute, logical_day, step_fingerpr
 from tasks.inbox import post_batch
 from tasks.manifest import Manifest
 from tasks.records import QUARANTINE_SCHEMA, RECORD_SCHEMA, write_parquet
-from tasks.sources import crawl_source
-from tasks.sources.fetch import HostPacer, SourceFetcher, SourceReport, open_client
+from tasks.sources import SOURCE_KINDS, crawl_source
+from tasks.sources.fetch import HostPacer, SourceFetcher
+from tasks.sources.report import SourceReport
 from tasks.sources.session import STATE_PREFIX, CrawlCheckpoint, SourceCrawl, read_crawl_state, source_location
+from tasks.sources.transport import open_client
 from tasks.store import ArtifactStore
 from tasks.tracking import log_dataset
 
@@ -117,7 +119,7 @@ def crawl_sources(config: PipelineConfig, store: ArtifactStore, client: httpx.Cl
     try:
         for source in config.crawl.sources:
             fetcher = SourceFetcher(http, config.crawl, source, SourceReport(source.name, source_location(source)),
-                                    pacer)
+                                    pacer, SOURCE_KINDS[source.kind].accepts)
             checkpoint = CrawlCheckpoint(work_dir / f"{source.name}.checkpoint.json", fingerprint,
                                          config.crawl.checkpoint_every_pages, config.crawl.checkpoint_every_s)
             crawls.append(crawl_source(fetcher, read_crawl_state(store, source.name), until, run_id, logical_date,

@@ -25,7 +25,7 @@ from tasks.contract import read_manifest
 from tasks.demo.site import PRIVATE_PATH, DemoSite
 from tasks.manifest import Manifest, StepError
 from tasks.records import read_rows
-from tasks.sources.fetch import address_refusal
+from tasks.sources.guard import address_refusal
 from tasks.store import ArtifactStore
 from tests.corpus_support import SITE_DAYS, SITE_START
 

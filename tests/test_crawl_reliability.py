@@ -33,7 +33,7 @@ from tasks.config import PipelineConfig
 from tasks.contract import FAULT_DRILL, read_manifest
 from tasks.manifest import Manifest, StepError
 from tasks.records import read_rows
-from tasks.sources import fetch
+from tasks.sources import guard
 from tasks.sources.session import SourceSession
 from tasks.store import ArtifactStore
 from tasks.tracking import TRACKED_TAG
@@ -380,7 +380,7 @@ def test_the_guard_rechecks_the_connected_address_through_the_deadline_transport
         tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A name that resolved to a public address but connects to loopback (DNS rebinding) is refused."""
     site = BadPagesSite({"/good.html": Page(article("fine"))})
-    monkeypatch.setattr(fetch, "resolve_addresses", lambda host, port: [ipaddress.ip_address("93.184.215.14")])
+    monkeypatch.setattr(guard, "resolve_addresses", lambda host, port: [ipaddress.ip_address("93.184.215.14")])
     try:
         config = make_config(tmp_path, mlflow_uri, site.url.replace("127.0.0.1", "localhost"),
                              {"allow_private_network": False})

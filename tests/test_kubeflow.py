@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
-from freshet_airflow import schedule
+from freshet_airflow import dag_settings
 from freshet_airflow.kubeflow import PyTorchJobOperator, job_state, render_pytorchjob
 from tasks.config import PipelineConfig
 from tests.conftest import REPO
@@ -168,7 +168,7 @@ def test_dag_parses_with_a_pytorchjob_train_task_on_kubernetes(tmp_path, monkeyp
     config_path = tmp_path / "k8s.yaml"
     config_path.write_text(yaml.safe_dump(data))
     monkeypatch.setenv("FRESHET_CONFIG", str(config_path))
-    schedule.pipeline_config.cache_clear()
+    dag_settings.pipeline_config.cache_clear()
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.import_errors == {}

@@ -234,7 +234,7 @@ def test_the_score_and_monitor_dags_update_their_assets_only_when_there_is_news(
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    from freshet_airflow import schedule
+    from freshet_airflow import assets, dag_settings
     from freshet_airflow.control import breach_of
     from tests.airflow_support import migrate_airflow_db
     from tests.conftest import REPO
@@ -243,7 +243,7 @@ def test_the_score_and_monitor_dags_update_their_assets_only_when_there_is_news(
     migrate_airflow_db()
     config_path = root / "pipeline.yaml"
     config_path.write_text(yaml.safe_dump(config.to_dict()))
-    schedule.pipeline_config.cache_clear()
+    dag_settings.pipeline_config.cache_clear()
     monkeypatch.setenv("FRESHET_CONFIG", str(config_path))
     monkeypatch.setenv("FRESHET_LOG_LEVEL", "WARNING")
 
@@ -255,7 +255,7 @@ def test_the_score_and_monitor_dags_update_their_assets_only_when_there_is_news(
 
     score_dag = DagBag(dag_folder=str(REPO / "dags" / "freshet_score.py")).dags["freshet_score"]
     monitor_dag = DagBag(dag_folder=str(REPO / "dags" / "freshet_monitor.py")).dags["freshet_monitor"]
-    logged, drifted = schedule.prediction_log_asset(config), schedule.production_drift_asset(config)
+    logged, drifted = assets.prediction_log_asset(config), assets.production_drift_asset(config)
     before = len(events(drifted))
 
     quiet, shifted = "2026-11-12", "2026-11-13"

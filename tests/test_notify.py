@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from freshet_airflow import control, schedule
+from freshet_airflow import control, dag_settings
 from freshet_airflow.notify import WebhookNotifier
 from tasks.checks import Check
 from tasks.compress import CompressFacts
@@ -32,7 +32,7 @@ def write_config(tmp_path, webhook_url: str | None) -> str:
         "crawl": {"sources": [{"name": "s", "url": "https://example.org/feed/"}]},
         "notify": {"webhook_url": webhook_url, "headers": {"X-Token": "t0k"}},
     }))
-    schedule.pipeline_config.cache_clear()
+    dag_settings.pipeline_config.cache_clear()
     return str(path)
 
 
@@ -111,5 +111,5 @@ def test_failed_task_notifies_from_a_real_dag_run(tmp_path, receiver, monkeypatc
 
 
 def test_no_webhook_configured_means_no_callbacks(tmp_path):
-    settings = schedule.pipeline_dag_settings(write_config(tmp_path, None))
+    settings = dag_settings.pipeline_dag_settings(write_config(tmp_path, None))
     assert settings["default_args"]["on_failure_callback"] == []

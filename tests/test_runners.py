@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from freshet_airflow import control, runners, schedule
+from freshet_airflow import control, dag_settings, runners
 from freshet_airflow.operators import DDPTrainOperator, FreshetStepOperator, parse_manifest, resolve_nproc
 
 
@@ -24,7 +24,7 @@ def write_config(tmp_path, mode: str, gpus: int = 0) -> str:
                    "container_config_path": "/opt/freshet/configs/pipeline.yaml"},
         "train": {"nproc_per_node": "auto", "cpu_processes": 2},
     }))
-    schedule.pipeline_config.cache_clear()
+    dag_settings.pipeline_config.cache_clear()
     return str(path)
 
 
@@ -84,10 +84,25 @@ def test_manifest_is_the_last_manifest_line_of_the_output():
         parse_manifest("only logs\n", "clean")
 
 
+def compress_manifest(verdict) -> dict:
+    """A compress manifest's JSON with the gate verdict `verdict` (built by the gate policy), as compress writes it."""
+    from tasks.compress import CompressFacts
+    from tasks.gate_policy import final_verdict
+
+    facts = CompressFacts(gate=final_verdict(verdict.facts(), [], "fp32"), serving_variant="fp32",
+                          serving_artifact=None, serving_model=None, variants={}, champion_version=None)
+    return {"step": "compress", "facts": facts.dump()}
+
+
 def test_gate_callable_short_circuits_on_rejection():
-    rejected = {"facts": {"gate": {"passed": False, "reasons": ["floor"], "checks": []}}}
-    assert control.gate_passed(rejected) is False
-    assert control.gate_passed({"facts": {"gate": {"passed": True, "reasons": [], "checks": []}}}) is True
+    from tasks.config import GatePolicy
+    from tasks.gate_policy import judge_candidate
+
+    policy = GatePolicy(floors={"frozen.macro_f1": 0.5})
+    rejected = judge_candidate(policy, {"frozen": {"macro_f1": 0.3, "rows": 50}}, None)
+    passed = judge_candidate(policy, {"frozen": {"macro_f1": 0.8, "rows": 50}}, None)
+    assert control.gate_passed(compress_manifest(rejected)) is False
+    assert control.gate_passed(compress_manifest(passed)) is True
 
 
 def test_on_kill_ends_the_whole_process_group(tmp_path):
@@ -130,14 +145,14 @@ def test_only_network_steps_retry_with_backoff_whatever_the_runner(tmp_path):
 
 def test_training_runs_in_the_configured_pool(tmp_path):
     config_path = write_config(tmp_path, "local")
-    assert "pool" not in schedule.training_settings(config_path)  # no pool unless one is configured (it must exist)
+    assert "pool" not in dag_settings.training_settings(config_path)  # no pool unless one is configured (it must exist)
     with open(config_path) as handle:
         data = yaml.safe_load(handle)
     data["schedule"] = {"training_pool": "freshet_training"}
     with open(config_path, "w") as handle:
         yaml.safe_dump(data, handle)
-    schedule.pipeline_config.cache_clear()
-    operator = runners.train_step(config_path, **schedule.training_settings(config_path))
+    dag_settings.pipeline_config.cache_clear()
+    operator = runners.train_step(config_path, **dag_settings.training_settings(config_path))
     assert operator.pool == "freshet_training" and operator.pool_slots == 1 and operator.retries == 1
 
 
@@ -150,8 +165,15 @@ def test_decide_is_a_step_like_the_others_and_its_verdict_drives_a_short_circuit
     assert "--force-training={{ params.force_training }}" in decide.command
     should_train = task("should_train", config_path)
     assert type(should_train).__name__ == "ShortCircuitOperator" and should_train.retries == 0
-    assert control.training_decided({"facts": {"train": False, "reason": "only 3 new rows"}}) == (False,
-                                                                                                 "only 3 new rows")
+    from tasks.config import load_config
+    from tasks.decide import DecideFacts
+    from tasks.decide import decide as decide_policy
+
+    train, reason = decide_policy(load_config(config_path), has_champion=True, new_rows=3, drift={})
+    facts = DecideFacts(train=train, reason=reason, has_champion=True, forced=False, last_training=None,
+                        untrained_snapshots=[], drift={}, production_drift={"pending": [], "consumed": []})
+    assert control.training_decided({"step": "decide", "facts": facts.dump()}) == (False, reason)
+    assert reason.startswith("only 3 new rows")
 
 
 def test_the_cli_runs_every_registered_step_decide_included(capsys):

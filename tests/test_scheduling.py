@@ -54,7 +54,7 @@ def test_rollback_dag_moves_champion_back_with_who_and_why(tmp_path, monkeypatch
     import yaml
     from airflow.dag_processing.dagbag import DagBag
 
-    from freshet_airflow import schedule
+    from freshet_airflow import dag_settings
     from tasks import model_registry
     from tests.airflow_support import migrate_airflow_db
     from tests.conftest import REPO
@@ -63,7 +63,7 @@ def test_rollback_dag_moves_champion_back_with_who_and_why(tmp_path, monkeypatch
     config = tiny_config(tmp_path)
     config_path = tmp_path / "pipeline.yaml"
     config_path.write_text(yaml.safe_dump(config.to_dict()))
-    schedule.pipeline_config.cache_clear()
+    dag_settings.pipeline_config.cache_clear()
     client = model_registry.client(config)
     name = config.mlflow.model_name
     client.create_registered_model(name)
@@ -100,7 +100,7 @@ def test_watch_dag_records_an_asset_event_only_when_a_page_is_new(tmp_path, monk
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    from freshet_airflow import schedule
+    from freshet_airflow import assets, dag_settings
     from tasks import crawl
     from tasks.config import PipelineConfig
     from tasks.demo.site import serve
@@ -118,10 +118,10 @@ def test_watch_dag_records_an_asset_event_only_when_a_page_is_new(tmp_path, monk
         config = PipelineConfig.model_validate(data)
         config_path = tmp_path / "pipeline.yaml"
         config_path.write_text(yaml.safe_dump(config.to_dict()))
-        schedule.pipeline_config.cache_clear()
+        dag_settings.pipeline_config.cache_clear()
         monkeypatch.setenv("FRESHET_CONFIG", str(config_path))
         dag = DagBag(dag_folder=str(REPO / "dags" / "freshet_watch.py")).dags["freshet_watch"]
-        asset_name = schedule.source_asset(config).name
+        asset_name = assets.source_asset(config).name
 
         def events() -> list[dict]:
             with create_session() as session:

@@ -186,7 +186,7 @@ def test_prediction_log_writes_day_partitioned_parquet_with_hash_or_scrubbed_tex
 
 
 def test_the_prediction_log_is_an_airflow_asset(tmp_path):
-    from freshet_airflow.schedule import prediction_log_asset
+    from freshet_airflow.assets import prediction_log_asset
 
     config = tiny_config(tmp_path)
     asset = prediction_log_asset(config)

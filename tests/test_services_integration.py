@@ -111,18 +111,18 @@ def _airflow_env(home, names, ports: dict[str, int], mlflow_uri: str, mlflow_aut
 
 def test_integration_config_routes_only_training_to_celery(monkeypatch, tmp_path):
     """Fast, no services: configs/integration.yaml puts train (only) on the CeleryExecutor and its queue."""
-    from freshet_airflow import runners, schedule
+    from freshet_airflow import dag_settings, runners
 
     for name, value in {"FRESHET_ARTIFACT_ROOT": str(tmp_path), "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
                         "FRESHET_SITE_URL": "http://127.0.0.1:8765/", "FRESHET_TRAIN_QUEUE": "it-queue"}.items():
         monkeypatch.setenv(name, value)
-    schedule.pipeline_config.cache_clear()
+    dag_settings.pipeline_config.cache_clear()
     config_path = str(REPO / "configs" / "integration.yaml")
     try:
         train = runners.train_step(config_path)
         crawl = runners.step("crawl", config_path)
     finally:
-        schedule.pipeline_config.cache_clear()
+        dag_settings.pipeline_config.cache_clear()
     assert (train.executor, train.queue) == ("CeleryExecutor", "it-queue")
     assert crawl.executor is None and crawl.queue != "it-queue"
 

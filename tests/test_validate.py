@@ -22,6 +22,7 @@ from tasks.monitoring import drift
 from tasks.records import QUARANTINE_SCHEMA, RECORD_SCHEMA, read_rows, write_parquet
 from tasks.snapshots import record_snapshot
 from tasks.store import ArtifactStore
+from tasks.validation.expectations import printable_ratio
 from tests.pipeline_support import dataset_inputs
 
 LABELS = ["libs", "utils", "net"]
@@ -231,7 +232,7 @@ def test_too_many_quarantined_rows_reject_the_batch_and_keep_the_evidence(tmp_pa
 def test_printable_ratio_failure_names_the_ratio(validated: dict[str, Any]) -> None:
     [binary] = [row for row in validated["quarantine"] if row["id"] == "binary"]
     assert binary["value"] == "0.333" and "below validate.min_printable_ratio=0.9" in binary["reason"]
-    assert validate.printable_ratio("plain text, ünïcödé — fine\t") == 1.0
+    assert printable_ratio("plain text, ünïcödé — fine\t") == 1.0
 
 
 def test_first_run_reports_drift_skipped_not_passed(validated: dict[str, Any]) -> None:

@@ -3,8 +3,10 @@
 - `runners`: one task per step (`tasks.pipeline`), run locally, in our image or in a pod; training under torchrun.
 - `control`: ShortCircuits over a step's manifest (new_data, should_train, gate), approval, watch, rollback, and
   the Asset updates after batch scoring (predictions_scored) and the monitor (production_drift).
-- `schedule`: the config path, the DAG's schedule and run settings, retries, the training pool, notifications.
-- `operators`, `kubeflow`, `notify`: the operators and the notifier those use.
+- `dag_settings`: the config path, each DAG's schedule and run settings, retries, the training pool.
+- `assets`: the Assets the DAGs update and are scheduled on (source pages, prediction log, production drift).
+- `notify`: the webhook notifier, for failures and gate rejections.
+- `operators`, `kubeflow`: the operators the runners use.
 
 Airflow adds `plugins/` to `sys.path`, so DAG files import `freshet_airflow` directly; the package
 is also installed with the project (pyproject) for tests and containers.
@@ -18,15 +20,15 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from freshet_airflow import control
-from freshet_airflow.runners import step
-from freshet_airflow.schedule import (
+from freshet_airflow.dag_settings import (
     config_path,
     pipeline_dag_settings,
     pipeline_schedule,
     production_dag_settings,
     production_schedules,
 )
-from tasks.pipeline import STEP_NAMES
+from freshet_airflow.runners import step
+from tasks.pipeline import PIPELINE_STEP_NAMES, STEP_NAMES
 
 CONTROL_TASKS: dict[str, Callable[..., BaseOperator | None]] = {
     "new_data": control.new_data,
@@ -38,6 +40,13 @@ CONTROL_TASKS: dict[str, Callable[..., BaseOperator | None]] = {
     "predictions_scored": control.predictions_scored,
     "production_drift": control.production_drift,
 }
+# The `freshet` DAG's control tasks, by the step they follow: `new_data` ends a run whose crawl found nothing,
+# `should_train` one that decide does not train, `gate` (and `approve`, when required) guards promote.
+CONTROL_AFTER: dict[str, tuple[str, ...]] = {"crawl": ("new_data",), "decide": ("should_train",),
+                                             "register": ("gate", "approve")}
+# The `freshet` DAG's tasks in order: the steps in tasks.pipeline's order, each followed by its control tasks.
+PIPELINE_TASKS: tuple[str, ...] = tuple(name for step_name in PIPELINE_STEP_NAMES
+                                        for name in (step_name, *CONTROL_AFTER.get(step_name, ())))
 
 
 def task(name: str, config_path: str, **operator_kwargs: Any) -> BaseOperator | None:
@@ -54,5 +63,5 @@ def tasks(config_path: str, names: Iterable[str]) -> list[BaseOperator]:
     return [built for name in names if (built := task(name, config_path)) is not None]
 
 
-__all__ = ["CONTROL_TASKS", "config_path", "pipeline_dag_settings", "pipeline_schedule", "production_dag_settings",
-           "production_schedules", "task", "tasks"]
+__all__ = ["CONTROL_TASKS", "PIPELINE_TASKS", "config_path", "pipeline_dag_settings", "pipeline_schedule",
+           "production_dag_settings", "production_schedules", "task", "tasks"]

@@ -1,6 +1,7 @@
 """Webhook notifications: a small Airflow notifier that POSTs JSON about a run to a configured URL.
 
-Used as the tasks' `on_failure_callback` and by the gate when it rejects a candidate. The payload
+Used as the tasks' `on_failure_callback` (`failure_callbacks`, when `notify.on_failure`) and by the gate when it
+rejects a candidate (`webhook`, when `notify.on_gate_reject`). The payload
 names the DAG, run, task, try and reason, so the receiving end (chat, pager, ticket) needs no
 access to Airflow to say what happened.
 """
@@ -72,3 +73,14 @@ class WebhookNotifier(BaseNotifier):
                                f"for {payload['dag_id']}/{payload['run_id']}/{payload['task_id']}")
         log.info("notified %s: %s %s/%s/%s", self.url, payload["event"], payload["dag_id"], payload["run_id"],
                  payload["task_id"])
+
+
+def webhook(config, *, event: str = "task_failed", reason: str | None = None, details: dict | None = None):
+    """The notifier of `config.notify`'s webhook for `event`."""
+    return WebhookNotifier(config.notify.webhook_url, event=event, pipeline=config.name, reason=reason,
+                           headers=config.notify.headers, timeout_s=config.notify.timeout_s, details=details)
+
+
+def failure_callbacks(config) -> list:
+    """A task's `on_failure_callback`: the webhook when the config asks to be told of failures, else none."""
+    return [webhook(config)] if config.notify.webhook_url and config.notify.on_failure else []

@@ -14,6 +14,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from freshet_airflow.dag_settings import pipeline_config, retry_policy, training_settings
 from freshet_airflow.operators import (
     AIRFLOW_IDENTITY_ENV,
     DDPTrainOperator,
@@ -21,7 +22,6 @@ from freshet_airflow.operators import (
     step_arguments,
     torchrun_arguments,
 )
-from freshet_airflow.schedule import pipeline_config, retry_policy, training_settings
 from tasks.config import PipelineConfig
 from tasks.pipeline import step as pipeline_step
 

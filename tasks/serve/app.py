@@ -44,10 +44,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tasks.config import ConfigError, PipelineConfig, load_config
 from tasks.serve.batching import DynamicBatcher
-from tasks.serve.follower import ChampionFollower, Predictions, ServedModel
+from tasks.serve.follower import ChampionFollower, ServedModel
 from tasks.serve.metrics import ServeMetrics
 from tasks.serve.payloads import BadRequest, decode_json, predictions_records, texts_from_invocation, texts_from_predict
 from tasks.serve.prediction_log import PredictionLog
+from tasks.serve.predictor import Predictions
 
 log = logging.getLogger("freshet.serve")
 VERSION_HEADER = "X-Freshet-Model-Version"

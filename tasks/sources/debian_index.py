@@ -13,8 +13,9 @@ from typing import Literal
 from tasks.config import (
     DebianIndexSource,
 )
-from tasks.sources.fetch import CrawlError
-from tasks.sources.formats import decode_text, decompress_capped, with_logical_date
+from tasks.sources.charsets import decode_text
+from tasks.sources.errors import CrawlError
+from tasks.sources.formats import decompress_capped, with_logical_date
 from tasks.sources.session import SourceSession
 
 log = logging.getLogger("freshet.crawl")

@@ -12,7 +12,7 @@ import re
 from tasks.config import (
     FeedSource,
 )
-from tasks.sources.fetch import FeedFormatError
+from tasks.sources.errors import FeedFormatError
 from tasks.sources.formats import normalise_text, with_logical_date
 from tasks.sources.session import SourceSession
 

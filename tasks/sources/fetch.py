@@ -1,6 +1,7 @@
-"""The fetch engine every source kind shares: errors, the SSRF guard, per-host pacing, retries with
-backoff and Retry-After, a deadline and a minimum transfer rate for every response, byte caps while
-streaming and decompressing, redirects re-checked hop by hop.
+"""The fetcher every source kind shares (`SourceFetcher`): per-host pacing, robots.txt, retries with backoff
+and Retry-After, redirects re-checked hop by hop, content-type and byte caps while streaming and decompressing.
+It fetches through the address guard (`guard.py`) and the deadline transport (`transport.py`), raises the
+crawl's errors (`errors.py`) and counts into the source's report (`report.py`).
 """
 
 from __future__ import annotations
@@ -11,15 +12,11 @@ import ipaddress
 import logging
 import random
 import socket
-import ssl
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping
-from contextvars import ContextVar
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
-import httpcore
 import httpx
 from protego import Protego
 
@@ -27,290 +24,39 @@ from tasks.config import (
     CrawlConfig,
     SourceConfig,
 )
-from tasks.manifest import StepError
+from tasks.sources.errors import (
+    ContentTypeRefusedError,
+    CrawlError,
+    FeedFormatError,
+    GuardRefusedError,
+    HttpStatusError,
+    RedirectError,
+    ResponseDeadlineError,
+    ResponseTooLargeError,
+    RobotsDisallowedError,
+    RobotsUnavailableError,
+    ServerError,
+    SourceUnreachableError,
+    TooSlowError,
+)
+from tasks.sources.guard import check_address, check_url
+from tasks.sources.report import SourceReport
+from tasks.sources.transport import ResponseClock, bounded_by
 
 log = logging.getLogger("freshet.crawl")
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-ALLOWED_MEDIA_TYPES = frozenset({
-    "application/json", "application/x-ndjson", "application/ndjson", "application/jsonl",
-    "application/x-jsonlines", "text/plain",
-})
-ACCEPT_HEADER = "application/x-ndjson, application/json;q=0.9, text/plain;q=0.5"
-XML_MEDIA_TYPES = frozenset({"application/xml", "text/xml"})
-HTML_MEDIA_TYPES = frozenset({"text/html", "application/xhtml+xml"})
-FEED_MEDIA_TYPES = frozenset({"application/rss+xml", "application/atom+xml", "application/rdf+xml"})
-COMPRESSED_MEDIA_TYPES = frozenset({"application/gzip", "application/x-gzip", "application/x-xz",
-                                    "application/octet-stream"})
-# Per source kind: (media types its documents may have, Accept header). robots.txt is text/plain.
-MEDIA_BY_KIND: dict[str, tuple[frozenset[str], str]] = {
-    "jsonl_feed": (ALLOWED_MEDIA_TYPES, ACCEPT_HEADER),
-    "json_api": (ALLOWED_MEDIA_TYPES, "application/json, application/x-ndjson;q=0.9, text/plain;q=0.5"),
-    "html_site": (HTML_MEDIA_TYPES | XML_MEDIA_TYPES | {"text/plain", "application/gzip", "application/x-gzip"},
-                  "text/html, application/xhtml+xml;q=0.9, application/xml;q=0.8, text/plain;q=0.5"),
-    "feed": (FEED_MEDIA_TYPES | XML_MEDIA_TYPES | {"text/plain"},
-             "application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.8"),
-    "debian_index": (COMPRESSED_MEDIA_TYPES | {"text/plain"},
-                     "application/gzip, application/x-xz, text/plain;q=0.5, application/octet-stream;q=0.3"),
-    "local": (frozenset(), ""),
-    "label_studio": (frozenset(), ""),  # its REST API goes through tasks/labelling/label_studio.py
-}
 # A server may ask for a long pause; past this the crawl is better off failing and being retried.
 MAX_RETRY_AFTER_S = 300.0
-MAX_INCIDENTS_PER_SOURCE = 100  # keeps the report small when a source misbehaves wholesale
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-# Instance-metadata endpoints hand out cloud credentials; no source needs them, so they are refused
-# even for sources that allow private networks.
-METADATA_ADDRESSES = frozenset(ipaddress.ip_address(address) for address in (
-    "169.254.169.254", "169.254.170.2", "100.100.100.200", "fd00:ec2::254",
-))
-METADATA_HOSTNAMES = frozenset({"metadata", "metadata.google.internal", "metadata.goog", "instance-data"})
-METADATA_REFUSAL = "a cloud metadata address"
-NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
 
+@dataclass(frozen=True)
+class Accepts:
+    """What a source kind reads: the media types its documents may have (robots.txt is text/plain), and the
+    Accept header that asks for them."""
 
-# ------------------------------------------------------------------------------------------- errors
-
-
-class CrawlError(StepError):
-    """A crawl failure naming its source and URL; `kind` keys the report's error counts."""
-
-    kind = "error"
-
-    def __init__(self, source: str, url: str, detail: str, attempts: int = 1) -> None:
-        self.source = source
-        self.url = url
-        self.detail = detail
-        self.attempts = attempts
-        super().__init__(f"crawl source {source!r}: {url}: {detail}")
-
-
-class GuardRefusedError(CrawlError):
-    kind = "refused_by_guard"
-
-
-class RobotsDisallowedError(CrawlError):
-    kind = "skipped_robots"
-
-
-class ContentTypeRefusedError(CrawlError):
-    kind = "content_type"
-
-
-class ResponseTooLargeError(CrawlError):
-    kind = "too_large"
-
-
-class RedirectError(CrawlError):
-    kind = "redirect"
-
-
-class HttpStatusError(CrawlError):
-    kind = "http_status"
-
-
-class FeedFormatError(CrawlError):
-    kind = "feed_format"
-
-
-class SourceUnreachableError(CrawlError):
-    """Still failing after every retry: no connection, a timeout, or one of the subclasses below."""
-
-    kind = "unreachable"
-
-
-class ServerError(SourceUnreachableError):
-    """429 or 5xx on every attempt."""
-
-    kind = "server_error"
-
-
-class ResponseDeadlineError(SourceUnreachableError):
-    """The response (connect, headers, body) did not complete within `response_deadline_s`."""
-
-    kind = "deadline"
-
-
-class TooSlowError(SourceUnreachableError):
-    """The body's average rate fell below `min_bytes_per_s` after the grace period."""
-
-    kind = "too_slow"
-
-
-class RobotsUnavailableError(SourceUnreachableError):
-    """robots.txt could not be read: nothing on that origin may be fetched, so the source fails."""
-
-    kind = "robots_unavailable"
-
-
-# -------------------------------------------------------------------------------------- SSRF guard
-
-
-def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 host an IPv6 address really reaches (IPv4-mapped, 6to4, NAT64), if any."""
-    if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    if address.sixtofour is not None:
-        return address.sixtofour
-    if address in NAT64_PREFIX:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return None
-
-
-def address_refusal(address: IPAddress, allow_private_network: bool) -> str | None:
-    """Why the crawler must not connect to `address`, or None when it may."""
-    if isinstance(address, ipaddress.IPv6Address):
-        address = _embedded_ipv4(address) or address
-    if address in METADATA_ADDRESSES:
-        return METADATA_REFUSAL
-    if allow_private_network:
-        return None
-    for reason, matches in (
-        ("an unspecified address", address.is_unspecified),
-        ("a loopback address", address.is_loopback),
-        ("a link-local address", address.is_link_local),
-        ("a private address", address.is_private),
-        ("a multicast address", address.is_multicast),
-        ("a reserved address", address.is_reserved),
-    ):
-        if matches:
-            return reason
-    return None if address.is_global else "not a public address"
-
-
-def resolve_addresses(host: str, port: int) -> list[IPAddress]:
-    """Every address `host` resolves to (a literal resolves to itself without DNS)."""
-    try:
-        return [ipaddress.ip_address(host)]
-    except ValueError:
-        pass
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
-
-
-# ------------------------------------------------------------------------------- response limits
-
-
-@dataclass
-class ResponseClock:
-    """The time limits of one response: a deadline for all of it (connect, headers, body) and, once the
-    body has streamed for the grace period, a minimum average transfer rate."""
-
-    deadline: float  # time.monotonic() values
-    min_bytes_per_s: float
-    grace_s: float
-    body_started: float | None = None
-    body_bytes: int = 0
-    expired: str | None = None  # "deadline" or "too_slow", once a read ran into that limit
-
-    @classmethod
-    def start(cls, crawl: CrawlConfig) -> ResponseClock:
-        return cls(time.monotonic() + crawl.response_deadline_s, crawl.min_bytes_per_s, crawl.min_rate_grace_s)
-
-    def read_by(self) -> tuple[float, str]:
-        """When the next bytes must have arrived, and the limit that time comes from."""
-        if self.body_started is not None and self.min_bytes_per_s > 0:
-            # With no more bytes, the average rate drops below the minimum at body_started + bytes / rate.
-            too_slow_at = self.body_started + max(self.grace_s, self.body_bytes / self.min_bytes_per_s)
-            if too_slow_at < self.deadline:
-                return too_slow_at, "too_slow"
-        return self.deadline, "deadline"
-
-    def exceeded(self, now: float) -> str | None:
-        """The limit a response has run past at `now`, if any (the deadline wins when both have)."""
-        if now >= self.deadline:
-            return "deadline"
-        at, limit = self.read_by()
-        return limit if now >= at else None
-
-
-# The clock of the response the current thread is receiving; read by DeadlineStream on every socket operation.
-_response_clock: ContextVar[ResponseClock | None] = ContextVar("freshet_response_clock", default=None)
-
-
-def _within_clock(operation: Callable[[float | None], Any], timeout: float | None,
-                  error: type[httpcore.TimeoutException]) -> Any:
-    """Run a socket operation with `timeout` shortened to what the current response has left; when that
-    shortened wait runs out, the clock records which limit it was."""
-    clock = _response_clock.get()
-    if clock is None:
-        return operation(timeout)
-    at, limit = clock.read_by()
-    left = at - time.monotonic()
-    if left <= 0:
-        clock.expired = limit
-        raise error(f"response {limit.replace('_', ' ')} passed")
-    if timeout is not None and timeout <= left:
-        return operation(timeout)
-    try:
-        return operation(left)
-    except httpcore.TimeoutException:
-        clock.expired = limit
-        raise
-
-
-class DeadlineStream(httpcore.NetworkStream):
-    """A socket stream whose every read, write and TLS handshake waits no longer than the response has left.
-
-    httpx applies its read timeout to each read separately, so a server that sends a byte a second
-    never times out; bounding each operation by the clock bounds the response as a whole, headers included.
-    """
-
-    def __init__(self, stream: httpcore.NetworkStream) -> None:
-        self.stream = stream
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return bytes(_within_clock(lambda left: self.stream.read(max_bytes, left), timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        _within_clock(lambda left: self.stream.write(buffer, left), timeout, httpcore.WriteTimeout)
-
-    def close(self) -> None:
-        self.stream.close()
-
-    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                  timeout: float | None = None) -> httpcore.NetworkStream:
-        return DeadlineStream(_within_clock(lambda left: self.stream.start_tls(ssl_context, server_hostname, left),
-                                            timeout, httpcore.ConnectTimeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        return self.stream.get_extra_info(info)
-
-
-class DeadlineBackend(httpcore.NetworkBackend):
-    """httpcore's socket backend with every stream a DeadlineStream (connects bounded by the clock too)."""
-
-    def __init__(self) -> None:
-        self.backend = httpcore.SyncBackend()
-
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
-        return DeadlineStream(_within_clock(
-            lambda left: self.backend.connect_tcp(host, port, left, local_address, socket_options),
-            timeout, httpcore.ConnectTimeout))
-
-    def connect_unix_socket(self, path: str, timeout: float | None = None,
-                            socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
-        return DeadlineStream(_within_clock(lambda left: self.backend.connect_unix_socket(path, left, socket_options),
-                                            timeout, httpcore.ConnectTimeout))
-
-    def sleep(self, seconds: float) -> None:
-        self.backend.sleep(seconds)
-
-
-class DeadlineTransport(httpx.HTTPTransport):
-    """httpx's HTTP transport over DeadlineBackend sockets, no proxies (see open_client)."""
-
-    def __init__(self) -> None:
-        super().__init__(trust_env=False)
-        # httpx has no parameter for the network backend: the pool is rebuilt with the same defaults and ours.
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False), max_connections=100,
-            max_keepalive_connections=20, keepalive_expiry=5.0, network_backend=DeadlineBackend())
-
-
-# ---------------------------------------------------------------------------------------- fetching
+    media_types: frozenset[str]
+    header: str
 
 
 def pause(seconds: float) -> None:
@@ -334,64 +80,6 @@ def retry_after_seconds(value: str | None, now: dt.datetime | None = None) -> fl
             moment = moment.replace(tzinfo=dt.UTC)
         seconds = (moment - (now or dt.datetime.now(dt.UTC))).total_seconds()
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
-
-
-@dataclass
-class SourceReport:
-    """What crawling one source did; written to crawl_report.json and summed into the metrics."""
-
-    source: str
-    url: str
-    pages_listed: int = 0
-    pages_selected: int = 0
-    pages_fetched: int = 0
-    pages_not_modified: int = 0
-    pages_unchanged: int = 0  # fetched (200) but byte-identical to the last crawl
-    skipped_robots: int = 0
-    refused_by_guard: int = 0
-    pages_failed: int = 0  # still failing after retries: skipped, kept pending for a later crawl
-    pages_deferred: int = 0  # pending from an earlier crawl, not yet due for a retry
-    pages_resumed: int = 0  # done by an earlier attempt of this run, taken from its checkpoint
-    retries: int = 0
-    retry_causes: dict[str, int] = field(default_factory=dict)
-    errors: int = 0
-    errors_by_kind: dict[str, int] = field(default_factory=dict)
-    bytes: int = 0
-    records_new: int = 0
-    records_changed: int = 0
-    records_unchanged: int = 0
-    records_quarantined: int = 0
-    records_duplicate: int = 0  # same normalised text as a record of another id: not emitted
-    incidents: list[dict[str, str]] = field(default_factory=list)
-    failed_pages: list[dict[str, Any]] = field(default_factory=list)  # {url, reason, detail, attempts}
-    duplicates: list[dict[str, str | None]] = field(default_factory=list)  # {id, url, kept_id}
-
-    def note(self, error: CrawlError) -> None:
-        """Count a skipped URL (robots, guard, bad response) and keep its details for the report."""
-        if isinstance(error, RobotsDisallowedError):
-            self.skipped_robots += 1
-        else:
-            self.errors += 1
-            self.errors_by_kind[error.kind] = self.errors_by_kind.get(error.kind, 0) + 1
-            if isinstance(error, GuardRefusedError):
-                self.refused_by_guard += 1
-        if len(self.incidents) < MAX_INCIDENTS_PER_SOURCE:
-            self.incidents.append({"kind": error.kind, "url": error.url, "detail": error.detail})
-
-    def page_failed(self, error: CrawlError) -> None:
-        """A page skipped after its retries (already noted as an error): listed by URL, reason and attempts."""
-        self.pages_failed += 1
-        if len(self.failed_pages) < MAX_INCIDENTS_PER_SOURCE:
-            self.failed_pages.append({"url": error.url, "reason": error.kind, "detail": error.detail,
-                                      "attempts": error.attempts})
-
-    def duplicate(self, record_id: str, url: str | None, kept_id: str) -> None:
-        self.records_duplicate += 1
-        if len(self.duplicates) < MAX_INCIDENTS_PER_SOURCE:
-            self.duplicates.append({"id": record_id, "url": url, "kept_id": kept_id})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -427,14 +115,14 @@ class SourceFetcher:
     """HTTP for one source: guard, robots, pacing, retries, redirects, size and content-type limits."""
 
     def __init__(self, client: httpx.Client, crawl: CrawlConfig, source: SourceConfig,
-                 report: SourceReport, pacer: HostPacer) -> None:
+                 report: SourceReport, pacer: HostPacer, accepts: Accepts) -> None:
         self.client = client
         self.crawl = crawl
         self.source = source
         self.report = report
         self.pacer = pacer
         self.robots_by_origin: dict[str, Protego] = {}
-        self.media_types, self.accept = MEDIA_BY_KIND[source.kind]
+        self.media_types, self.accept = accepts.media_types, accepts.header
 
     def fetch(self, url: str, validators: Mapping[str, str] | None = None, check_robots: bool = True) -> Fetched:
         """GET `url`, following redirects by hand so every hop passes the guard and robots.txt."""
@@ -457,21 +145,7 @@ class SourceFetcher:
         raise RedirectError(self.source.name, url, f"more than {self.crawl.max_redirects} redirects (last: {current})")
 
     def check_guard(self, url: httpx.URL) -> None:
-        if url.scheme not in ("http", "https"):
-            raise GuardRefusedError(self.source.name, str(url), f"scheme {url.scheme!r} is not http(s)")
-        host = url.host.lower().rstrip(".")
-        if not host:
-            raise GuardRefusedError(self.source.name, str(url), "the URL has no host")
-        if host in METADATA_HOSTNAMES:
-            raise GuardRefusedError(self.source.name, str(url), f"{host} is a cloud metadata host")
-        for address in resolve_addresses(host, url.port or (443 if url.scheme == "https" else 80)):
-            self._refuse_address(url, address, f"{host} resolves to {address}")
-
-    def _refuse_address(self, url: httpx.URL, address: IPAddress, what: str) -> None:
-        reason = address_refusal(address, self.source.allow_private_network)
-        if reason is not None:
-            hint = "" if reason == METADATA_REFUSAL else "; set allow_private_network: true on the source to allow it"
-            raise GuardRefusedError(self.source.name, str(url), f"refused: {what}, {reason}{hint}")
+        check_url(self.source.name, url, self.source.allow_private_network)
 
     def check_robots(self, url: httpx.URL) -> None:
         origin = f"{url.scheme}://{url.netloc.decode('ascii')}"
@@ -537,21 +211,19 @@ class SourceFetcher:
         # With a client not from open_client (no DeadlineStream), each phase still waits at most the deadline.
         timeout = min(self.crawl.timeout_s, self.crawl.response_deadline_s)
         request = self.client.build_request("GET", url, headers=headers, timeout=timeout)
-        token = _response_clock.set(clock)
-        try:
-            response = self.client.send(request, stream=True, follow_redirects=False)
+        with bounded_by(clock):
             try:
-                self.check_peer(url, response)
-                body = self.read_body(url, response, clock) if response.is_success else b""
-                return Fetched(str(url), response.status_code, response.headers, body)
-            finally:
-                response.close()
-        except httpx.TimeoutException as error:
-            if clock.expired is None:
-                raise  # the per-read timeout_s: an ordinary timeout
-            raise self.limit_error(url, clock, clock.expired) from error
-        finally:
-            _response_clock.reset(token)
+                response = self.client.send(request, stream=True, follow_redirects=False)
+                try:
+                    self.check_peer(url, response)
+                    body = self.read_body(url, response, clock) if response.is_success else b""
+                    return Fetched(str(url), response.status_code, response.headers, body)
+                finally:
+                    response.close()
+            except httpx.TimeoutException as error:
+                if clock.expired is None:
+                    raise  # the per-read timeout_s: an ordinary timeout
+                raise self.limit_error(url, clock, clock.expired) from error
 
     def limit_error(self, url: httpx.URL, clock: ResponseClock, limit: str) -> CrawlError:
         if limit == "deadline":
@@ -573,7 +245,8 @@ class SourceFetcher:
         stream = response.extensions.get("network_stream")
         peer = stream.get_extra_info("server_addr") if stream is not None else None
         if peer:
-            self._refuse_address(url, ipaddress.ip_address(str(peer[0]).split("%", 1)[0]), f"connected to {peer[0]}")
+            check_address(self.source.name, url, ipaddress.ip_address(str(peer[0]).split("%", 1)[0]),
+                          self.source.allow_private_network, f"connected to {peer[0]}")
 
     def refuse_unread_content_type(self, url: httpx.URL, response: httpx.Response) -> None:
         media_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -639,13 +312,3 @@ class SourceFetcher:
                     raise FeedFormatError(self.source.name, str(url), f"corrupt {encoding} body: {error}") from error
                 pending = decoder.unconsumed_tail
         return b"".join(chunks)
-
-
-
-def open_client(crawl: CrawlConfig) -> httpx.Client:
-    # trust_env=False: a proxy would make the connection itself, so the guard's resolution would not
-    # be the address actually reached. DeadlineTransport bounds every socket operation by the response's clock.
-    return httpx.Client(headers={"User-Agent": crawl.user_agent}, timeout=crawl.timeout_s,
-                        follow_redirects=False, trust_env=False, transport=DeadlineTransport())
-
-

@@ -1,4 +1,4 @@
-"""What several source kinds decode the same way: charsets (`charsets.py`, re-exported), `{date}` URLs, capped decompression, XML
+"""What several source kinds decode the same way: `{date}` URLs, capped decompression, XML
 roots, and records from JSON items or table rows by configured field paths.
 """
 
@@ -16,8 +16,7 @@ from tasks.config import (
     LocalSource,
 )
 from tasks.manifest import StepError
-from tasks.sources.charsets import UndecodableTextError, decode_text  # noqa: F401 (the kinds decode through here)
-from tasks.sources.fetch import CrawlError, FeedFormatError
+from tasks.sources.errors import DecompressionBombError, FeedFormatError
 from tasks.sources.session import SourceSession
 
 log = logging.getLogger("freshet.crawl")
@@ -25,11 +24,6 @@ log = logging.getLogger("freshet.crawl")
 DECOMPRESS_CHUNK_BYTES = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
 XZ_MAGIC = b"\xfd7zXZ\x00"
-
-
-class DecompressionBombError(CrawlError):
-    kind = "decompressed_too_large"
-
 
 
 def with_logical_date(session: SourceSession, url: str) -> str:

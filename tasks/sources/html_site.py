@@ -20,8 +20,10 @@ from tasks.config import (
     HtmlSiteSource,
     LabelRule,
 )
-from tasks.sources.fetch import FeedFormatError, Fetched, RobotsDisallowedError
-from tasks.sources.formats import decode_text, decompress_capped, normalise_text, xml_root
+from tasks.sources.charsets import decode_text
+from tasks.sources.errors import FeedFormatError, RobotsDisallowedError
+from tasks.sources.fetch import Fetched
+from tasks.sources.formats import decompress_capped, normalise_text, xml_root
 from tasks.sources.session import SourceSession
 
 log = logging.getLogger("freshet.crawl")

@@ -15,8 +15,10 @@ import httpx
 from tasks.config import (
     JsonApiSource,
 )
-from tasks.sources.fetch import FeedFormatError, Fetched
-from tasks.sources.formats import decode_text, emit_item, lookup, with_logical_date
+from tasks.sources.charsets import decode_text
+from tasks.sources.errors import FeedFormatError
+from tasks.sources.fetch import Fetched
+from tasks.sources.formats import emit_item, lookup, with_logical_date
 from tasks.sources.session import SourceSession
 
 log = logging.getLogger("freshet.crawl")

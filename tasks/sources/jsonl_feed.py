@@ -16,7 +16,8 @@ import httpx
 from tasks.config import JsonlFeedSource, SourceConfig
 from tasks.manifest import StepError
 from tasks.records import content_hash
-from tasks.sources.fetch import FeedFormatError, HttpStatusError, RobotsDisallowedError, SourceFetcher
+from tasks.sources.errors import FeedFormatError, HttpStatusError, RobotsDisallowedError
+from tasks.sources.fetch import SourceFetcher
 from tasks.sources.session import CRAWL_STEP, SourceSession
 
 log = logging.getLogger("freshet.crawl")

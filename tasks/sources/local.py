@@ -14,7 +14,7 @@ from tasks.config import (
     LocalSource,
 )
 from tasks.sources.charsets import BYTE_ORDER_MARKS, UndecodableTextError, decode_text
-from tasks.sources.fetch import CrawlError
+from tasks.sources.errors import CrawlError
 from tasks.sources.formats import emit_item, normalise_text
 from tasks.sources.session import SourceSession
 

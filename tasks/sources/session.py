@@ -24,20 +24,19 @@ from tasks.config import (
 from tasks.manifest import StepError
 from tasks.records import content_hash
 from tasks.sources.charsets import UndecodableTextError, declared_charset, text_encoding
-from tasks.sources.fetch import (
+from tasks.sources.errors import (
     ContentTypeRefusedError,
     CrawlError,
     FeedFormatError,
-    Fetched,
     GuardRefusedError,
     HttpStatusError,
     ResponseTooLargeError,
     RobotsDisallowedError,
     RobotsUnavailableError,
-    SourceFetcher,
-    SourceReport,
     SourceUnreachableError,
 )
+from tasks.sources.fetch import Fetched, SourceFetcher
+from tasks.sources.report import SourceReport
 from tasks.store import ArtifactStore, atomic_write_text
 
 log = logging.getLogger("freshet.crawl")

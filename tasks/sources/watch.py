@@ -13,9 +13,12 @@ import logging
 import httpx
 
 from tasks.config import PipelineConfig
-from tasks.sources.fetch import HostPacer, SourceFetcher, SourceReport, open_client
+from tasks.sources import SOURCE_KINDS
+from tasks.sources.fetch import HostPacer, SourceFetcher
 from tasks.sources.jsonl_feed import fetch_index
+from tasks.sources.report import SourceReport
 from tasks.sources.session import read_crawl_state
+from tasks.sources.transport import open_client
 from tasks.store import ArtifactStore
 
 log = logging.getLogger("freshet.watch")
@@ -31,7 +34,8 @@ def pending_pages(config: PipelineConfig, store: ArtifactStore, *, until: dt.dat
         for source in config.crawl.sources:
             if source.kind != "jsonl_feed":
                 continue  # only jsonl_feed sources have a dated page index to watch
-            fetcher = SourceFetcher(http, config.crawl, source, SourceReport(source.name, source.url), pacer)
+            fetcher = SourceFetcher(http, config.crawl, source, SourceReport(source.name, source.url), pacer,
+                                    SOURCE_KINDS[source.kind].accepts)
             pages = fetch_index(fetcher)
             known = read_crawl_state(store, source.name).get("pages", {})
             new = [page.url for page in pages

@@ -1,5 +1,5 @@
-"""Schedule and run settings from the pipeline config: where the config is, the DAG's schedule (daily, or
-also on new source pages, an Airflow Asset), retries, the training pool, failure notifications."""
+"""The DAGs' settings from the pipeline config: where the config is, each DAG's schedule (daily, or also on new
+source pages and production drift, Airflow Assets) and run settings, the steps' retries and the training pool."""
 
 from __future__ import annotations
 
@@ -9,6 +9,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pendulum
+from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, Param
+
+from freshet_airflow.assets import prediction_log_asset, production_drift_asset, source_asset
+from freshet_airflow.notify import failure_callbacks
 from tasks.config import PipelineConfig, load_config
 from tasks.pipeline import step as pipeline_step
 
@@ -35,51 +40,9 @@ def retry_policy(config: PipelineConfig, name: str) -> dict[str, Any]:
             "retry_exponential_backoff": True, "max_retry_delay": timedelta(seconds=settings.max_retry_delay_s)}
 
 
-def source_asset(config):
-    """The Asset the watcher updates when a source lists pages the crawler has not fetched yet."""
-    from airflow.sdk import Asset
-
-    return Asset(name=f"freshet.{config.name}.source_pages", group="freshet",
-                 extra={"sources": [source.url for source in config.crawl.sources]})
-
-
-def prediction_log_asset(config):
-    """The Asset of `freshet serve`'s prediction log (day-partitioned Parquet under the artifact root): a DAG
-    scheduled on it (`schedule=[prediction_log_asset(config)]`) runs when a task that writes or reads the log
-    names it in its `outlets`, or when an event is posted to Airflow's REST API (`POST /api/v2/assets/events`)."""
-    from airflow.sdk import Asset
-
-    from tasks.serve.prediction_log import prediction_log_uri
-
-    return Asset(name=f"freshet.{config.name}.prediction_log", uri=prediction_log_uri(config), group="freshet",
-                 extra={"format": "parquet", "partitioning": "date=YYYY-MM-DD", "model": config.mlflow.model_name})
-
-
-def production_drift_asset(config):
-    """The Asset the monitor's `production_drift` task updates when it emits a breach (never otherwise): the
-    pipeline DAG is scheduled on it too, so a breach starts a run, whose `decide` trains on it."""
-    from airflow.sdk import Asset
-
-    return Asset(name=f"freshet.{config.name}.production_drift", group="freshet",
-                 extra={"model": config.mlflow.model_name, "state": "state/monitor/breach.json"})
-
-
-def webhook(config, *, event: str = "task_failed", reason: str | None = None, details: dict | None = None):
-    from freshet_airflow.notify import WebhookNotifier
-
-    return WebhookNotifier(config.notify.webhook_url, event=event, pipeline=config.name, reason=reason,
-                           headers=config.notify.headers, timeout_s=config.notify.timeout_s, details=details)
-
-
-def failure_callbacks(config) -> list:
-    return [webhook(config)] if config.notify.webhook_url and config.notify.on_failure else []
-
-
 def pipeline_schedule(config_path: str) -> Any:
     """Daily, or also on new source pages (the watcher's Asset). A data-interval timetable: the run for day D
     starts after D ends and crawls pages dated up to D."""
-    from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable
-
     config = pipeline_config(config_path)
     settings = config.schedule
     timetable = CronDataIntervalTimetable(settings.cron, timezone="UTC")
@@ -99,8 +62,6 @@ def production_schedules(config_path: str) -> dict[str, Any]:
     run for day D scores D's drop folder; None: triggered only), and `freshet_monitor` (`monitor.cron`) and
     `freshet_label` (`label.cron`) daily and whenever the prediction log's Asset is updated (batch scoring, or a
     POST to Airflow's REST API)."""
-    from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable
-
     config = pipeline_config(config_path)
     score = CronDataIntervalTimetable(config.score.cron, timezone="UTC") if config.score.cron else None
     monitor = AssetOrTimeSchedule(timetable=CronDataIntervalTimetable(config.monitor.cron, timezone="UTC"),
@@ -116,8 +77,6 @@ def production_dag_settings(config_path: str) -> dict[str, Any]:
     """DAG(...) keyword arguments of the production DAGs besides the schedule: the pipeline's start date, no
     catch-up, one active run (the monitor's cooldown reads the breaches of the runs before it), no retries
     (the steps are deterministic), failure notifications."""
-    import pendulum
-
     config = pipeline_config(config_path)
     start = config.schedule.start_date
     return {"start_date": pendulum.datetime(start.year, start.month, start.day, tz="UTC"), "catchup": False,
@@ -127,9 +86,6 @@ def production_dag_settings(config_path: str) -> dict[str, Any]:
 def pipeline_dag_settings(config_path: str) -> dict[str, Any]:
     """DAG(...) keyword arguments from the config besides the schedule: start, catch-up, one active run,
     retries off by default (steps opt in), failure notifications, the `force_training` param."""
-    import pendulum
-    from airflow.sdk import Param
-
     config = pipeline_config(config_path)
     settings = config.schedule
     start = settings.start_date
@@ -152,5 +108,3 @@ def training_settings(config_path: str) -> dict[str, Any]:
     if settings.training_pool:
         kwargs.update(pool=settings.training_pool, pool_slots=1)
     return kwargs
-
-
