@@ -19,6 +19,14 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
+from tasks.models.families import (
+    ModelSetupError,
+    check_model_setting,
+    is_explicit_path,
+    is_relative_path,
+    unresolved_model_message,
+)
+
 
 class ConfigError(ValueError):
     """A configuration file or override is malformed; the message names the file and field."""
@@ -949,8 +957,6 @@ class PipelineConfig(_Section):
         # File-level checks of train.model (tasks/models/families.py: JSON reads, no transformers import).
         # Only where steps run on this machine: in docker/kubernetes mode the directory is inside the image.
         if self.runner.mode == "local":
-            from tasks.models.families import ModelSetupError, check_model_setting
-
             try:
                 check_model_setting(self.train)
             except ModelSetupError as error:
@@ -1020,8 +1026,6 @@ def _resolve_model_path(data: dict[str, Any], config_dir: Path, origin: str) -> 
     is there (or the value is written `./x` / `../x`, which is always a path). A bare name found neither there
     nor in the working directory, and not pinned to a hub revision, is refused now, naming both readings (only
     where steps run on this machine: in docker/kubernetes mode the directory is inside the image)."""
-    from tasks.models.families import is_explicit_path, is_relative_path, unresolved_model_message
-
     train = data.get("train")
     if not isinstance(train, dict) or not isinstance(train.get("model"), str) or not is_relative_path(train["model"]):
         return

@@ -19,8 +19,10 @@ from freshet_airflow.assets import prediction_log_asset, production_drift_asset,
 from freshet_airflow.dag_settings import pipeline_config, retry_policy
 from freshet_airflow.notify import failure_callbacks, webhook
 from freshet_airflow.operators import parse_manifest
+from tasks.checks import failed
 from tasks.decide import DecideFacts
 from tasks.score import ScoreFacts
+from tasks.store import ArtifactStore
 
 if TYPE_CHECKING:
     from tasks.gate_policy import GateFacts, Verdict
@@ -132,8 +134,6 @@ def gate_outcome(manifest: dict[str, Any] | str, config_path: str | None = None,
     passed = gate_passed(manifest)
     config = pipeline_config(config_path) if config_path else None
     if not passed and config is not None and config.notify.webhook_url and config.notify.on_gate_rejection:
-        from tasks.checks import failed  # gate_verdict has imported it already
-
         verdict = gate_verdict(manifest)
         # Every failed check, a compressed variant's re-gate included: it does not reject, but it is news.
         notifier = webhook(config, event="gate_rejected", reason="; ".join(verdict.reasons),
@@ -185,8 +185,7 @@ def approve(config_path: str, **operator_kwargs: Any) -> BaseOperator | None:
 def _watch(config_path: str, **context: Any) -> dict[str, list[str]]:
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from tasks.sources.watch import pending_pages
-    from tasks.store import ArtifactStore
+    from tasks.sources.watch import pending_pages  # here: it brings the crawl's HTTP stack (0.6 s) into DAG parsing
 
     config = pipeline_config(config_path)
     # Pages dated up to today: a source may list future days (the demo site does), which no run would crawl yet.
@@ -287,6 +286,7 @@ def production_drift(config_path: str, **operator_kwargs: Any) -> BaseOperator:
 # ------------------------------------------------------------------------------------------ rollback
 
 def _rollback(config_path: str, **context: Any) -> dict[str, str]:
+    # Here, not at the top: tasks.promote brings register's and compress's torch (5.5 s measured) into DAG parsing.
     from tasks.promote import rollback as move_back
 
     params, ti = context["params"], context["ti"]

@@ -38,7 +38,7 @@ from tasks.labelling.label_studio import (
     resolve_task,
 )
 from tasks.records import content_hash
-from tasks.sources.fetch import FeedFormatError
+from tasks.sources.errors import FeedFormatError
 from tasks.sources.session import SourceSession, source_location
 
 log = logging.getLogger("freshet.crawl")

@@ -31,11 +31,10 @@ from tasks.training.cpu_dropout import MaskStream, use_fast_cpu_dropout
 from tasks.training.data import TrainingData, bucketed_batches, pad_batch, rows_in
 from tasks.training.distributed import DistributedEnv, StopRequested, inject_fault_drill
 from tasks.training.embedding_rows import RowSparseEmbeddingGradient
-from tasks.training.precision import PrecisionChoice, choose_precision, cpu_has_native_bf16
+from tasks.training.precision import PrecisionChoice, choose_precision
 from tasks.training.runtime import keep_freed_memory
 
-# cpu_has_native_bf16 moved to tasks/training/precision.py; re-exported for importers of this module.
-__all__ = ["FitResult", "Trainer", "add_lora_adapters", "cpu_has_native_bf16", "head_modules"]
+__all__ = ["FitResult", "Trainer", "add_lora_adapters", "head_modules"]
 
 # The step's logger: the DDP operator streams rank 0's progress lines into the Airflow task log under it.
 log = logging.getLogger("freshet.train")
