@@ -22,6 +22,12 @@ venv: $(VENV)/.installed
 demo: venv  ## the whole pipeline for $(DAYS) consecutive days on the embedded default (MODEL=DIR: on that encoder)
 	$(PY) -m tasks.demo --days $(DAYS)$(if $(MODEL), --model "$(MODEL)")$(if $(CONFIG), --config "$(CONFIG)")
 
+LABEL_STUDIO_URL ?= http://127.0.0.1:8089
+
+.PHONY: demo-labelling
+demo-labelling: venv  ## the demo with its labelling loop: Label Studio at $(LABEL_STUDIO_URL), its token in $$LABEL_STUDIO_TOKEN (docs/labelling.md)
+	$(PY) -m tasks.demo --days $(DAYS) --label-studio "$(LABEL_STUDIO_URL)"$(if $(MODEL), --model "$(MODEL)")
+
 learning-curve: venv  ## rebuild the demo's learning-curve report (PNG, Markdown, CSV, MLflow run) from its runs
 	$(PY) -m tasks.demo.learning_curve --config configs/demo.yaml --out $(FRESHET_HOME)/reports
 

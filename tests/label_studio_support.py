@@ -27,6 +27,9 @@ PORT = int(os.environ.get("FRESHET_LABEL_STUDIO_PORT", "8089"))
 URL = f"http://127.0.0.1:{PORT}"
 TOKEN = os.environ.get("FRESHET_LABEL_STUDIO_TOKEN", "6f7265736865742d63692d6c6162656c2d737475")
 TOKEN_ENV = "FRESHET_TEST_LABEL_STUDIO_TOKEN"  # what the tests' configs name in token_env
+# The user .ci/label-studio.sh presets (LABEL_STUDIO_USERNAME/PASSWORD): the browser tests log in as it.
+EMAIL = "freshet-ci@example.com"
+PASSWORD = "freshet-ci-password"
 START_TIMEOUT_S = 600  # a fresh machine installs it first (~2 min) and migrates its database (~1-2 min)
 
 
@@ -50,14 +53,15 @@ def ensure_label_studio() -> str:
 
 
 def scored_day(config: PipelineConfig, store: ArtifactStore, run_id: str, day: str, texts: list[str],
-               probabilities: np.ndarray, model_version: str = "3") -> Manifest:
+               probabilities: np.ndarray, model_version: str = "3", ids: list[str] | None = None) -> Manifest:
     """A score manifest of `day` through the contract, with the columns tasks/score.py writes (the label step
-    reads only predictions.parquet: id, text, label, confidence, probability.<label>, model_version)."""
+    reads only predictions.parquet: id, text, label, confidence, probability.<label>, model_version). The ids
+    are `<day>:<n>` unless given (the score step keeps the drop file's ids)."""
     labels = list(config.labels)
+    ids = ids or [f"{day}:{number}" for number in range(len(texts))]
 
     def body(context: StepContext) -> None:
-        columns = {"id": [f"{day}:{number}" for number in range(len(texts))], "text_sha256": [text_digest(text)
-                   for text in texts], "text": texts,
+        columns = {"id": ids, "text_sha256": [text_digest(text) for text in texts], "text": texts,
                    "label": [labels[int(index)] for index in probabilities.argmax(axis=1)],
                    "confidence": probabilities.max(axis=1).astype(float)}
         for position, label in enumerate(labels):
@@ -67,6 +71,7 @@ def scored_day(config: PipelineConfig, store: ArtifactStore, run_id: str, day: s
         write_parquet(rows, context.out_dir / "predictions.parquet")
         context.add_output("predictions", "predictions.parquet", "dataset", rows=len(rows), model_version=model_version)
         context.facts.update({"scored": True, "model_version": model_version})
+        context.metrics["rows"] = len(rows)
 
     return execute("score", body, config, {}, run_id=run_id, store=store, logical_date=day,
-                   extra_fingerprint={"texts": texts, "probabilities": probabilities.round(6).tolist()})
+                   extra_fingerprint={"texts": texts, "ids": ids, "probabilities": probabilities.round(6).tolist()})

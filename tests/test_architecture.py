@@ -85,7 +85,7 @@ def test_tests_reach_the_demo_only_to_test_it_or_to_crawl_its_site():
     # corpus file it serves) is the one demo part other tests may use, as a real site to crawl.
     crawl_target = {"tasks.demo.site", "tasks.demo.corpus.write_corpus"}
     demo_tests = {"test_demo_corpus.py", "test_demo_runner.py", "test_demo_site.py", "test_learning_curve.py",
-                  "test_pipeline_e2e.py"}
+                  "test_pipeline_e2e.py", "test_demo_labelling.py"}
     reached = {}
     for path in sorted((REPO / "tests").glob("*.py")):
         names = set()

@@ -14,12 +14,20 @@ label-free estimate. A breach makes the next day's `decide` train with the reaso
 network): the config is written to `<home>/config.yaml` with `train.model` replaced. `--config my.yaml`
 runs your own pipeline config the same way; the demo site is started only for a config whose first
 source is a `jsonl_feed` on a loopback address (the demo's shape), otherwise your sources are crawled.
+
+`--label-studio URL` adds the labelling loop (`tasks.demo.labelling`): each day the texts the champion scored go
+through `freshet_label` to a Label Studio project with its predictions as pre-annotations, the demo's annotator
+labels them from the corpus's truth through Label Studio's API, and the day's pipeline run pulls them back (a
+crawl source of kind `label_studio`) and learns from them; the summary compares the champion on the texts
+uncertainty sampling picked with a random control. The token is read from `--label-studio-token-env`
+($LABEL_STUDIO_TOKEN). An unreachable server or a refused token stops the demo before anything runs (exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import ipaddress
 import json
@@ -39,11 +47,22 @@ from tasks import model_registry
 from tasks.config import ConfigError, PipelineConfig, load_config
 from tasks.contract import read_manifest
 from tasks.demo.airflow_home import REPO, airflow_env, prepare_airflow
+from tasks.demo.annotator import AnnotationRound
 from tasks.demo.corpus import CorpusError, extend_debian_corpus
 from tasks.demo.dag_log import TaskFailure, failed_tasks, last_error_line
+from tasks.demo.labelling import (
+    DEFAULT_TOKEN_ENV,
+    QUEUE_VIEW,
+    DemoLabelling,
+    LabellingSetupError,
+    labelling_table,
+    summarize_day,
+    with_label_studio,
+)
 from tasks.demo.learning_curve import build as build_learning_curve
 from tasks.demo.site import serve
 from tasks.demo.ui import MLFLOW_PORT, absolute_tracking_uri, mlflow_ui_command, ui_command
+from tasks.labelling.label_studio import LabelStudioError
 from tasks.manifest import Manifest
 from tasks.pipeline import PIPELINE_STEP_NAMES as STEP_NAMES
 from tasks.store import ArtifactStore, atomic_write_text
@@ -456,6 +475,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.model:
             config_path = with_model(config_path, args.model, home)
+        if args.label_studio:
+            config_path = with_label_studio(config_path, home, args.label_studio, args.label_studio_token_env,
+                                            args.rows_per_day)
         config = load_config(config_path)
     except ConfigError as error:
         print(f"freshet demo: {error}", file=sys.stderr)
@@ -470,6 +492,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # already ran days goes on with the next ones.
     demo_site = uses_demo_site(config)
     corpus = home / "demo" / "corpus.jsonl"
+    try:
+        labelling = prepare_labelling(config, corpus, demo_site, fresh_home=plan.first_day == 0)
+    except (LabellingSetupError, LabelStudioError) as error:
+        flag = f"--label-studio {args.label_studio}: " if args.label_studio else ""
+        print(f"freshet demo: the labelling loop cannot run: {flag}{error}", file=sys.stderr)
+        return 2
     if demo_site and extend_corpus(config, corpus, plan) == 0:
         print(f"freshet demo: nothing new: every package of the demo's sections was published in the "
               f"{plan.first_day} day(s) this home has run ({home}). Start over with `python -m tasks.demo --fresh`"
@@ -477,10 +505,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     prepare_airflow(env, config)
     conf = {"force_training": True} if args.force_training else None
-    days = run_days(config, store, env, home, plan, corpus if demo_site else None, since, conf)
+    days = run_days(config, store, env, home, plan, corpus if demo_site else None, since, conf, labelling)
     print_summary(config, store, home, days)
     print(f"demo wall time: {time.perf_counter() - started:.0f} s\n")
-    print("\n".join(ui_hints(config, config_path, home)))
+    print("\n".join(ui_hints(config, config_path, home, labelling)))
     if days.failed:
         again = shlex.join(["freshet", "demo", "--config", str(config_path), "--home", str(home), "--days", "1",
                             "--force-training"])
@@ -504,6 +532,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--fresh", action="store_true", help="delete earlier demo state first")
     parser.add_argument("--model", default=None,
                         help="train.model for this demo: a local Hugging Face model directory, or a hub id")
+    parser.add_argument("--label-studio", metavar="URL", default=None,
+                        help="add the labelling loop: the day's picks go to the Label Studio at URL (a project of this "
+                             "home's), the demo's annotator labels them, the pipeline learns from them")
+    parser.add_argument("--label-studio-token-env", metavar="VAR", default=DEFAULT_TOKEN_ENV,
+                        help=f"the environment variable holding Label Studio's API token (default {DEFAULT_TOKEN_ENV})")
     parser.add_argument("--force-training", action="store_true",
                         help="start every run of this invocation with the DAG param force_training=true: decide "
                              "trains whatever schedule.min_new_rows and drift say (a retry after fixing a failed "
@@ -517,7 +550,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def print_summary(config: PipelineConfig, store: ArtifactStore, home: Path, days: DaysRun) -> None:
     """Every day's summary, the monitor's table, the registry's aliases and the learning curve."""
     print("\n".join(["", "=" * 78, "freshet demo summary", "=" * 78, *days.summary,
-                     *(monitor_table(days.monitored) if days.monitored else [])]))
+                     *(monitor_table(days.monitored) if days.monitored else []),
+                     *(labelling_table(days.labelled) if days.labelled else [])]))
     print(f"\nregistry: {config.mlflow.model_name} aliases {json.dumps(aliases(config))}")
     if days.run_ids:
         # Over every day this home has run, not only this invocation's: the criterion is about the whole curve.
@@ -531,7 +565,8 @@ def print_summary(config: PipelineConfig, store: ArtifactStore, home: Path, days
                   " as the run 'learning-curve')")
 
 
-def ui_hints(config: PipelineConfig, config_path: Path, home: Path) -> list[str]:
+def ui_hints(config: PipelineConfig, config_path: Path, home: Path,
+             labelling: DemoLabelling | None = None) -> list[str]:
     """How to open the UIs over this demo's stores: commands with absolute paths, for any directory."""
     # The steps resolved a relative tracking path against this directory; `freshet ui` would take the config's.
     here, tracking_uri = Path.cwd(), config.mlflow.tracking_uri
@@ -543,41 +578,78 @@ def ui_hints(config: PipelineConfig, config_path: Path, home: Path) -> list[str]
                f" parallelism 4; admin password in {home}/airflow/simple_auth_manager_passwords.json.generated)")
     title = ("Look at it (from any directory; in the checkout, `make airflow-ui` / `make mlflow-ui` with CONFIG= and"
              " FRESHET_HOME= run the same):")
-    return [title, f"  Airflow UI:  {airflow}", f"  MLflow UI:   {mlflow}"]
+    hints = [title, f"  Airflow UI:  {airflow}", f"  MLflow UI:   {mlflow}"]
+    if labelling is not None:
+        with contextlib.suppress(LabelStudioError):  # the demo is over: a server gone since only loses the link
+            project = labelling.project_url()
+            hints.append(f"  Label Studio: {project or labelling.connection.url}     (project"
+                         f" {labelling.connection.project!r}; the tab {QUEUE_VIEW!r} shows the champion's"
+                         " pre-annotations)")
+    return hints
 
 
 @dataclass
 class DaysRun:
-    """What `run_days` did: the summary lines, the pipeline runs, each day's monitor figures, and the first
-    failed DAG run ("day N (date): task X ...", None when every run succeeded)."""
+    """What `run_days` did: the summary lines, the pipeline runs, each day's monitor figures (and labelling
+    figures, with the labelling loop), and the first failed DAG run ("day N (date): task X ...", None when every
+    run succeeded)."""
 
     summary: list[str]
     run_ids: list[str]
     monitored: list[dict[str, Any]]
     failed: str | None = None
+    labelled: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def run_day_dags(env: dict[str, str], logical_date: dt.date, log_path: Path, conf: dict[str, Any] | None,
-                 production: bool) -> list[DagOutcome]:
-    """One day's DAG runs: batch scoring (with `production`), the pipeline, then the monitor."""
+                 production: bool, labelling: DemoLabelling | None = None
+                 ) -> tuple[list[DagOutcome], AnnotationRound | str | None]:
+    """One day's DAG runs: batch scoring (with `production`), the labelling queue and the annotator (with
+    `labelling`), the pipeline, then the monitor; and the annotator's pass (its error in words when it failed)."""
     outcomes: list[DagOutcome] = []
+    annotation: AnnotationRound | str | None = None
     if production:
         print(f"running DAG freshet_score for {logical_date} ...", flush=True)
         outcomes.append(run_dag(env, logical_date, log_path.with_name(f"score-{logical_date}.log"), "freshet_score"))
+    if production and labelling is not None:
+        print(f"running DAG freshet_label for {logical_date}, then the demo's annotator ...", flush=True)
+        outcomes.append(run_dag(env, logical_date, log_path.with_name(f"label-{logical_date}.log"), "freshet_label"))
+        try:
+            annotation = labelling.annotate()
+        except LabelStudioError as error:
+            annotation = str(error)
     print(f"running DAG {DAG_ID} for {logical_date} (log: {log_path}) ...", flush=True)
     outcomes.append(run_dag(env, logical_date, log_path, conf=conf))
     if production:
         print(f"running DAG freshet_monitor for {logical_date} ...", flush=True)
         outcomes.append(run_dag(env, logical_date, log_path.with_name(f"monitor-{logical_date}.log"),
                                 "freshet_monitor"))
-    return outcomes
+    return outcomes, annotation
+
+
+def prepare_labelling(config: PipelineConfig, corpus: Path, demo_site: bool, fresh_home: bool) -> DemoLabelling | None:
+    """The labelling loop the config asks for (`label.label_studio`; None: not asked for), checked before anything
+    runs: it needs the demo's corpus and its scored texts, and a server that answers and takes the token."""
+    labelling = DemoLabelling.of(config, corpus)
+    if labelling is None:
+        return None
+    if not demo_site:
+        raise LabellingSetupError("the demo's annotator answers from the demo corpus: the labelling loop needs the "
+                                  "demo site (a config whose first crawl source is a jsonl_feed on loopback)")
+    if drop_folder(config, config.schedule.start_date) is None:
+        raise LabellingSetupError("score.input must name a local drop folder: the labelling loop picks from the "
+                                  "texts the champion scored")
+    labelling.check(fresh_home)
+    return labelling
 
 
 def run_days(config: PipelineConfig, store: ArtifactStore, env: dict[str, str], home: Path, plan: DemoPlan,
-             corpus: Path | None, since: str, conf: dict[str, Any] | None = None) -> DaysRun:
+             corpus: Path | None, since: str, conf: dict[str, Any] | None = None,
+             labelling: DemoLabelling | None = None) -> DaysRun:
     """The planned days, one after the other (the demo site serving `corpus` when the config crawls it): each
-    day's texts scored before the pipeline learns their labels, the pipeline (with `conf` as its params), then
-    the monitor. A failed DAG run ends the days: the next ones would meet the same cause."""
+    day's texts scored before the pipeline learns their labels, queued for labelling and annotated (with
+    `labelling`), the pipeline (with `conf` as its params), then the monitor. A failed DAG run (or annotator)
+    ends the days: the next ones would meet the same cause."""
     days = DaysRun([], [], [])
     last_day = plan.first_day + plan.days - 1
     with contextlib.ExitStack() as stack:
@@ -598,12 +670,13 @@ def run_days(config: PipelineConfig, store: ArtifactStore, env: dict[str, str], 
             day_started = time.perf_counter()
             # The day's texts are scored (by yesterday's champion) before the pipeline learns their labels.
             production = corpus is not None and drop_published_texts(config, site.url, logical_date) is not None
-            outcomes = run_day_dags(env, logical_date, log_path, conf, production)
+            outcomes, annotation = run_day_dags(env, logical_date, log_path, conf, production, labelling)
             write_demo_state(home, plan, day + 1)
             run_id = find_run(store, logical_date, since)
             days.run_ids += [run_id] if run_id else []
             failed = [outcome for outcome in outcomes if outcome.failed]
-            verdict = ("FAILED: " + ", ".join(outcome.dag_id for outcome in failed)) if failed else "ok"
+            failed_parts = [outcome.dag_id for outcome in failed] + (["annotator"] if isinstance(annotation, str) else [])
+            verdict = ("FAILED: " + ", ".join(failed_parts)) if failed_parts else "ok"
             days.summary += [f"--- day {day + 1}, {logical_date} ({time.perf_counter() - day_started:.0f} s): {verdict}"]
             days.summary += summarize_run(store, run_id) if run_id else [f"  no run recorded; see {log_path}"]
             if conf and conf.get("force_training") and run_id and read_manifest(store, run_id, "decide") is None:
@@ -614,10 +687,21 @@ def run_days(config: PipelineConfig, store: ArtifactStore, env: dict[str, str], 
                 lines, figures = summarize_production(store, logical_date, since)
                 days.summary += lines
                 days.monitored.append(figures)
-            if failed:
+            if production and labelling is not None:
+                label_run = find_run(store, logical_date, since, "label")
+                pipeline = {step: manifest for step in ("crawl", "clean")
+                            if run_id and (manifest := read_manifest(store, run_id, step))}
+                lines, figures = summarize_day(store, labelling, read_manifest(store, label_run, "label")
+                                               if label_run else None, pipeline, annotation)
+                days.summary += lines
+                days.labelled.append({"date": logical_date.isoformat(), **figures})
+            if isinstance(annotation, str) and not failed:
+                days.failed = f"day {day + 1} ({logical_date}): the demo's annotator: {annotation}"
+            elif failed:
                 first = failed[0]
                 reason = first.failures[0].describe() if first.failures else f"airflow exit {first.exit_code}"
                 days.failed = f"day {day + 1} ({logical_date}): {first.dag_id} {reason}"
+            if days.failed:
                 if day < last_day:
                     days.summary.append(f"  the day(s) after it ({day + 2}..{last_day + 1}) were not run")
                 break
