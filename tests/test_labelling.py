@@ -382,6 +382,32 @@ def test_a_wrong_token_is_an_error_naming_the_setting(labelled, monkeypatch):
         LabelStudioClient(connection, setting="label.label_studio")
 
 
+def test_a_crawl_before_the_first_label_run_pulls_nothing_and_a_vanished_project_is_an_error(server, tmp_path,
+                                                                                               mlflow_uri):
+    """The pipeline may crawl before the label step has created the project (the first day): nothing to pull,
+    said in the crawl report. Once a crawl has seen the project, its absence names the setting."""
+    project = f"freshet-test-{uuid.uuid4().hex[:10]}"
+    config = labelling_config(tmp_path, mlflow_uri, server, project)
+    store = ArtifactStore(config.artifact_root)
+    before = crawl.run(config, {}, run_id="crawl-before", store=store, logical_date=DAY)
+    assert before.output("records").rows == 0
+    report = json.loads(store.local_path(before.output("report").uri).read_text())["sources"]["ls"]
+    [incident] = report["incidents"]
+    assert incident["kind"] == "project_not_created_yet" and "crawl.sources[ls].project" in incident["detail"]
+    client = LabelStudioClient(config.label.label_studio, setting="label.label_studio")  # type: ignore[arg-type]
+    created = client.ensure_project(project, LABELS)
+    try:
+        seen = crawl.run(config, {}, run_id="crawl-seen", store=store, logical_date="2026-11-03")
+        assert seen.output("records").rows == 0
+        client.delete_project(int(created["id"]))
+        with pytest.raises(StepError, match=r"no project titled .* \(crawl\.sources\[ls\]\.project\)"):
+            crawl.run(config, {}, run_id="crawl-vanished", store=store, logical_date="2026-11-04")
+    finally:
+        if client.find_project(project) is not None:
+            client.delete_project(int(created["id"]))
+        client.close()
+
+
 def test_the_command_on_a_day_without_scored_texts_queues_nothing_and_says_why(labelled, tmp_path, capsys):
     data = labelled["config"].to_dict()
     data["artifact_root"] = str(tmp_path / "artifacts")

@@ -56,7 +56,8 @@ def crawl_label_studio(session: SourceSession) -> None:
     location = source_location(source)
     previous: Mapping[str, Any] = session.page_states.get(location, {})
     state: dict[str, Any] = {"cursor": previous.get("cursor"), "tasks": list(previous.get("tasks", [])),
-                             "labels": dict(previous.get("labels", {})), "problems": dict(previous.get("problems", {}))}
+                             "labels": dict(previous.get("labels", {})), "problems": dict(previous.get("problems", {})),
+                             "project_id": previous.get("project_id")}
     if source.url is not None:
         tasks, present, known_labels = _from_server(session, source, state)
     else:
@@ -84,7 +85,18 @@ def _from_server(session: SourceSession, source: LabelStudioSource, state: dict[
     if state["cursor"]:
         since = (dt.datetime.fromisoformat(state["cursor"]) - dt.timedelta(seconds=CURSOR_OVERLAP_S)).isoformat()
     with LabelStudioClient(source.connection(), setting=f"crawl.sources[{source.name}]") as client:
-        project = client.project(source.project)
+        found = client.find_project(source.project)
+        if found is None and state["project_id"] is None:
+            # Never seen: the label step creates the project on its first run, so a pipeline run before it has
+            # nothing to pull. Once a crawl has seen the project, its absence is an error naming the setting.
+            detail = (f"no project titled {source.project!r} on {source.url} yet (crawl.sources[{source.name}]"
+                      ".project): nothing to pull until the label step creates it")
+            session.report.incidents.append({"kind": "project_not_created_yet", "url": str(source.url),
+                                             "detail": detail})
+            log.warning("crawl %s: %s", source.name, detail)
+            return [], set(), None
+        project = found if found is not None else client.project(source.project)
+        state["project_id"] = int(project["id"])
         present = client.task_ids(int(project["id"]))
         tasks = list(client.tasks(int(project["id"]), updated_since=since, page_size=source.page_size))
     session.report.pages_fetched += 1
