@@ -245,11 +245,11 @@ def self_training_teacher(config: PipelineConfig, store: ArtifactStore, logical_
 def self_training_rows(config: PipelineConfig, store: ArtifactStore, teacher: Teacher, data: TrainingData,
                        labels: Sequence[str]) -> SelfTrainingRows:
     """The round's pseudo-labelled rows: the teacher's logged answers on texts no accepted snapshot holds."""
-    def text_key(text: str) -> str:  # clean's normalised text, so a logged text matches its labelled row
+    def text_key(text: str) -> str:  # clean's normalised-text hash, so a logged text matches its labelled row
         return content_hash(prepare(text, config.clean)[0].text)
 
-    labelled = {text_key(text) for entry in read_history(store) for text in pq.read_table(
-        store.local_path(entry["uri"]), columns=["text"]).column("text").to_pylist()}
+    labelled = {value for entry in read_history(store) for value in pq.read_table(
+        store.local_path(entry["uri"]), columns=["normalized_hash"]).column("normalized_hash").to_pylist()}
     rows, candidates = from_prediction_log(
         store, teacher.parts, teacher.version, labels, labelled, text_key,
         sum(not row.get("augmented_from") for row in data.train), teacher.settings)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 from tasks import compress, evaluate, promote, register, train
+from tasks.clean import prepare
 from tasks.config import PipelineConfig
 from tasks.contract import StepContext, execute
-from tasks.records import RECORD_SCHEMA, split_of, write_parquet
+from tasks.records import RECORD_SCHEMA, content_hash, split_of, write_parquet
 from tasks.snapshots import record_snapshot
 from tasks.train import DistributedEnv
 
@@ -42,6 +43,7 @@ def fake_upstream(config, store, run_id, day, rows):
     """Real clean/augment/validate manifests written through the contract, as those steps would."""
     for row in rows:
         row["split"] = split_of(row["id"], config.split)
+        row["normalized_hash"] = content_hash(prepare(row["text"], config.clean)[0].text)  # as clean writes it
     prior = [entry for entry in (store.read_json("state", "history.json") or []) if entry["logical_date"] < day]
 
     def clean_body(context: StepContext) -> None:

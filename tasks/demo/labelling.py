@@ -18,7 +18,6 @@ says which copy it kept.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from tasks.demo.annotator import AnnotationRound, CorpusTruth, annotate_open_tas
 from tasks.label import LabelFacts
 from tasks.labelling.label_studio import LabelStudioClient
 from tasks.manifest import Manifest
+from tasks.sources.guard import address_refusal, resolve_addresses
 from tasks.store import ArtifactStore, atomic_write_text
 
 DEFAULT_TOKEN_ENV = "LABEL_STUDIO_TOKEN"
@@ -62,12 +62,13 @@ def project_title(home: Path) -> str:
 
 
 def on_private_network(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
+    """Whether the crawler's address guard would refuse `url` without `allow_private_network` (the same rule)."""
+    parts = urlsplit(url)
     try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host == "localhost" or "." not in host  # a compose service name
-    return address.is_private or address.is_loopback
+        addresses = resolve_addresses(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    except OSError:
+        return True  # not resolvable here: a compose service name, on the stack's own network
+    return any(address_refusal(address, allow_private_network=False) for address in addresses)
 
 
 def with_label_studio(config_path: Path, home: Path, url: str, token_env: str, rows_per_day: int) -> Path:
