@@ -220,16 +220,19 @@ def append(results: Path, record: dict[str, Any]) -> None:
 
 
 def run_curve(args: argparse.Namespace, pool: Pool, strategy: str, seed: int, done: Sequence[dict[str, Any]],
-              results: Path, base: dict[str, Any]) -> list[int]:
+              results: Path, base: dict[str, Any]) -> list[list[int]]:
     """The rounds of one strategy and seed not in `done` (the earlier ones are replayed from their ids); the
-    labelled positions after the last round."""
+    labelled positions after each round."""
     from sklearn.metrics import f1_score
 
     position_of = {row["id"]: position for position, row in enumerate(pool.rows)}
     earlier = sorted(done, key=lambda record: record["round"])
     if [record["round"] for record in earlier] != list(range(len(earlier))):
         raise SystemExit(f"{results}: {strategy} seed {seed} has rounds {[r['round'] for r in earlier]}, not 0..n")
-    labelled = [position_of[identifier] for record in earlier for identifier in record["new_ids"]]
+    history: list[list[int]] = []
+    for record in earlier:
+        history.append([*(history[-1] if history else []), *(position_of[i] for i in record["new_ids"])])
+    labelled = history[-1] if history else []
     model = fit_classifier(pool, labelled) if 0 < len(earlier) <= args.rounds else None
     for round_number in range(len(earlier), args.rounds + 1):
         cpu, wall = time.process_time(), time.perf_counter()
@@ -244,6 +247,7 @@ def run_curve(args: argparse.Namespace, pool: Pool, strategy: str, seed: int, do
                                                 round_number))
         selection_cpu = time.process_time() - cpu
         labelled = labelled + new
+        history.append(labelled)
         model = fit_classifier(pool, labelled)
         macro_f1 = float(f1_score(pool.test_truth, model.predict(pool.test_vectors), average="macro"))
         record = base | {
@@ -255,20 +259,22 @@ def run_curve(args: argparse.Namespace, pool: Pool, strategy: str, seed: int, do
         append(results, record)
         print(f"{strategy:>8} seed {seed} round {round_number:>2}: {len(labelled):>5} labels, "
               f"macro-F1 {macro_f1:.4f}  cpu {record['cpu_seconds']:.1f} s", flush=True)
-    return labelled
+    return history
 
 
 def run_final(args: argparse.Namespace, pool: Pool, test: list[dict[str, Any]], strategy: str, seed: int,
-              labelled: Sequence[int], results: Path, base: dict[str, Any]) -> None:
-    """freshet's fine-tune (label_efficiency.py's `freshet` method) on the rows the strategy labelled."""
+              round_number: int, labelled: Sequence[int], results: Path, base: dict[str, Any]) -> None:
+    """freshet's fine-tune (label_efficiency.py's `freshet` method) on the rows the strategy had labelled after
+    `round_number`."""
     point = efficiency.Point(args, pool.labels, [pool.rows[position] for position in labelled], test, [], seed)
     cpu, wall = time.process_time(), time.perf_counter()
     outcome = efficiency.run_freshet(point)
-    record = base | {"kind": "final", "strategy": strategy, "seed": seed, "round": args.rounds,
+    record = base | {"kind": "final", "strategy": strategy, "seed": seed, "round": round_number,
                      "labels": len(labelled), "recipe": recipe_key(args)} | outcome | {
         "cpu_seconds": time.process_time() - cpu, "wall_seconds": time.perf_counter() - wall}
     append(results, record)
-    print(f"{strategy:>8} seed {seed} fine-tuned on {len(labelled)} labels: macro-F1 {record['macro_f1']:.4f}  "
+    print(f"{strategy:>8} seed {seed} round {round_number} fine-tuned on {len(labelled)} labels: "
+          f"macro-F1 {record['macro_f1']:.4f}  "
           f"cpu {record['cpu_seconds']:.0f} s", flush=True)
 
 
@@ -311,18 +317,21 @@ def measure(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
         append(results, base | {"kind": "embeddings"} | embedding)
     print(f"corpus {len(corpus)} rows ({args.text}), pool {len(pool_rows)}, fixed test set {len(test)}; "
           f"{args.seed_labels} seed labels + {args.rounds} rounds of {args.batch}; results {results}", flush=True)
-    final: dict[tuple[str, int], list[int]] = {}
+    history: dict[tuple[str, int], list[list[int]]] = {}
     for seed in range(args.seeds):
         for strategy in args.strategies:
             done = [record for record in records if record["kind"] == "round" and record["strategy"] == strategy
                     and record["seed"] == seed and record["round"] <= args.rounds]
-            final[strategy, seed] = run_curve(args, pool, strategy, seed, done, results, base)
+            history[strategy, seed] = run_curve(args, pool, strategy, seed, done, results, base)
     finished = {(record["strategy"], record["seed"], record["round"]) for record in records
                 if record["kind"] == "final" and record["recipe"] == recipe_key(args)}
     for seed in range(min(args.final_seeds, args.seeds)):
         for strategy in args.strategies:
-            if (strategy, seed, args.rounds) not in finished:
-                run_final(args, pool, test, strategy, seed, final[strategy, seed], results, base)
+            rounds = sorted({args.rounds, *([] if strategy == ANCHOR else args.finetune_rounds)})
+            for number in rounds:
+                if (strategy, seed, number) not in finished:
+                    run_final(args, pool, test, strategy, seed, number, history[strategy, seed][number], results,
+                              base)
     return results, base
 
 
@@ -467,6 +476,42 @@ def final_table(records: Sequence[dict[str, Any]], rounds: int, recipe: str,
     return lines
 
 
+def finetuned_reach_table(records: Sequence[dict[str, Any]], rounds: int, recipe: str) -> list[str]:
+    """The product's measure: with a strategy's rounds fine-tuned (`--finetune-rounds`), the labels its fine-tune
+    needs to reach random's fine-tuned final F1, interpolated on the strategy's fine-tuned points (mean over the
+    seeds that have all of them and random's final; per seed: against that seed's random final)."""
+    points: dict[str, dict[int, dict[int, float]]] = {}  # strategy -> seed -> labels -> macro-F1
+    for record in records:
+        if record["kind"] == "final" and record["recipe"] == recipe and record["round"] <= rounds:
+            points.setdefault(record["strategy"], {}).setdefault(record["seed"], {})[record["labels"]] = \
+                record["macro_f1"]
+    anchor = points.get(ANCHOR, {})
+    final_labels = max((max(by_labels) for by_labels in anchor.values()), default=0)
+    anchor_final = {seed: by_labels[final_labels] for seed, by_labels in anchor.items() if final_labels in by_labels}
+    lines: list[str] = []
+    for strategy in STRATEGIES:
+        by_seed = {seed: by_labels for seed, by_labels in points.get(strategy, {}).items() if seed in anchor_final}
+        counts = sorted(set.intersection(*(set(by_labels) for by_labels in by_seed.values()))) if by_seed else []
+        if strategy == ANCHOR or len(counts) < 2:
+            continue
+        seeds = sorted(by_seed)
+        target = statistics.mean(anchor_final[seed] for seed in seeds)
+        curve = [(float(count), statistics.mean(by_seed[seed][count] for seed in seeds)) for count in counts]
+        needed = labels_to_reach(curve, target)
+        per_seed = [share(labels_to_reach([(float(c), by_seed[seed][c]) for c in counts], anchor_final[seed]),
+                          final_labels) for seed in seeds]
+        if not lines:
+            lines = ["", ("labels each strategy's fine-tune needs to reach random's fine-tuned final F1 (freshet's "
+                          "recipe on the labels of each round), interpolated on the mean of its fine-tuned points"),
+                     ("| strategy | seeds | random's final F1 | fine-tuned macro-F1 by labels | labels | / random's "
+                      "| per seed |"), "|---|---|---:|---|---:|---:|---|"]
+        lines.append(f"| {strategy} | {', '.join(map(str, seeds))} | {target:.4f} at {final_labels} | "
+                     + ", ".join(f"{count:.0f}: {f1:.4f}" for count, f1 in curve)
+                     + f" | {'not reached' if needed is None else f'{needed:.0f}'} | {share(needed, final_labels)} | "
+                     f"{', '.join(per_seed)} |")
+    return lines
+
+
 def summary(records: Sequence[dict[str, Any]], base: dict[str, Any], rounds: int, recipe: str,
             efficiency_records: Sequence[dict[str, Any]] = ()) -> str:
     """The curves (mean ± sd over seeds), the labels to reach random's final F1 and CPU, the final points."""
@@ -481,6 +526,7 @@ def summary(records: Sequence[dict[str, Any]], base: dict[str, Any], rounds: int
         return "\n".join([*lines, "no complete random curve yet: nothing to compare against"])
     lines += curve_table(curves) + reach_table(curves)
     lines += final_table(chosen, rounds, recipe, efficiency_curve(efficiency_records, base, recipe))
+    lines += finetuned_reach_table(chosen, rounds, recipe)
     return "\n".join(lines)
 
 
@@ -500,6 +546,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--final-seeds", type=int, default=None,
                         help="fine-tune the final points of the first N seeds (default: every seed; 0: none)")
+    parser.add_argument("--finetune-rounds", default="",
+                        help="comma-separated rounds whose labels are also fine-tuned (every strategy but random, "
+                             "the final seeds), for the labels the fine-tune needs to reach random's final F1")
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--test-rows", type=int, default=None, help="cap the fixed test set (smoke tests)")
     parser.add_argument("--recipe", action="append", default=[], metavar="KEY=VALUE",
@@ -520,6 +569,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         recipe = QUICK_RECIPE | recipe
     args.recipe = recipe
     args.strategies = args.strategies.split(",")
+    args.finetune_rounds = [int(number) for number in args.finetune_rounds.split(",") if number.strip()]
+    if any(not 0 <= number < args.rounds for number in args.finetune_rounds):
+        parser.error(f"--finetune-rounds: each in 0..{args.rounds - 1} (the last round is always fine-tuned)")
     unknown = sorted(set(args.strategies) - set(PICKERS))
     if unknown:
         parser.error(f"--strategies: unknown {unknown}; known: {', '.join(STRATEGIES)}")

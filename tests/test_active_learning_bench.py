@@ -1,5 +1,5 @@
 """bench/active_learning.py in its quick mode on a tiny model, run once per module: every strategy x seed x round
-and every final fine-tune lands in the results file, the freshet strategy's picks keep the label step's budget
+and every fine-tune (the last round's, and round 1's of the strategies other than random) lands in the results file, the freshet strategy's picks keep the label step's budget
 and control share, a rerun measures nothing, and a cut-short curve is resumed from the ids it had labelled."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from tests.corpus_support import synthetic_corpus
 LABELS = ["alpha", "beta", "gamma"]
 STRATEGIES = ("random", "margin", "freshet")
 SEEDS, ROUNDS, SEED_LABELS, BATCH = (0, 1), 3, 30, 20  # what --quick sets
+FINETUNED = 1  # --finetune-rounds: fine-tuned too, besides the last round
 
 
 def read(results: Path) -> list[dict[str, Any]]:
@@ -35,7 +36,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     rows = synthetic_corpus(900, LABELS, seed=2)
     write_corpus(rows, corpus)
     argv = ["--quick", "--corpus", str(corpus), "--labels", ",".join(LABELS), "--model", "tiny", "--threads", "1",
-            "--results", str(results), "--cache-dir", str(root / "cache"), "--efficiency-results", str(root / "none")]
+            "--results", str(results), "--cache-dir", str(root / "cache"), "--efficiency-results", str(root / "none"),
+            "--finetune-rounds", str(FINETUNED)]
 
     def run() -> str:
         with contextlib.redirect_stdout(io.StringIO()) as printed:
@@ -65,8 +67,9 @@ def test_every_strategy_seed_and_round_is_measured_on_one_test_set(runs):
     assert sorted((r["strategy"], r["seed"], r["round"], r["labels"]) for r in records if r["kind"] == "round") == \
         sorted((s, seed, n, SEED_LABELS + BATCH * n) for s in STRATEGIES for seed in SEEDS for n in range(ROUNDS + 1))
     finals = [record for record in records if record["kind"] == "final"]
-    assert sorted((r["strategy"], r["seed"]) for r in finals) == sorted((s, seed) for s in STRATEGIES for seed in SEEDS)
-    assert all(r["labels"] == SEED_LABELS + BATCH * ROUNDS and 0 <= r["blend_weight"] <= 1 for r in finals)
+    assert sorted((r["strategy"], r["seed"], r["round"]) for r in finals) == sorted(
+        (s, seed, n) for s in STRATEGIES for seed in SEEDS for n in ((ROUNDS,) if s == "random" else (FINETUNED, ROUNDS)))
+    assert all(r["labels"] == SEED_LABELS + BATCH * r["round"] and 0 <= r["blend_weight"] <= 1 for r in finals)
     assert all(0 <= r["macro_f1"] <= 1 and r["cpu_seconds"] >= 0 for r in records if r["kind"] != "embeddings")
     # One fixed test set: the stable-hash fifth of the corpus (capped at 300 in quick mode), embedded once.
     assert len({record["test_rows"] for record in records}) == 1 and 100 < records[0]["test_rows"] <= 300
@@ -124,6 +127,10 @@ def test_the_summary_compares_every_strategy_with_random(runs):
     assert f"| random | {SEED_LABELS + BATCH * ROUNDS} | 100% | 100%, 100% |" in output
     assert "| margin | " in output and "| freshet | 0, 1 | " in output
     assert "final points: freshet's fine-tune" in output
+    assert "labels each strategy's fine-tune needs to reach random's fine-tuned final F1" in output
+    fine_tuned = f"{SEED_LABELS + BATCH * FINETUNED}: "
+    assert all(any(line.startswith(f"| {s} | 0, 1 | ") and fine_tuned in line for line in output.splitlines())
+               for s in ("margin", "freshet"))
 
 
 def test_labels_to_reach_interpolates_between_rounds():
