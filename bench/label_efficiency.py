@@ -140,7 +140,9 @@ def predict_probabilities(model: Any, tokenizer: Any, texts: Sequence[str], max_
 
 def freshet_round(point: Point, train: list[dict], validation: list[dict]) -> tuple[Any, Any, dict[str, Any]]:
     """freshet's trainer on `train`, early-stopped on `validation`: (model, tokenizer, trainer metrics)."""
-    from tasks.train import DistributedEnv, TrainingData, fit
+    from tasks.train import fit
+    from tasks.training.data import TrainingData
+    from tasks.training.distributed import DistributedEnv
 
     config = point.config(**(RECIPE | point.args.recipe))
     result = fit(config, TrainingData(train, validation, {}), DistributedEnv.from_environment(),

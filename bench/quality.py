@@ -92,7 +92,9 @@ def train_mode(args, config) -> int:
 
     from tasks.demo.corpus import build_debian_corpus
     from tasks.models.inference import predict
-    from tasks.train import DistributedEnv, TrainingData, fit
+    from tasks.train import fit
+    from tasks.training.data import TrainingData
+    from tasks.training.distributed import DistributedEnv
 
     labels = list(config.labels)
     with tempfile.TemporaryDirectory() as scratch:

@@ -132,7 +132,9 @@ def hf_trainer_samples_per_second(rows, mode: str, steps: int, batch_size: int, 
 def freshet_fit(rows, steps: int, batch_size: int, precision: str, max_length: int, model_name: str = "minilm",
                 **train_overrides) -> dict:
     from tasks.config import PipelineConfig
-    from tasks.train import DistributedEnv, TrainingData, fit
+    from tasks.train import fit
+    from tasks.training.data import TrainingData
+    from tasks.training.distributed import DistributedEnv
 
     environment = DistributedEnv.from_environment()
     config = PipelineConfig.model_validate({

@@ -39,7 +39,7 @@ import pyarrow as pa
 from tasks.config import AugmentConfig, ModelAugmenterConfig, PipelineConfig
 from tasks.contract import StepContext, cli, execute
 from tasks.lexicon import Lexicon, WordNet
-from tasks.manifest import Manifest, StepError
+from tasks.manifest import Manifest, StepError, StepFacts
 from tasks.records import DATASET_SCHEMA, content_hash, read_rows, write_parquet
 from tasks.store import ArtifactStore
 from tasks.tracking import log_dataset
@@ -311,6 +311,15 @@ def augment_rows(train_rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
     return result
 
 
+class AugmentFacts(StepFacts):
+    """The augmenters that ran, in order; the lexicon (its description, or "none") and the model-based augmenter
+    (its settings, or why it did not run)."""
+
+    augmenters: list[str]
+    lexicon: dict[str, Any] | str
+    model_based: dict[str, Any] | str
+
+
 def metric_key(label: str) -> str:
     """MLflow metric names allow only alphanumerics and `_-. :/`."""
     return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", label)
@@ -339,7 +348,8 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
                   "rows_real": len(train_rows), "rows_augmented": rows_augmented,
                   "augmenters": [augmenter.name for augmenter in augmenters],
                   "lexicon": lexicon_used, "model_based": model_used}
-        context.facts.update({"augmenters": report["augmenters"], "lexicon": lexicon_used, "model_based": model_used})
+        context.facts.update(AugmentFacts(augmenters=report["augmenters"], lexicon=lexicon_used,
+                                          model_based=model_used).dump())
         (context.out_dir / "augment_report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
         context.add_output("train", "train.parquet", "dataset", rows=len(result.rows), rows_augmented=rows_augmented)
         context.add_output("augment_report", "augment_report.json", "report")

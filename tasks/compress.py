@@ -32,6 +32,7 @@ import mlflow
 
 from tasks.config import PipelineConfig
 from tasks.contract import StepContext, cli, execute
+from tasks.evaluate import EvaluateFacts
 from tasks.gate_policy import GateFacts, SliceMetrics, final_verdict, judge_compressed
 from tasks.label_set import run_labels
 from tasks.manifest import Manifest, StepError, StepFacts
@@ -49,7 +50,7 @@ from tasks.models.compression import (
 from tasks.models.families import LayerCopyNotApplicable
 from tasks.models.inference import interleaved_latency, predict
 from tasks.models.metrics import score
-from tasks.records import evaluation_slices, read_rows
+from tasks.records import CleanFacts, evaluation_slices, read_rows
 from tasks.store import ArtifactStore
 
 STEP = "compress"
@@ -111,7 +112,7 @@ def distillation_rows(config: PipelineConfig, clean: Manifest, store: ArtifactSt
     import random
 
     known = set(labels if labels is not None else config.labels)
-    uris = [entry["uri"] for entry in clean.facts.get("prior_snapshots", [])] + [clean.output("dataset").uri]
+    uris = [snapshot.uri for snapshot in CleanFacts.of(clean).prior_snapshots] + [clean.output("dataset").uri]
     rows: dict[str, dict[str, Any]] = {}
     for uri in uris:
         for row in read_rows(store.local_path(uri)):
@@ -334,8 +335,7 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         if config.compress.serving_check_rows:
             write_serving_sample(context, config, models[serving_variant], serving_variant, tokenizer, slices, labels,
                                  blend)
-        gate = final_verdict(GateFacts.model_validate(context.input("evaluate").facts["gate"]), checks,
-                             serving_variant)
+        gate = final_verdict(EvaluateFacts.of(context.input("evaluate")).gate, checks, serving_variant)
         record_compression(context, variants, serving_variant, gate)
 
     def track(manifest: Manifest) -> None:
@@ -383,7 +383,7 @@ def record_compression(context: StepContext, variants: Mapping[str, Mapping[str,
     context.facts.update(CompressFacts(
         gate=gate, serving_variant=serving_variant, serving_artifact=serving_artifact, serving_model=serving_model,
         variants={name: dict(figures) for name, figures in variants.items()},
-        champion_version=context.input("evaluate").facts.get("champion_version")).dump())
+        champion_version=EvaluateFacts.of(context.input("evaluate")).champion_version).dump())
 
 
 def main(argv: list[str] | None = None) -> int:

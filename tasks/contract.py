@@ -16,17 +16,17 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from tasks.config import ConfigError, PipelineConfig, digest_json, load_config
 from tasks.manifest import ArtifactRef, Manifest, MetricValue, StepError
-from tasks.store import ArtifactStore, digest_path
+from tasks.store import ArtifactStore, digest_path, safe_run_id
 from tasks.tracking import is_tracked, log_manifest, mark_tracked, step_run
 
 log = logging.getLogger("freshet")
-
 
 
 @dataclass
@@ -40,6 +40,7 @@ class StepContext:
     inputs: Mapping[str, Manifest]
     out_dir: Path
     logical_date: str | None = None
+    fingerprint: str = ""
     outputs: dict[str, ArtifactRef] = field(default_factory=dict)
     metrics: dict[str, MetricValue] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
@@ -74,8 +75,20 @@ class StepContext:
         self.outputs[name] = ref
         return ref
 
+    def mlflow_run(self) -> AbstractContextManager[Any]:
+        """The step's MLflow run, active, for a body whose work needs a run before the commit (MLflow makes a model
+        version only from a model logged in a run). It is the run `track` records into after the commit; the record
+        itself (evidence, tags, metrics) belongs in `track`, which a recovery repeats."""
+        return step_run(self.config, self.run_id, self.step, self.logical_date)
+
 
 StepBody = Callable[[StepContext], None]
+StepTrack = Callable[[Manifest], None]
+
+
+def manifest_only(manifest: Manifest) -> None:
+    """The `track` of a step whose MLflow record is the manifest alone (its metrics, tags and manifest.json, which
+    the contract logs for every tracked step)."""
 
 
 def step_fingerprint(
@@ -98,6 +111,13 @@ def step_fingerprint(
     )
 
 
+def reusable(store: ArtifactStore, run_id: str, step: str, fingerprint: str) -> Manifest | None:
+    """The committed manifest of this fingerprint, which `execute` reuses, or None: `execute` runs the body. Also for
+    a process that follows another one's `execute` (a DDP rank other than 0) and must know which way it went."""
+    existing = read_manifest(store, run_id, step)
+    return existing if existing is not None and existing.fingerprint == fingerprint else None
+
+
 def execute(
     step: str,
     body: StepBody,
@@ -109,17 +129,19 @@ def execute(
     logical_date: str | None = None,
     config_sections: Sequence[str] = (),
     extra_fingerprint: Mapping[str, Any] | None = None,
-    track: Callable[[Manifest], None] | None = None,
+    track: StepTrack | None = None,
 ) -> Manifest:
     """Run a step body once per fingerprint; return the committed manifest.
 
-    `track(manifest)` records the step's evidence (artifacts, datasets, tags) in its MLflow run once the
-    manifest is committed; the contract opens the run and logs the manifest's metrics first. A reused
-    manifest was tracked when it was made, so it is not tracked again.
+    `track(manifest)` records the step's evidence (artifacts, datasets, tags, metric histories) in its MLflow run
+    once the manifest is committed, from the manifest and its committed artifacts only: after a kill past the
+    commit, a rerun skips `body` and runs `track` alone. The contract opens the run and logs the manifest first
+    (`manifest_only`: nothing more); without `track` the step has no MLflow run. A reused manifest was tracked
+    when it was made, so it is not tracked again.
     """
     fingerprint = step_fingerprint(step, config, inputs, logical_date, config_sections, extra_fingerprint)
-    existing = read_manifest(store, run_id, step)
-    if existing is not None and existing.fingerprint == fingerprint:
+    existing = reusable(store, run_id, step, fingerprint)
+    if existing is not None:
         log.info("%s: inputs unchanged since %s, reusing manifest %s", step, existing.created_at, existing.uri)
         if track is not None and not is_tracked(config, run_id, step, fingerprint):
             # Killed after the commit, before its MLflow record was complete: finish the record, once.
@@ -130,7 +152,7 @@ def execute(
     with store.staging(run_id, step) as out_dir:
         context = StepContext(
             step=step, run_id=run_id, config=config, store=store, inputs=inputs,
-            out_dir=out_dir, logical_date=logical_date,
+            out_dir=out_dir, logical_date=logical_date, fingerprint=fingerprint,
         )
         body(context)
         manifest = Manifest(
@@ -155,7 +177,7 @@ def execute(
 
 
 def _record(config: PipelineConfig, run_id: str, step: str, logical_date: str | None, manifest: Manifest,
-            track: Callable[[Manifest], None]) -> None:
+            track: StepTrack) -> None:
     with step_run(config, run_id, step, logical_date):
         log_manifest(manifest)
         track(manifest)
@@ -190,8 +212,6 @@ def logical_day(logical_date: str | None) -> dt.date | None:
 
 
 def read_manifest(store: ArtifactStore, run_id: str, step: str) -> Manifest | None:
-    from tasks.store import safe_run_id
-
     data = store.read_json("runs", safe_run_id(run_id), step, "manifest.json")
     return None if data is None else Manifest.model_validate(data)
 

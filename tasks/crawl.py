@@ -48,7 +48,7 @@ import pandas as pd
 from tasks.config import PipelineConfig, SourceConfig
 from tasks.contract import StepContext, cli, execute, logical_day, step_fingerprint
 from tasks.inbox import post_batch
-from tasks.manifest import Manifest
+from tasks.manifest import Manifest, StepFacts
 from tasks.records import QUARANTINE_SCHEMA, RECORD_SCHEMA, write_parquet
 from tasks.sources import SOURCE_KINDS, crawl_source
 from tasks.sources.fetch import HostPacer, SourceFetcher
@@ -63,6 +63,10 @@ log = logging.getLogger("freshet.crawl")
 STEP = "crawl"
 CONFIG_SECTIONS = ("crawl",)
 
+
+class CrawlFacts(StepFacts):
+    """None: the crawl's counts are its metrics (the new_data control reads those) and what it did per source is
+    its `report` output. Typed all the same, so a fact written without a field here fails where it is written."""
 
 
 def publish_crawl_state(store: ArtifactStore, manifest: Manifest, sources: Sequence[SourceConfig]) -> None:
@@ -90,6 +94,7 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         crawls = crawl_sources(config, store, client, run_id, logical_date, until, fingerprint)
         write_outputs(context, crawls, run_id, logical_date)
         context.metrics.update(crawl_metrics(crawls))
+        context.facts.update(CrawlFacts().dump())
         log_reports([crawl.report for crawl in crawls])
 
     def track(manifest: Manifest) -> None:

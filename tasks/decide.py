@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tasks.config import PipelineConfig
-from tasks.contract import StepContext, cli, execute, parse_bool
+from tasks.contract import StepContext, cli, execute, manifest_only, parse_bool
 from tasks.manifest import Manifest, StepFacts
 from tasks.monitoring import breach as breaches
 from tasks.snapshots import last_training, untrained_snapshots
@@ -157,7 +157,7 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         (log.info if train else log.warning)("decide: %s: %s", "TRAIN" if train else "SKIP training", reason)
 
     return execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
-                   config_sections=("schedule",),
+                   config_sections=("schedule",), track=manifest_only,
                    extra_fingerprint={"snapshots": [entry.get("digest") for entry in snapshots], "since": since,
                                       "champion": champion, "force": force, "train_rows": train_rows,
                                       "breaches": [item["id"] for item in pending]})

@@ -16,6 +16,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+from pydantic import field_serializer
 
 from tasks import model_registry
 from tasks.config import GatePolicy, PipelineConfig
@@ -23,6 +24,7 @@ from tasks.contract import StepContext, cli, execute
 from tasks.gate_policy import (
     BOOTSTRAP_METRICS,
     BestScore,
+    GateFacts,
     PairedComparison,
     SliceMetrics,
     Verdict,
@@ -30,7 +32,7 @@ from tasks.gate_policy import (
     judge_candidate,
 )
 from tasks.label_set import run_labels
-from tasks.manifest import Manifest
+from tasks.manifest import Manifest, StepFacts
 from tasks.models.blend import Blend, choose_weight, load_blend
 from tasks.models.build import load_classifier, model_labels, model_size_bytes
 from tasks.models.inference import measure_latency, predict
@@ -41,6 +43,25 @@ from tasks.store import ArtifactStore
 
 STEP = "evaluate"
 log = logging.getLogger("freshet.evaluate")
+
+
+class EvaluateFacts(StepFacts):
+    """The rows the lexical baseline was fitted on (when it read the candidate's), the gate's verdict on the
+    candidate, the champion it was compared with, the run's labels and the classes the champion never had, the
+    served blend weight, and why no baseline was fitted (None: one was)."""
+
+    baseline_train_rows: int | None = None
+    gate: GateFacts
+    champion_version: str | None
+    labels: list[str]
+    new_classes: list[str]
+    blend_weight: float
+    baseline_skipped: str | None
+
+    @field_serializer("gate")
+    def _candidate_gate(self, gate: GateFacts) -> dict[str, Any]:
+        # The candidate's verdict has no serving variant: compress chooses one and adds it to its own.
+        return gate.model_dump(exclude={"serving_variant"})
 
 
 def paired_comparisons(policy: GatePolicy, slices: Mapping[str, Sequence[dict[str, Any]]], labels: Sequence[str],
@@ -163,21 +184,21 @@ def score_champion(config: PipelineConfig, champion_version: str, slices: Mappin
     return probabilities, label_ids, new_classes
 
 
-def fit_baseline(config: PipelineConfig, context: StepContext, labels: list[str]) -> tuple[LexicalModel | None, str]:
+def fit_baseline(config: PipelineConfig, context: StepContext, labels: list[str]
+                 ) -> tuple[LexicalModel | None, str, int | None]:
     """The lexical baseline on the candidate's exact train rows (less self-training's pseudo-labelled ones: the
-    anchor learns from the same labels), or None and why it could not be fitted."""
+    anchor learns from the same labels), or None and why it could not be fitted; and how many rows it read."""
     if config.evaluate.baseline is None:
-        return None, "evaluate.baseline is null"
+        return None, "evaluate.baseline is null", None
     if "train_rows" not in context.input("train").outputs:
-        return None, "the train step recorded no train_rows (a model trained before freshet kept them)"
+        return None, "the train step recorded no train_rows (a model trained before freshet kept them)", None
     rows = [row for row in read_rows(context.input_path("train", "train_rows")) if not row.get("pseudo_label")]
-    context.facts["baseline_train_rows"] = len(rows)
     try:
         return LexicalModel.fit([row["text"] for row in rows], [row["label"] for row in rows], labels,
-                                config.evaluate.baseline), ""
+                                config.evaluate.baseline), "", len(rows)
     except BaselineSkipped as reason:
         log.warning("evaluate: lexical baseline skipped: %s", reason)
-        return None, str(reason)
+        return None, str(reason), len(rows)
 
 
 def choose_blend(config: PipelineConfig, context: StepContext, lexical: LexicalModel, model: Any, tokenizer: Any,
@@ -271,6 +292,7 @@ class CandidateScores:
     baseline_skipped: str
     blend: Blend | None
     blend_facts: dict[str, Any]
+    baseline_train_rows: int | None
 
 
 def score_candidate(config: PipelineConfig, context: StepContext, model: Any, tokenizer: Any,
@@ -279,7 +301,7 @@ def score_candidate(config: PipelineConfig, context: StepContext, model: Any, to
     bins = config.evaluate.calibration_bins
     transformer_probabilities, _ = slice_probabilities(model, tokenizer, slices, labels,
                                                        model_labels=model_labels(model), **settings)
-    lexical, baseline_skipped = fit_baseline(config, context, labels)
+    lexical, baseline_skipped, baseline_train_rows = fit_baseline(config, context, labels)
     blend: Blend | None = None
     blend_facts: dict[str, Any] = {"weight": 1.0, "reason": f"no lexical baseline: {baseline_skipped}"}
     if lexical is not None:
@@ -294,7 +316,7 @@ def score_candidate(config: PipelineConfig, context: StepContext, model: Any, to
                                                  labels, calibration_bins=bins)
                                     if lexical is not None else (None, None))
     return CandidateScores(candidate, predicted, served, transformer, baseline, baseline_predicted, baseline_skipped,
-                           blend, blend_facts)
+                           blend, blend_facts, baseline_train_rows)
 
 
 @dataclass
@@ -329,7 +351,7 @@ def compare_with_champion(config: PipelineConfig, champion_version: str | None,
 
 def record(context: StepContext, scores: CandidateScores, champion: ChampionComparison,
            over_baseline: Mapping[str, PairedComparison] | None, verdict: Verdict, labels: list[str],
-           slices: Mapping[str, list[dict[str, Any]]], title: str) -> None:
+           slices: Mapping[str, list[dict[str, Any]]], title: str, champion_version: str | None) -> None:
     """The report files and the manifest's outputs (everything but evaluation.json)."""
     out = context.out_dir
     if scores.blend is not None:
@@ -337,7 +359,7 @@ def record(context: StepContext, scores: CandidateScores, champion: ChampionComp
         context.add_output("blend", "blend", "model", weight=scores.blend.weight)
     (out / "gate.json").write_text(json.dumps(verdict.summary(), indent=2))
     (out / "report.md").write_text(gate_report(
-        verdict, scores.candidate, champion.metrics, context.facts.get("champion_version"), title, champion.paired,
+        verdict, scores.candidate, champion.metrics, champion_version, title, champion.paired,
         champion.new_classes, transformer=scores.transformer if scores.blend is not None else None,
         baseline=scores.baseline, over_baseline=over_baseline, blend=scores.blend_facts))
     confusion_png(scores.candidate["frozen"]["confusion_matrix"], labels, "candidate, frozen test",
@@ -350,14 +372,67 @@ def record(context: StepContext, scores: CandidateScores, champion: ChampionComp
     context.add_output("predictions", "predictions.parquet", "dataset", rows=sum(len(rows) for rows in slices.values()))
 
 
-def new_class_fates(facts: Mapping[str, Any]) -> dict[str, str]:
+def new_class_fates(facts: EvaluateFacts) -> dict[str, str]:
     """Per class the champion never had: how the gate judged it on its own rows, and the round's verdict (an MLflow
     tag of the evaluate run, so the audit shows what happened to a new label without opening the manifest)."""
-    checks = facts["gate"]["checks"]
-    verdict = "gate passed" if facts["gate"]["passed"] else "gate rejected the candidate"
-    return {label: "; ".join([*(f"{check['name']} {check['verdict']} ({check['detail']})" for check in checks
-                               if check["name"].startswith(f"new_class:{label}:")), verdict])
-            for label in facts["new_classes"]}
+    verdict = "gate passed" if facts.gate.passed else "gate rejected the candidate"
+    return {label: "; ".join([*(f"{check.name} {check.verdict} ({check.detail})" for check in facts.gate.checks
+                               if check.name.startswith(f"new_class:{label}:")), verdict])
+            for label in facts.new_classes}
+
+
+def evaluation_report(scores: CandidateScores, versus: ChampionComparison, champion_version: str | None,
+                      labels: list[str], best_frozen: BestScore | None,
+                      over_baseline: Mapping[str, PairedComparison] | None, latency: Mapping[str, Any],
+                      size_bytes: int) -> dict[str, Any]:
+    """evaluation.json: every model's scores per slice, the comparisons, the best champion so far, latency, size."""
+    return {
+        "candidate": scores.candidate, "transformer": scores.transformer, "baseline": scores.baseline,
+        "baseline_skipped": scores.baseline_skipped or None, "blend": scores.blend_facts,
+        "champion": versus.metrics, "champion_version": champion_version, "compared": versus.compared,
+        "labels": labels, "new_classes": versus.new_classes,
+        "best_frozen": best_frozen.model_dump() if best_frozen else None,
+        "paired": {name: comparison.model_dump() for name, comparison in versus.paired.items()},
+        "over_baseline": {name: comparison.model_dump() for name, comparison in (over_baseline or {}).items()},
+        "latency": latency, "size_bytes": size_bytes}
+
+
+def evaluate_candidate(config: PipelineConfig, context: StepContext, champion_version: str | None,
+                       recorded_best: tuple[float, str] | None) -> None:
+    """The step's body: score the candidate (and the baseline, and the blend), compare it with the champion on
+    the same rows, judge it by the gate policy, and write the report, the facts and the metrics."""
+    policy = config.evaluate.gate
+    labels = run_labels(config, context.input("clean"), context.store)
+    slices = evaluation_slices(context.input("clean"), context.store)
+    model, tokenizer = load_classifier(context.input_path("train", "model"),
+                                       trust_remote_code=config.train.trust_remote_code)
+    settings: dict[str, Any] = {"max_length": config.train.max_length, "batch_size": config.evaluate.batch_size}
+    scores = score_candidate(config, context, model, tokenizer, slices, labels, settings)
+    versus = compare_with_champion(config, champion_version, slices, labels, settings, scores.served)
+    over_baseline = (paired_comparisons(policy, slices, labels, scores.predicted, scores.baseline_predicted)
+                     if scores.baseline_predicted is not None else None)
+    sample = [row["text"] for row in (slices.get("fresh") or slices.get("frozen") or [])[:16]]
+    latency = measure_latency(model, tokenizer, sample, max_length=config.train.max_length)
+    best_frozen = best_champion_so_far(recorded_best, versus.metrics, champion_version, policy.primary_metric)
+    verdict = judge_candidate(policy, scores.candidate, versus.metrics, paired=versus.paired, latency=latency,
+                              best_frozen=best_frozen, new_classes=versus.new_classes, compared=versus.compared,
+                              baseline=over_baseline, baseline_skipped=scores.baseline_skipped or None)
+    facts = EvaluateFacts(gate=verdict.facts(), champion_version=champion_version, labels=labels,
+                          new_classes=versus.new_classes, blend_weight=scores.blend_facts["weight"],
+                          baseline_skipped=scores.baseline_skipped or None)
+    if scores.baseline_train_rows is not None:
+        facts.baseline_train_rows = scores.baseline_train_rows
+    context.facts.update(facts.dump())
+    size_bytes = model_size_bytes(model)
+    (context.out_dir / "evaluation.json").write_text(json.dumps(evaluation_report(
+        scores, versus, champion_version, labels, best_frozen, over_baseline, latency, size_bytes), indent=2))
+    record(context, scores, versus, over_baseline, verdict, labels, slices, f"Candidate evaluation, run "
+           f"{context.run_id}", champion_version)
+    context.metrics.update(slice_metrics(scores.candidate, versus.metrics, versus.paired, scores.transformer,
+                                         scores.baseline, over_baseline))
+    context.metrics.update(latency)
+    context.metrics.update({"blend_weight": scores.blend_facts["weight"], "size_bytes": size_bytes,
+                            "gate_passed": verdict.passed, "num_labels": len(labels)})
 
 
 def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, store: ArtifactStore,
@@ -368,59 +443,26 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
     recorded_best = None
     if champion_version is not None and policy.max_drop_below_best is not None:
         recorded_best = model_registry.best_champion_score(model_registry.client(config), config.mlflow.model_name,
-                                                     f"candidate.frozen.{policy.primary_metric}")
+                                                           f"candidate.frozen.{policy.primary_metric}")
 
     def body(context: StepContext) -> None:
-        labels = run_labels(config, context.input("clean"), store)
-        slices = evaluation_slices(context.input("clean"), store)
-        model, tokenizer = load_classifier(context.input_path("train", "model"),
-                                           trust_remote_code=config.train.trust_remote_code)
-        settings: dict[str, Any] = {"max_length": config.train.max_length, "batch_size": config.evaluate.batch_size}
-        scores = score_candidate(config, context, model, tokenizer, slices, labels, settings)
-        versus = compare_with_champion(config, champion_version, slices, labels, settings, scores.served)
-        over_baseline = (paired_comparisons(policy, slices, labels, scores.predicted, scores.baseline_predicted)
-                         if scores.baseline_predicted is not None else None)
-        sample = [row["text"] for row in (slices.get("fresh") or slices.get("frozen") or [])[:16]]
-        latency = measure_latency(model, tokenizer, sample, max_length=config.train.max_length)
-        best_frozen = best_champion_so_far(recorded_best, versus.metrics, champion_version, policy.primary_metric)
-        verdict = judge_candidate(policy, scores.candidate, versus.metrics, paired=versus.paired, latency=latency,
-                                  best_frozen=best_frozen, new_classes=versus.new_classes, compared=versus.compared,
-                                  baseline=over_baseline, baseline_skipped=scores.baseline_skipped or None)
-        context.facts.update({"gate": verdict.summary(), "champion_version": champion_version, "labels": labels,
-                              "new_classes": versus.new_classes, "blend_weight": scores.blend_facts["weight"],
-                              "baseline_skipped": scores.baseline_skipped or None})
-        (context.out_dir / "evaluation.json").write_text(json.dumps({
-            "candidate": scores.candidate, "transformer": scores.transformer, "baseline": scores.baseline,
-            "baseline_skipped": scores.baseline_skipped or None, "blend": scores.blend_facts,
-            "champion": versus.metrics, "champion_version": champion_version, "compared": versus.compared,
-            "labels": labels, "new_classes": versus.new_classes,
-            "best_frozen": best_frozen.model_dump() if best_frozen else None,
-            "paired": {name: comparison.model_dump() for name, comparison in versus.paired.items()},
-            "over_baseline": {name: comparison.model_dump() for name, comparison in (over_baseline or {}).items()},
-            "latency": latency, "size_bytes": model_size_bytes(model)}, indent=2))
-        record(context, scores, versus, over_baseline, verdict, labels, slices, f"Candidate evaluation, run {run_id}")
-        context.metrics.update(slice_metrics(scores.candidate, versus.metrics, versus.paired, scores.transformer,
-                                             scores.baseline, over_baseline))
-        context.metrics.update(latency)
-        context.metrics.update({"blend_weight": scores.blend_facts["weight"], "size_bytes": model_size_bytes(model),
-                                "gate_passed": verdict.passed, "num_labels": len(labels)})
+        evaluate_candidate(config, context, champion_version, recorded_best)
 
     def track(manifest: Manifest) -> None:
         for name in ("evaluation", "gate", "report", "confusion_matrix"):
             mlflow.log_artifact(str(store.local_path(manifest.output(name).uri)), artifact_path="evaluation")
         if "blend" in manifest.outputs:
             mlflow.log_artifacts(str(store.local_path(manifest.output("blend").uri)), artifact_path="evaluation/blend")
-        if manifest.facts["new_classes"]:
-            mlflow.set_tag("freshet.new_classes", json.dumps(new_class_fates(manifest.facts)))
-
+        facts = EvaluateFacts.of(manifest)
+        if facts.new_classes:
+            mlflow.set_tag("freshet.new_classes", json.dumps(new_class_fates(facts)))
 
     manifest = execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
                        config_sections=("evaluate", "train"),
                        extra_fingerprint={"champion_version": champion_version, "recorded_best": recorded_best},
                        track=track)
-    verdict = manifest.facts["gate"]
-    log.info("gate: %s%s", "PASS" if verdict["passed"] else "REJECT",
-             "" if verdict["passed"] else " - " + "; ".join(verdict["reasons"]))
+    gate = EvaluateFacts.of(manifest).gate
+    log.info("gate: %s%s", "PASS" if gate.passed else "REJECT", "" if gate.passed else " - " + "; ".join(gate.reasons))
     return manifest
 
 

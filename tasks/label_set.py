@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 
 from tasks.config import PipelineConfig
 from tasks.manifest import Manifest
+from tasks.records import CleanFacts
 from tasks.store import ArtifactStore
 
 
@@ -36,5 +37,5 @@ def run_labels(config: PipelineConfig, clean: Manifest, store: ArtifactStore) ->
     """The label set of the run whose clean manifest is `clean`: earlier snapshots, oldest first, then its own."""
     if config.validate_.new_labels != "extend":
         return list(config.labels)
-    uris = [entry["uri"] for entry in clean.facts.get("prior_snapshots", [])] + [clean.output("dataset").uri]
+    uris = [snapshot.uri for snapshot in CleanFacts.of(clean).prior_snapshots] + [clean.output("dataset").uri]
     return extend_labels(config.labels, (snapshot_labels(store, uri) for uri in uris))

@@ -39,7 +39,7 @@ from tasks import model_registry
 from tasks.checks import Check, Comparison, failed, skipped
 from tasks.checks import judge as judge_check  # `judge` here judges a version
 from tasks.config import PipelineConfig
-from tasks.contract import StepContext, cli, execute, logical_day, step_fingerprint
+from tasks.contract import StepContext, cli, execute, logical_day
 from tasks.manifest import Manifest, StepFacts
 from tasks.monitoring import breach as breaches
 from tasks.monitoring.feedback import feedback_runs, labelled_rows
@@ -48,6 +48,7 @@ from tasks.monitoring.reference import NoReference, load_or_build
 from tasks.monitoring.report import render_html, version_png
 from tasks.monitoring.scorer import load_scorer
 from tasks.store import ArtifactStore
+from tasks.tracking import manifest_timestamp
 
 STEP = "monitor"
 log = logging.getLogger("freshet.monitor")
@@ -313,7 +314,6 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
     extra = {"parts": [(part["uri"], part["size"], part["stamp"]) for part in parts],
              "feedback": [entry["fingerprint"] for entry in feedback], "champion": champion_version,
              "cooldown_breach": near["id"] if near else None}
-    fingerprint = step_fingerprint(STEP, config, inputs, logical_date, (STEP, "mlflow"), extra)
 
     def body(context: StepContext) -> None:
         frame = with_probabilities(store, read_parts(store, parts))
@@ -321,7 +321,7 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         results, pictures = judge_versions(config, store, context, frame, labelled)
         judged = {version: result for version, result in results.items() if result["status"] == "judged"}
         failed = [f"version {version}: {problem}" for version, result in judged.items() for problem in result["failed"]]
-        breach = new_breach(run_id, day, moment, fingerprint, judged, failed, champion_version, near,
+        breach = new_breach(run_id, day, moment, context.fingerprint, judged, failed, champion_version, near,
                             settings.cooldown_hours) if failed else None
         emitted = breach is not None and breach["emitted"]
         primary = max(judged, key=lambda version: judged[version]["rows"], default=None)
@@ -351,8 +351,9 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
 
     manifest = execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
                        config_sections=(STEP, "mlflow"), extra_fingerprint=extra, track=track)
-    if manifest.facts.get("breach_emitted"):
-        breaches.publish(store, manifest.facts["breach"])
+    facts = MonitorFacts.of(manifest)
+    if facts.breach_emitted and facts.breach is not None:
+        breaches.publish(store, facts.breach)
     return manifest
 
 
@@ -365,18 +366,21 @@ def primary_metrics(judged: Mapping[str, Mapping[str, Any]], primary: str | None
 
 
 def log_monitor(store: ArtifactStore, manifest: Manifest) -> None:
-    """The reports, every judged version's measures (as v<version>.<measure>) and the verdict, into MLflow."""
+    """The reports, every judged version's measures (as v<version>.<measure>) and the verdict, into MLflow: from the
+    committed manifest and reports alone, at the manifest's time (so a recovery after a kill repeats, not doubles)."""
     import mlflow
 
+    facts = MonitorFacts.of(manifest)
     for ref in manifest.outputs.values():
         mlflow.log_artifact(str(store.local_path(ref.uri)), artifact_path="monitor")
-    for version, result in manifest.facts["versions"].items():
+    for version, result in facts.versions.items():
         if result["status"] == "judged":
             mlflow.log_metrics({f"v{version}.{key}": float(value) for key, value in result["measures"].items()
-                                if isinstance(value, int | float) and not isinstance(value, bool)})
-    mlflow.set_tags({"freshet.monitor.verdict": manifest.facts["verdict"][:5000],
-                     "freshet.monitor.breach": (manifest.facts["breach"] or {}).get("id", "none"),
-                     "freshet.monitor.versions": ",".join(manifest.facts["versions"])})
+                                if isinstance(value, int | float) and not isinstance(value, bool)},
+                               timestamp=manifest_timestamp(manifest))
+    mlflow.set_tags({"freshet.monitor.verdict": facts.verdict[:5000],
+                     "freshet.monitor.breach": (facts.breach or {}).get("id", "none"),
+                     "freshet.monitor.versions": ",".join(facts.versions)})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from tasks import model_registry
 from tasks.config import PipelineConfig
-from tasks.contract import StepContext, cli, execute
+from tasks.contract import StepContext, cli, execute, manifest_only
 from tasks.manifest import Manifest, StepError, StepFacts, airflow_identity
 from tasks.register import RegisterFacts
 from tasks.store import ArtifactStore
@@ -95,7 +95,7 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         log.info("promote: %s@champion -> version %s (previous: %s)", config.mlflow.model_name, moved["champion"], moved["previous"])
 
     return execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
-                   config_sections=("mlflow",))
+                   config_sections=("mlflow",), track=manifest_only)
 
 
 def rollback(config: PipelineConfig, who: str, why: str, expected_champion: str | None = None,

@@ -1,4 +1,8 @@
-"""The record schema, Parquet snapshots through Hugging Face `datasets`, and the stable split of a record."""
+"""The record schema, Parquet snapshots through Hugging Face `datasets`, the stable split of a record, and the
+clean manifest's facts (the snapshots accepted before it), from which the evaluation slices are read.
+
+`CleanFacts` lives here, not beside the clean step, because shared modules (the evaluation slices, the run's label
+set, the monitor's reference) read it, and a shared module never imports a step."""
 
 from __future__ import annotations
 
@@ -10,9 +14,10 @@ from typing import Any
 import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
 
 from tasks.config import SplitConfig
-from tasks.manifest import Manifest
+from tasks.manifest import Manifest, StepFacts
 from tasks.store import ArtifactStore
 
 # The record schema every step after crawl reads and writes (augment adds `augmented_from`,
@@ -43,6 +48,25 @@ QUARANTINE_SCHEMA = pa.schema(
     ]
 )
 SPLITS = ("train", "validation", "test")
+
+
+class Snapshot(BaseModel):
+    """An accepted (cleaned) snapshot as the history records it (`tasks.snapshots`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    logical_date: str | None
+    uri: str
+    digest: str
+    rows: int | None
+
+
+class CleanFacts(StepFacts):
+    """The snapshots accepted before this one, oldest first: downstream steps (train, evaluate, compress, register)
+    find the old data from the clean manifest alone."""
+
+    prior_snapshots: list[Snapshot]
 
 
 def content_hash(text: str) -> str:
@@ -91,14 +115,20 @@ def concat_rows(parts: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 def current_rows(store: ArtifactStore, entries: Sequence[Mapping[str, Any]],
                  newer_ids: Iterable[str] = ()) -> dict[str, list[dict[str, Any]]]:
+    """`latest_versions` of history entries ({run_id, logical_date, uri, digest, rows}), oldest first."""
+    return latest_versions(store, [entry["uri"] for entry in entries], newer_ids)
+
+
+def latest_versions(store: ArtifactStore, uris: Sequence[str],
+                    newer_ids: Iterable[str] = ()) -> dict[str, list[dict[str, Any]]]:
     """Each snapshot's rows (by its uri) less those a later one supersedes: an id accepted again is an update (a new
-    text, or a label edited in the annotation tool), and only its latest version counts. `entries` oldest first;
+    text, or a label edited in the annotation tool), and only its latest version counts. `uris` oldest first;
     `newer_ids`: the ids of a snapshot newer than all of them (this run's)."""
     seen = set(newer_ids)
     kept: dict[str, list[dict[str, Any]]] = {}
-    for entry in reversed(entries):
-        rows = read_rows(store.local_path(entry["uri"]))
-        kept[entry["uri"]] = [row for row in rows if row["id"] not in seen]
+    for uri in reversed(uris):
+        rows = read_rows(store.local_path(uri))
+        kept[uri] = [row for row in rows if row["id"] not in seen]
         seen.update(row["id"] for row in rows)
     return kept
 
@@ -108,12 +138,12 @@ def evaluation_slices(clean: Manifest, store: ArtifactStore) -> dict[str, list[d
     without rows is left out (a forced retry's empty snapshot has no fresh rows; a first snapshot may have no test
     rows)."""
     current = [row for row in read_rows(store.local_path(clean.output("dataset").uri)) if row["split"] == "test"]
-    prior = clean.facts.get("prior_snapshots", [])
+    prior = [entry.uri for entry in CleanFacts.of(clean).prior_snapshots]
     # Test ids are test ids for good (the split hashes the id): only an update's version can change.
-    kept = current_rows(store, prior, (row["id"] for row in current))
-    old = [row for entry in prior for row in kept[entry["uri"]] if row["split"] == "test"]
+    kept = latest_versions(store, prior, (row["id"] for row in current))
+    old = [row for uri in prior for row in kept[uri] if row["split"] == "test"]
     latest = {row["id"]: row for row in [*old, *current]}
-    frozen = ([latest[row["id"]] for row in read_rows(store.local_path(prior[0]["uri"])) if row["split"] == "test"]
+    frozen = ([latest[row["id"]] for row in read_rows(store.local_path(prior[0])) if row["split"] == "test"]
               if prior else current)
     slices = {"frozen": frozen, "fresh": current, "old": old}
     return {name: rows for name, rows in slices.items() if rows}

@@ -6,7 +6,9 @@ digests, the GX result digest, config hash, git commit and the Airflow dag/run/t
 the same run finds its version by tag and creates no second one. The version's source run (this step's
 run) also holds the evidence itself: the candidate's metrics per slice, the gate verdict and report with
 the confusion matrix, the compression table, the validation report, the data snapshots as dataset
-inputs and the Airflow run's tags, so the version page reaches all of it in one hop.
+inputs and the Airflow run's tags, so the version page reaches all of it in one hop. The model is logged
+into that run before the commit (a version is made from a run's model); the evidence is recorded by the
+contract's `track` after it, from the committed manifests and artifacts, so a kill in between loses nothing.
 
 Serving check: the new version is loaded by its `models:/<name>/<version>` URI in a fresh Python
 process (nothing of this process's imports or state) and must reproduce the compress step's
@@ -31,11 +33,14 @@ from typing import Any
 from tasks import model_registry
 from tasks.compress import CompressFacts
 from tasks.config import PipelineConfig
-from tasks.contract import StepContext, cli, execute, step_fingerprint
+from tasks.contract import StepContext, cli, execute
 from tasks.gate_policy import GateFacts
 from tasks.manifest import ArtifactRef, Manifest, StepError, StepFacts, airflow_identity
 from tasks.models.serving_check import compare_serving
+from tasks.records import CleanFacts
 from tasks.store import ArtifactStore
+from tasks.tracking import log_dataset, manifest_timestamp
+from tasks.train import TrainFacts
 
 STEP = "register"
 SECTIONS = ("mlflow", "train")
@@ -80,7 +85,7 @@ class RegisterFacts(StepFacts):
 
 
 def evidence_tags(config: PipelineConfig, inputs: dict[str, Manifest], run_id: str, fingerprint: str) -> dict[str, str]:
-    compressed = CompressFacts.of(inputs["compress"])
+    compressed, trained = CompressFacts.of(inputs["compress"]), TrainFacts.of(inputs["train"])
     gate = compressed.gate
     tags = {
         "freshet.run_id": run_id,
@@ -95,8 +100,8 @@ def evidence_tags(config: PipelineConfig, inputs: dict[str, Manifest], run_id: s
         "freshet.data.clean_digest": inputs["clean"].output("dataset").digest,
         "freshet.model_digest": inputs["train"].output("model").digest,
         # The label set of this version, in the order of the classifier's rows (it grows with new_labels: extend).
-        "freshet.labels": json.dumps(version_labels(config, inputs)),
-        "freshet.model_source": str(inputs["train"].facts.get("model", {}).get("source", config.train.model)),
+        "freshet.labels": json.dumps(trained.labels),
+        "freshet.model_source": trained.model.source,
         "freshet.gx_result_digest": inputs["validate"].output("gx_result").digest,
     }
     for name, value in airflow_identity().items():
@@ -120,37 +125,30 @@ EVIDENCE_ARTIFACTS = (
 )
 
 
-def log_evidence(config: PipelineConfig, store: ArtifactStore, inputs: dict[str, Manifest]) -> None:
+def log_evidence(config: PipelineConfig, store: ArtifactStore, inputs: dict[str, Manifest], manifest: Manifest) -> None:
     """Into the active (register) run, which the model version names as its source: the candidate's metrics
     per slice, the final gate verdict and report with the confusion matrix, the compression table, the
-    validation report, and the data snapshots it was trained and tested on as dataset inputs."""
+    validation report, and the data snapshots it was trained and tested on as dataset inputs. From the committed
+    input manifests and artifacts only (register's `track`, repeated as it is by a recovery after a kill)."""
     import mlflow
     import pandas as pd
-
-    from tasks.tracking import log_dataset
 
     metrics = {f"{step}.{key}": float(value) for step in ("evaluate", "compress")
                for key, value in inputs[step].metrics.items()
                if isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)}
-    mlflow.log_metrics(metrics)
+    mlflow.log_metrics(metrics, timestamp=manifest_timestamp(manifest))
     for step, output, folder in EVIDENCE_ARTIFACTS:
         if output in inputs[step].outputs:
             mlflow.log_artifact(str(store.local_path(inputs[step].output(output).uri)), artifact_path=folder)
     dataset = inputs["clean"].output("dataset")  # this day's train/validation/test splits
     log_dataset(pd.read_parquet(store.local_path(dataset.uri)), dataset, name=f"{config.name}.dataset",
                 context="training")
-    for entry in inputs["clean"].facts.get("prior_snapshots", []):  # replayed, and the old test slices
-        ref = ArtifactRef(uri=entry["uri"], kind="dataset", digest=entry["digest"], rows=entry.get("rows"))
+    for snapshot in CleanFacts.of(inputs["clean"]).prior_snapshots:  # replayed, and the old test slices
+        ref = ArtifactRef(uri=snapshot.uri, kind="dataset", digest=snapshot.digest, rows=snapshot.rows)
         log_dataset(pd.read_parquet(store.local_path(ref.uri)), ref, name=f"{config.name}.dataset",
-                    context=f"earlier snapshot {entry.get('logical_date') or entry['run_id']}")
+                    context=f"earlier snapshot {snapshot.logical_date or snapshot.run_id}")
     mlflow.set_tags({"freshet.evidence": "metrics, evidence/ artifacts and dataset inputs of this run",
                      **{f"freshet.manifest.{step}": inputs[step].uri for step in inputs}})
-
-
-def version_labels(config: PipelineConfig, inputs: dict[str, Manifest]) -> list[str]:
-    """The labels the candidate was trained on (train's manifest; older manifests: the configured labels)."""
-    train = inputs["train"]
-    return list(train.facts.get("labels") or train.output("model").meta.get("labels") or config.labels)
 
 
 def find_version(client, name: str, run_id: str, fingerprint: str):
@@ -203,44 +201,13 @@ def check_serving(config: PipelineConfig, model_uri: str, sample: dict[str, Any]
 
 def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, store: ArtifactStore,
         logical_date: str | None = None) -> Manifest:
-    fingerprint = step_fingerprint(STEP, config, inputs, logical_date, SECTIONS)
-
     def body(context: StepContext) -> None:
-        import mlflow
-        import pandas as pd
-        from mlflow.models import infer_signature
-
-        from tasks.tracking import step_run
-
         client = model_registry.client(config)
         name = config.mlflow.model_name
-        tags = evidence_tags(config, inputs, run_id, fingerprint)
-        version = find_version(client, name, run_id, fingerprint)
+        tags = evidence_tags(config, inputs, run_id, context.fingerprint)
+        version = find_version(client, name, run_id, context.fingerprint)
         if version is None:
-            gate = CompressFacts.of(inputs["compress"]).gate
-            variant = gate.serving_variant or "fp32"
-            artifacts = served_artifacts(context, inputs)
-            example = pd.DataFrame({"text": ["a sample text to classify", "another one"]})
-            signature = infer_signature(example, pd.DataFrame({"label": [config.labels[0]] * 2,
-                                                               "probability": [0.5, 0.5]}))
-            with step_run(config, run_id, STEP, logical_date):
-                log_evidence(config, store, inputs)
-                info = mlflow.pyfunc.log_model(
-                    name="model",
-                    python_model=str(Path(__file__).parent / "models" / "serving.py"),
-                    artifacts=artifacts,
-                    code_paths=[str(Path(__file__).resolve().parent)],
-                    model_config={"variant": variant, "max_length": config.train.max_length,
-                                  **({"trust_remote_code": True} if config.train.trust_remote_code else {})},
-                    signature=signature,
-                    input_example=example,
-                    pip_requirements=serving_requirements(),
-                )
-                version = mlflow.register_model(info.model_uri, name, tags=tags)
-            verdict = "passed the gate" if gate.passed else "REJECTED by the gate: " + tags["freshet.gate_reasons"]
-            client.update_model_version(name, version.version, description=(
-                f"Candidate from freshet run {run_id} ({logical_date}); {verdict}. "
-                f"Serving variant: {tags['freshet.serving_variant']}. Evidence in the tags and in the run's MLflow artifacts."))
+            version = register_version(config, context, client, tags)
         else:
             log.info("register: run %s already registered as version %s", run_id, version.version)
         check = serving_check(config, context, client, name, str(version.version))
@@ -253,8 +220,41 @@ def run(config: PipelineConfig, inputs: dict[str, Manifest], *, run_id: str, sto
         context.facts.update(RegisterFacts(serving_check=check, name=name, version=str(version.version),
                                            gate=compressed.gate, compared_champion=compressed.champion_version).dump())
 
+    def track(manifest: Manifest) -> None:
+        log_evidence(config, store, inputs, manifest)
+
     return execute(STEP, body, config, inputs, run_id=run_id, store=store, logical_date=logical_date,
-                   config_sections=SECTIONS)
+                   config_sections=SECTIONS, track=track)
+
+
+def register_version(config: PipelineConfig, context: StepContext, client, tags: dict[str, str]):
+    """Log the serving pyfunc in the step's MLflow run (the version's source run, where `track` records the
+    evidence after the commit) and register it as a new version with the evidence tags and a description."""
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    gate = CompressFacts.of(context.input("compress")).gate
+    example = pd.DataFrame({"text": ["a sample text to classify", "another one"]})
+    signature = infer_signature(example, pd.DataFrame({"label": [config.labels[0]] * 2, "probability": [0.5, 0.5]}))
+    with context.mlflow_run():
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(__file__).parent / "models" / "serving.py"),
+            artifacts=served_artifacts(context, dict(context.inputs)),
+            code_paths=[str(Path(__file__).resolve().parent)],
+            model_config={"variant": gate.serving_variant or "fp32", "max_length": config.train.max_length,
+                          **({"trust_remote_code": True} if config.train.trust_remote_code else {})},
+            signature=signature,
+            input_example=example,
+            pip_requirements=serving_requirements(),
+        )
+        version = mlflow.register_model(info.model_uri, config.mlflow.model_name, tags=tags)
+    verdict = "passed the gate" if gate.passed else "REJECTED by the gate: " + tags["freshet.gate_reasons"]
+    client.update_model_version(config.mlflow.model_name, version.version, description=(
+        f"Candidate from freshet run {context.run_id} ({context.logical_date}); {verdict}. "
+        f"Serving variant: {tags['freshet.serving_variant']}. Evidence in the tags and in the run's MLflow artifacts."))
+    return version
 
 
 def served_artifacts(context: StepContext, inputs: dict[str, Manifest]) -> dict[str, str]:

@@ -5,11 +5,12 @@ Nothing here resolves a tracking server at import time; the URI comes from the c
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,12 @@ def is_tracked(config: PipelineConfig, run_id: str, step: str, fingerprint: str)
     return run.data.tags.get(TRACKED_TAG) == fingerprint and run.info.status == "FINISHED"
 
 
+def manifest_timestamp(manifest: Manifest) -> int:
+    """The manifest's commit time in epoch milliseconds: the timestamp of every metric recorded from it, so recording
+    it again after a kill logs the very same points (MLflow keeps one of identical points), not a second series."""
+    return int(dt.datetime.fromisoformat(manifest.created_at).timestamp() * 1000)
+
+
 def log_manifest(manifest: Manifest) -> None:
     """Log a step's numeric metrics and its manifest to the active MLflow run."""
     import mlflow
@@ -127,11 +134,29 @@ def log_manifest(manifest: Manifest) -> None:
     numeric = {key: float(value) for key, value in manifest.metrics.items()
                if isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)}
     if numeric:
-        mlflow.log_metrics(numeric)
+        mlflow.log_metrics(numeric, timestamp=manifest_timestamp(manifest))
     # Tags, not params: a retried step with new inputs must be able to overwrite them.
     mlflow.set_tags({"freshet.config_hash": manifest.config_hash, "freshet.fingerprint": manifest.fingerprint})
     mlflow.log_dict(manifest.model_dump(mode="json"), "manifest.json")
 
+
+def log_metric_history(points: Iterable[Mapping[str, Any]]) -> None:
+    """Replay metrics recorded while a step ran ({"step", "timestamp", "metrics": {name: value}} each) into the
+    active MLflow run, at their own steps and times: replayed twice, MLflow still holds each point once."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    metrics = [Metric(name, float(value), int(point["timestamp"]), int(point["step"]))
+               for point in points for name, value in point["metrics"].items()]
+    active = mlflow.active_run()
+    if active is None:
+        raise RuntimeError("log_metric_history: no active MLflow run (call it inside the step's run)")
+    client = mlflow.MlflowClient()
+    for start in range(0, len(metrics), _MLFLOW_BATCH_METRICS):
+        client.log_batch(active.info.run_id, metrics=metrics[start:start + _MLFLOW_BATCH_METRICS])
+
+
+_MLFLOW_BATCH_METRICS = 1000  # the most metrics one log_batch call takes
 
 # MLflow stores a dataset digest in a 36-character column; our full digest goes into an input tag.
 _MLFLOW_DIGEST_CHARS = 36

@@ -38,13 +38,14 @@ import mlflow
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel
 
 from tasks.checks import Check
 from tasks.config import PipelineConfig, digest_json
 from tasks.contract import StepContext, cli, execute, parse_bool, read_manifest
 from tasks.inbox import pending_batches, set_aside, taken_elsewhere
 from tasks.label_set import extend_labels, snapshot_labels
-from tasks.manifest import ArtifactRef, Manifest, StepError
+from tasks.manifest import ArtifactRef, Manifest, StepError, StepFacts
 from tasks.records import QUARANTINE_SCHEMA, RECORD_COLUMNS, RECORD_SCHEMA, write_parquet
 from tasks.snapshots import prior_snapshots
 from tasks.store import ArtifactStore, digest_path
@@ -63,6 +64,42 @@ from tasks.validation.report import REPORT_FILE, render_report
 
 log = logging.getLogger("freshet.validate")
 FAILED_STEP = "validate.failed"
+
+
+class InboxBatch(BaseModel):
+    """A batch an earlier run committed and this run took in (clean accepts it with this run's)."""
+
+    run_id: str
+    logical_date: str | None
+    rows: int | None
+    digest: str
+
+
+class DriftReference(BaseModel):
+    """The accepted history the drift checks measured against: the snapshots read (run ids) and their rows."""
+
+    snapshots: list[str]
+    rows: int
+
+
+class ValidateFacts(StepFacts):
+    """The batches taken in from earlier runs, the batch checks, the drift reference, the rows each failed
+    expectation quarantined; with `validate.new_labels: extend` the label set and the labels this batch added; the
+    extra columns the crawl carried, when there were any."""
+
+    inbox_batches: list[InboxBatch]
+    batch_checks: list[Check]
+    drift_reference: DriftReference
+    failed_expectations: dict[str, int]
+    labels: list[str] | None = None
+    labels_new: list[str] | None = None
+    ignored_columns: list[str] | None = None
+
+
+class RejectedBatchFacts(StepFacts):
+    """The facts of a rejected batch's `validate.failed` manifest: the rejection, every failed check named."""
+
+    error: str
 
 
 class BatchRejected(StepError):
@@ -105,7 +142,7 @@ def persist_rejected_batch(context: StepContext, quarantine_table: pa.Table, res
             step=FAILED_STEP, run_id=context.run_id, uri=store.step_uri(context.run_id, FAILED_STEP, "manifest.json"),
             fingerprint=digest_json({"step": FAILED_STEP, "inputs": inputs, "config": context.config.section_hash(STEP)}),
             config_hash=context.config.config_hash, logical_date=context.logical_date, inputs=inputs, outputs=outputs,
-            metrics=dict(metrics), facts={"error": message}, created_at=dt.datetime.now(dt.UTC).isoformat(),
+            metrics=dict(metrics), facts=RejectedBatchFacts(error=message).dump(), created_at=dt.datetime.now(dt.UTC).isoformat(),
         )
         (staged / "manifest.json").write_text(manifest.model_dump_json(indent=2))
         store.commit(staged, context.run_id, FAILED_STEP)
@@ -122,8 +159,6 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
     def body(context: StepContext) -> None:
         crawl = context.input("crawl")
         table, extra_columns = read_batches(context, store, stranded)
-        context.facts["inbox_batches"] = [{key: entry[key] for key in ("run_id", "logical_date", "rows", "digest")}
-                                          for entry in stranded]
         rows = table.to_pylist()
         result, outcomes = check_expectations(table, config)
         quarantined, failures = quarantine_rows(outcomes, rows, config)
@@ -134,9 +169,6 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
 
         checks, reference = batch_checks(config, store, snapshots, outcomes, valid, len(rows))
         result["freshet_batch_checks"] = json_safe([check.model_dump() for check in checks])
-        context.facts["batch_checks"] = result["freshet_batch_checks"]
-        context.facts["drift_reference"] = {"snapshots": reference.snapshots if reference else [],
-                                        "rows": len(reference.labels) if reference else 0}
 
         context.metrics.update(batch_metrics(rows, valid, quarantined_numbers, carried, stranded, outcomes, failures,
                                              checks))
@@ -145,13 +177,19 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
         if problems:
             reject(context, problems, failures, rows, quarantine_table, result, report)
         write_accepted(context, valid, quarantine_table, result, report)
-        context.facts["failed_expectations"] = {outcome.name: len(numbers) for outcome, numbers in failures}
+        facts = ValidateFacts(
+            inbox_batches=[InboxBatch.model_validate({key: entry[key] for key in ("run_id", "logical_date", "rows",
+                                                                                   "digest")}) for entry in stranded],
+            batch_checks=[Check.model_validate(check) for check in result["freshet_batch_checks"]],
+            drift_reference=DriftReference(snapshots=reference.snapshots if reference else [],
+                                           rows=len(reference.labels) if reference else 0),
+            failed_expectations={outcome.name: len(numbers) for outcome, numbers in failures})
         if config.validate_.new_labels == "extend":
-            labels, new = grown_labels(config, store, snapshots, valid)
-            context.facts.update({"labels": labels, "labels_new": new})
-            context.metrics["labels_new"] = len(new)
+            facts.labels, facts.labels_new = grown_labels(config, store, snapshots, valid)
+            context.metrics["labels_new"] = len(facts.labels_new)
         if extra_columns:
-            context.facts["ignored_columns"] = extra_columns
+            facts.ignored_columns = extra_columns
+        context.facts.update(facts.dump())
 
     def track(manifest: Manifest) -> None:
         mlflow.set_tag("freshet.status", "valid")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from tasks import compress, evaluate, promote, register, train
 from tasks.clean import prepare
 from tasks.config import PipelineConfig
 from tasks.contract import StepContext, execute
-from tasks.records import RECORD_SCHEMA, content_hash, split_of, write_parquet
+from tasks.records import RECORD_SCHEMA, CleanFacts, Snapshot, content_hash, split_of, write_parquet
 from tasks.snapshots import record_snapshot
-from tasks.train import DistributedEnv
+from tasks.training.distributed import DistributedEnv
+from tasks.validate import DriftReference, ValidateFacts
 
 LABELS = ["alpha", "beta", "gamma"]
 CPU = DistributedEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
@@ -39,6 +42,13 @@ def tiny_config(root, **train_overrides) -> PipelineConfig:
     })
 
 
+def accepted_batch_facts() -> dict[str, Any]:
+    """validate's facts for a batch it accepted as it came: nothing taken in from earlier runs, no expectation
+    failed, no history to measure drift against."""
+    return ValidateFacts(inbox_batches=[], batch_checks=[], drift_reference=DriftReference(snapshots=[], rows=0),
+                         failed_expectations={}).dump()
+
+
 def fake_upstream(config, store, run_id, day, rows):
     """Real clean/augment/validate manifests written through the contract, as those steps would."""
     for row in rows:
@@ -49,7 +59,7 @@ def fake_upstream(config, store, run_id, day, rows):
     def clean_body(context: StepContext) -> None:
         write_parquet(rows, context.out_dir / "dataset.parquet")
         context.add_output("dataset", "dataset.parquet", "dataset", rows=len(rows))
-        context.facts["prior_snapshots"] = prior
+        context.facts.update(CleanFacts(prior_snapshots=[Snapshot.model_validate(entry) for entry in prior]).dump())
 
     def augment_body(context: StepContext) -> None:
         train_rows = [dict(row, augmented_from=None) for row in rows if row["split"] == "train"]
@@ -61,6 +71,7 @@ def fake_upstream(config, store, run_id, day, rows):
         (context.out_dir / "gx.json").write_text("{}")
         context.add_output("valid", "valid.parquet", "dataset", rows=len(rows))
         context.add_output("gx_result", "gx.json", "report")
+        context.facts.update(accepted_batch_facts())
 
     clean = execute("clean", clean_body, config, {}, run_id=run_id, store=store, logical_date=day,
                     extra_fingerprint={"rows": len(rows), "prior": len(prior)})

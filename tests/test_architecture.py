@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks.pipeline import STEPS
+from tasks.pipeline import ALL_STEPS, STEPS
 from tests.conftest import REPO
 
 TASKS = REPO / "tasks"
@@ -123,3 +123,15 @@ def test_the_readme_layout_table_names_every_tasks_module():
         if not named:
             unnamed.append(str(relative))
     assert unnamed == [], "README.md's layout table does not name these modules"
+
+
+def test_no_shared_module_imports_a_step():
+    """A step module (the registry's, production steps included) is a top: shared modules (everything else in
+    tasks but the command line, the registry and the demo) never import one, at the top or lazily. What two steps
+    share lives in a shared module (a step's facts read by shared code, too: `tasks.records.CleanFacts`)."""
+    steps = {step.module for step in ALL_STEPS}
+    orchestrators = {"tasks.cli", "tasks.pipeline"}  # they run the steps: importing them is their job
+    shared = {name: path for name, path in MODULES.items()
+              if name not in steps | orchestrators and not name.startswith("tasks.demo")}
+    importers = {name: sorted(imported_modules(path) & steps) for name, path in shared.items()}
+    assert {name: targets for name, targets in importers.items() if targets} == {}

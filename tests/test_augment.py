@@ -18,7 +18,7 @@ from tasks.config import AugmentConfig, ModelAugmenterConfig, PipelineConfig
 from tasks.contract import StepContext, execute
 from tasks.lexicon import WordNet
 from tasks.manifest import Manifest, StepError
-from tasks.records import DATASET_SCHEMA, content_hash, read_rows, write_parquet
+from tasks.records import DATASET_SCHEMA, CleanFacts, content_hash, read_rows, write_parquet
 from tasks.store import ArtifactStore
 from tests.pipeline_support import dataset_inputs, step_mlflow_run
 
@@ -262,6 +262,7 @@ def clean_manifest(config: PipelineConfig, store: ArtifactStore, run_id: str,
     def body(ctx: StepContext) -> None:
         write_parquet(rows, ctx.out_dir / "dataset.parquet", schema=DATASET_SCHEMA)
         ctx.add_output("dataset", "dataset.parquet", "dataset", rows=len(rows))
+        ctx.facts.update(CleanFacts(prior_snapshots=[]).dump())
 
     return execute("clean", body, config, {}, run_id=run_id, store=store)
 
@@ -327,7 +328,7 @@ def test_report_says_no_lexicon_and_model_based_not_configured(step: dict[str, A
     report = json.loads(step["store"].local_path(step["manifest"].output("augment_report").uri).read_text())
     assert report["lexicon"] == "none" and report["model_based"] == "model-based augmentation: not configured"
     assert report["augmenters"] == ["random_swap", "random_deletion"]
-    assert step["manifest"].facts["model_based"] == "model-based augmentation: not configured"
+    assert augment.AugmentFacts.of(step["manifest"]).model_based == "model-based augmentation: not configured"
 
 
 def test_mlflow_run_has_the_clean_and_train_snapshots_as_dataset_inputs(step: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from sklearn.linear_model import LogisticRegression
 
 from tasks import model_registry
 from tasks.config import BaselineConfig, GatePolicy
+from tasks.evaluate import EvaluateFacts
 from tasks.gate_policy import compare_paired, judge_candidate
 from tasks.models.blend import Blend, choose_weight, load_blend
 from tasks.models.lexical import BaselineSkipped, LexicalModel
@@ -145,13 +146,14 @@ def test_every_round_reports_the_baseline_and_serves_the_chosen_blend(two_rounds
         metrics = round_["evaluate"].metrics
         for name in ("frozen", "fresh"):
             assert metrics[f"baseline.{name}.macro_f1"] == evaluation["baseline"][name]["macro_f1"]
-        weight = round_["evaluate"].facts["blend_weight"]
+        facts = EvaluateFacts.of(round_["evaluate"])
+        weight = facts.blend_weight
         assert weight == evaluation["blend"]["weight"] and 0.0 <= weight <= 1.0
         assert ("blend" in round_["evaluate"].outputs) is (weight < 1.0)
         # The baseline is judged on every slice large enough, and the candidate is never worse than the lower
         # bound allows: the blend can always fall back to the baseline itself.
-        checks = [check for check in round_["evaluate"].facts["gate"]["checks"] if check["name"].startswith("over_")]
-        assert checks and all(check["verdict"] != "failed" for check in checks)
+        checks = [check for check in facts.gate.checks if check.name.startswith("over_")]
+        assert checks and all(check.verdict != "failed" for check in checks)
         report = store.local_path(round_["evaluate"].output("report").uri).read_text()
         assert "TF-IDF baseline" in report and "Served candidate:" in report
         # Register serves what evaluate measured: the version carries the blend when there is one, and the

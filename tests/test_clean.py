@@ -15,10 +15,11 @@ from tasks import clean
 from tasks.config import CleanConfig, PipelineConfig
 from tasks.contract import StepContext, execute
 from tasks.manifest import Manifest, StepError
-from tasks.records import RECORD_SCHEMA, content_hash, read_rows, split_of, write_parquet
+from tasks.records import RECORD_SCHEMA, CleanFacts, content_hash, read_rows, split_of, write_parquet
 from tasks.snapshots import read_history, record_snapshot
 from tasks.store import ArtifactStore
-from tests.pipeline_support import dataset_inputs, step_mlflow_run
+from tasks.text import PII_RULES, jaccard, normalise, scrub_pii, shingles
+from tests.pipeline_support import accepted_batch_facts, dataset_inputs, step_mlflow_run
 
 LABELS = ["libs", "utils", "net"]
 
@@ -45,6 +46,7 @@ def validate_manifest(config: PipelineConfig, store: ArtifactStore, run_id: str,
     def body(ctx: StepContext) -> None:
         write_parquet(rows, ctx.out_dir / "valid.parquet", schema=RECORD_SCHEMA)
         ctx.add_output("valid", "valid.parquet", "dataset", rows=len(rows))
+        ctx.facts.update(accepted_batch_facts())
 
     return execute("validate", body, config, {}, run_id=run_id, store=store, logical_date=logical_date,
                    extra_fingerprint={"rows": str(rows)})
@@ -65,14 +67,14 @@ def validate_manifest(config: PipelineConfig, store: ArtifactStore, run_id: str,
     ("  tabs\tand\n\nnewlines  ", "tabs and newlines", {"whitespace_collapsed"}),
 ])
 def test_normalise(raw: str, expected: str, rules: set[str]) -> None:
-    normalised = clean.normalise(raw, CleanConfig())
+    normalised = normalise(raw, CleanConfig())
     assert normalised.text == expected
     assert normalised.changed_by == rules
 
 
 def test_normalise_options() -> None:
     options = CleanConfig(strip_markup=False, unicode_form="NFC", lowercase=True)
-    assert clean.normalise("<b>ＡBC</b>", options).text == "<b>ａbc</b>"
+    assert normalise("<b>ＡBC</b>", options).text == "<b>ａbc</b>"
 
 
 # ---------------------------------------------------------------------------------- one batch
@@ -175,8 +177,8 @@ def test_history_duplicates_are_removed_and_known_ids_updated(tmp_path: Path, tr
                        run_id="clean-d2", store=store, logical_date="2026-01-02")
     assert [row["id"] for row in read_rows(store.local_path(second.output("dataset").uri))] == ["p2", "p4"]
     assert (second.metrics["duplicates_of_history"], second.metrics["updates_of_history"]) == (1, 1)
-    assert first.facts["prior_snapshots"] == []
-    assert [entry["run_id"] for entry in second.facts["prior_snapshots"]] == ["clean-d1"]
+    assert CleanFacts.of(first).prior_snapshots == []
+    assert [entry.run_id for entry in CleanFacts.of(second).prior_snapshots] == ["clean-d1"]
     assert [entry["run_id"] for entry in read_history(store)] == ["clean-d1", "clean-d2"]
 
 
@@ -208,7 +210,8 @@ def test_an_edited_label_supersedes_the_earlier_version_everywhere(tmp_path: Pat
     assert {row["id"]: row["label"] for row in slices["frozen"]} == {test_id: "net", id_in("test", 1): "utils"}
     assert evaluation_slices(first, store)["frozen"][0]["label"] == "libs"  # day one's own evaluation unchanged
     replayed = config.model_copy(update={"train": config.train.model_copy(update={"replay_fraction": 1.0})})
-    data = gather_training_data(replayed, dataset, dataset, second.facts["prior_snapshots"], store)
+    prior = [entry.model_dump() for entry in CleanFacts.of(second).prior_snapshots]  # history entries, as train reads
+    data = gather_training_data(replayed, dataset, dataset, prior, store)
     assert [(row["id"], row["label"]) for row in data.train if row["id"] == train_id] == [(train_id, "net")]
 
 
@@ -253,7 +256,7 @@ PARAPHRASE = BASE.replace("fast", "vast").replace("files", "tiles").replace("sch
 
 
 def similarity(left: str, right: str) -> float:
-    return clean.jaccard(clean.shingles(left, "char5"), clean.shingles(right, "char5"))
+    return jaccard(shingles(left, "char5"), shingles(right, "char5"))
 
 
 def id_in(split: str, skip: int = 0) -> str:
@@ -339,7 +342,7 @@ def test_the_history_version_of_an_updated_id_is_not_its_near_duplicate() -> Non
     ("hosts 2001:db8::8a2e:370:7334 and ::1 and fe80::", "hosts <IPV6> and <IPV6> and <IPV6>", "pii_ipv6"),
 ])
 def test_pii_is_scrubbed_by_kind(raw: str, expected: str, kind: str) -> None:
-    text, counts = clean.scrub_pii(raw)
+    text, counts = scrub_pii(raw)
     assert text == expected
     assert counts[kind] == expected.count("<") and sum(counts.values()) == counts[kind]
 
@@ -347,7 +350,7 @@ def test_pii_is_scrubbed_by_kind(raw: str, expected: str, kind: str) -> None:
 @pytest.mark.parametrize("text", ["version 1.2.3 released 2026-11-25 at 12:30:45", "uses std::vector and Foo::Bar",
                                   "ISBN 978 3 16", "port 8080 on 300.1.2.3"])
 def test_pii_scrubbing_leaves_look_alikes(text: str) -> None:
-    assert clean.scrub_pii(text) == (text, dict.fromkeys(clean.PII_RULES, 0))
+    assert scrub_pii(text) == (text, dict.fromkeys(PII_RULES, 0))
 
 
 def test_pii_scrubbing_is_off_by_default_and_counted_when_on() -> None:

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from tasks.models.build import build_model, load_tokenizer
-from tasks.train import TrainingData, fit
+from tasks.train import fit
 from tasks.training.cpu_dropout import ATTENTION, CpuDropout, MaskStream, use_fast_cpu_dropout
+from tasks.training.data import TrainingData
 from tests.corpus_support import synthetic_corpus
 from tests.pipeline_support import CPU, LABELS, max_difference, tiny_config
 

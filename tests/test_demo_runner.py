@@ -110,8 +110,11 @@ def test_the_summary_names_a_new_label_as_spelled_and_the_commonest_quarantine_r
 
 
 def evaluate_manifest(tmp_path, metrics: dict) -> ArtifactStore:
-    """An evaluate manifest committed through the step contract, carrying `metrics` as the step records them."""
+    """An evaluate manifest committed through the step contract, carrying `metrics` as the step records them (and
+    the facts of a candidate the gate passed with no champion to compare with)."""
     from tasks.contract import execute
+    from tasks.evaluate import EvaluateFacts
+    from tasks.gate_policy import Verdict
     from tests.test_validate import make_config
 
     config = make_config(tmp_path, tmp_path / "mlflow")
@@ -119,6 +122,10 @@ def evaluate_manifest(tmp_path, metrics: dict) -> ArtifactStore:
 
     def body(context) -> None:
         context.metrics.update(metrics)
+        context.facts.update(EvaluateFacts(gate=Verdict(passed=True, checks=[]).facts(), champion_version=None,
+                                           labels=list(config.labels), new_classes=[],
+                                           blend_weight=metrics.get("blend_weight", 1.0),
+                                           baseline_skipped=None).dump())
 
     execute("evaluate", body, config, {}, run_id="run-1", store=store, logical_date="2026-11-01")
     return store

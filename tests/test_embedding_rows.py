@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from tasks.models.build import build_model, load_tokenizer
-from tasks.train import TrainingData, fit
+from tasks.train import fit
+from tasks.training.data import TrainingData
 from tasks.training.embedding_rows import RowSparseEmbeddingGradient
 from tests.corpus_support import synthetic_corpus
 from tests.pipeline_support import CPU, LABELS, max_difference, tiny_config

@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 from tasks import model_registry, register
+from tasks.evaluate import EvaluateFacts
+from tasks.train import TrainFacts
 
 
 def test_first_round_trains_gates_on_floors_and_becomes_champion(two_rounds):
     _config, _, first, _ = two_rounds
     assert first["train"].metrics["steps"] > 0
-    assert first["evaluate"].facts["champion_version"] is None
-    gate = first["evaluate"].facts["gate"]
-    assert gate["passed"], gate["reasons"]
+    facts = EvaluateFacts.of(first["evaluate"])
+    assert facts.champion_version is None
+    gate = facts.gate
+    assert gate.passed, gate.reasons
     # No champion: the floors and the lexical baseline fitted on the same train rows decide.
-    assert {check["name"].split(":")[0] for check in gate["checks"]} <= {"floor", "over_baseline"}
-    assert any(check["name"].startswith("floor:") for check in gate["checks"])
+    assert {check.name.split(":")[0] for check in gate.checks} <= {"floor", "over_baseline"}
+    assert any(check.name.startswith("floor:") for check in gate.checks)
     assert first["promote"].facts["promoted"] is True
     assert first["promote"].facts["champion"] == first["register"].facts["version"] == "1"
 
 
 def test_second_round_warm_starts_replays_and_compares_with_champion(two_rounds):
     config, _, _first, second = two_rounds
-    assert second["train"].facts["champion_version"] == "1"
+    assert TrainFacts.of(second["train"]).champion_version == "1"
     assert second["train"].metrics["rows_replay"] > 0
-    assert second["evaluate"].facts["champion_version"] == "1"
-    assert "old" in second["evaluate"].facts["gate"]["checks"][-1]["name"] or any(
-        check["name"].startswith("non_inferiority:") for check in second["evaluate"].facts["gate"]["checks"])
+    facts = EvaluateFacts.of(second["evaluate"])
+    assert facts.champion_version == "1"
+    assert "old" in facts.gate.checks[-1].name or any(
+        check.name.startswith("non_inferiority:") for check in facts.gate.checks)
     champion = model_registry.version_by_alias(config, model_registry.CHAMPION)
     if second["compress"].facts["gate"]["passed"]:
         assert str(champion.version) == "2"

@@ -18,6 +18,7 @@ import yaml
 from tasks.config import PipelineConfig
 from tasks.contract import read_manifest
 from tasks.store import ArtifactStore
+from tasks.train import TrainFacts
 from tests.conftest import REPO
 from tests.corpus_support import synthetic_corpus
 from tests.model_families import FAMILIES, build_family_dir
@@ -98,11 +99,11 @@ def test_family_trains_evaluates_compresses_registers_and_serves(family, pipelin
 
     config, steps = pipeline(family)
     trained, compressed, registered = steps["train"], steps["compress"], steps["register"]
-    model_facts = trained.facts["model"]
-    assert model_facts["model_type"] == family and model_facts["max_length_limit"] == 128
+    facts = TrainFacts.of(trained)
+    assert facts.model.model_type == family and facts.model.max_length_limit == 128
     # What the forward takes (DistilBERT's and ModernBERT's take no token_type_ids), whatever the tokenizer returns.
-    assert ("token_type_ids" in model_facts["input_names"]) == (family not in ("distilbert", "modernbert"))
-    assert trained.facts["labels"] == LABELS and "label_map" in trained.outputs
+    assert ("token_type_ids" in facts.model.input_names) == (family not in ("distilbert", "modernbert"))
+    assert facts.labels == LABELS and "label_map" in trained.outputs
     variants = compressed.facts["variants"]
     assert set(variants) == set(ALL_VARIANTS)
     for name, row in variants.items():
@@ -173,7 +174,7 @@ def test_family_trains_with_two_gloo_ranks(family, family_dirs, rows, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     manifest = read_manifest(store, "ddp", "train")
     assert manifest is not None and manifest.metrics["world_size"] == 2
-    assert manifest.facts["model"]["model_type"] == family
+    assert TrainFacts.of(manifest).model.model_type == family
 
 
 def test_default_lora_targets_follow_the_family(family_dirs):
@@ -192,7 +193,8 @@ def test_default_lora_targets_follow_the_family(family_dirs):
 
 def test_lora_trains_a_non_bert_family_and_its_whole_head(family_dirs, rows, tmp_path):
     """DistilBERT: default targets q_lin/v_lin, and its two-layer head (pre_classifier + classifier) trains."""
-    from tasks.train import TrainingData, fit
+    from tasks.train import fit
+    from tasks.training.data import TrainingData
     from tests.pipeline_support import CPU
 
     config = family_config(tmp_path, family_dirs["distilbert"], "distilbert", epochs=1, peft={"r": 4})

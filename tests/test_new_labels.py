@@ -11,10 +11,12 @@ import pytest
 
 from tasks import validate
 from tasks.config import PipelineConfig
+from tasks.evaluate import EvaluateFacts
 from tasks.label_set import extend_labels
 from tasks.models.metrics import in_label_space
 from tasks.records import read_rows
 from tasks.store import ArtifactStore
+from tasks.train import TrainFacts
 from tests.corpus_support import synthetic_corpus
 from tests.pipeline_support import LABELS, fake_upstream, run_model_steps, tiny_config
 from tests.test_validate import REFERENCE, crawl_manifest, make_config, record, sized_text
@@ -52,12 +54,13 @@ def test_validate_extend_accepts_a_new_label_and_keeps_it_out_of_the_label_drift
                     "games" if number % 3 == 0 else known[(number // 3) % 3]) for number in range(300)]
     manifest = validate.run(config, {"crawl": crawl_manifest(config, store, "run-games", batch)}, run_id="run-games",
                             store=store, logical_date="2026-01-02")
-    assert manifest.facts["labels"] == [*known, "games"] and manifest.facts["labels_new"] == ["games"]
+    facts = validate.ValidateFacts.of(manifest)
+    assert facts.labels == [*known, "games"] and facts.labels_new == ["games"]
     assert manifest.metrics["rows_quarantined"] == 0 and manifest.metrics["labels_new"] == 1
-    checks = {check["name"]: check for check in manifest.facts["batch_checks"]}
-    assert checks["drift.label_psi"]["verdict"] == "passed"
-    assert "new labels ['games'] (validate.new_labels=extend) left out of the label PSI" in checks["drift.label_psi"][
-        "detail"]
+    checks = {check.name: check for check in facts.batch_checks}
+    assert checks["drift.label_psi"].verdict == "passed"
+    assert "new labels ['games'] (validate.new_labels=extend) left out of the label PSI" in checks[
+        "drift.label_psi"].detail
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +84,16 @@ def two_days(tmp_path_factory):
 
 def test_day_one_is_the_champion_with_the_configured_labels(two_days):
     _, _, first, _ = two_days
-    assert first["train"].facts["labels"] == LABELS
+    assert TrainFacts.of(first["train"]).labels == LABELS
     assert first["promote"].facts["promoted"] is True
 
 
 def test_day_two_grows_the_head_and_the_candidate_predicts_the_new_label(two_days):
     _, store, _, second = two_days
     trained = second["train"]
-    assert trained.facts["labels"] == [*LABELS, NEW] and trained.facts["champion_version"] == "1"
-    assert trained.facts["label_map"] == {"0": "alpha", "1": "beta", "2": "gamma", "3": NEW}
+    facts = TrainFacts.of(trained)
+    assert facts.labels == [*LABELS, NEW] and facts.champion_version == "1"
+    assert facts.label_map == {"0": "alpha", "1": "beta", "2": "gamma", "3": NEW}
     predictions = read_rows(store.local_path(second["evaluate"].output("predictions").uri))
     new_rows = [row for row in predictions if row["slice"] == "fresh" and row["label"] == NEW]
     assert new_rows and sum(row["predicted"] == NEW for row in new_rows) / len(new_rows) >= 0.5
@@ -114,11 +118,12 @@ def test_the_old_labels_keep_their_rows_when_the_head_grows(two_days):
 def test_evaluate_and_the_gate_report_the_class_as_new_not_as_a_regression(two_days):
     _, store, _, second = two_days
     evaluation = second["evaluate"]
-    assert evaluation.facts["new_classes"] == [NEW] and evaluation.facts["labels"] == [*LABELS, NEW]
-    checks = evaluation.facts["gate"]["checks"]
-    [new_check] = [check for check in checks if check["name"] == "new_classes"]
-    assert new_check["verdict"] == "skipped" and NEW in new_check["detail"]
-    assert not any(f"class {NEW}" in check["detail"] for check in checks if check["name"].startswith("max_class"))
+    facts = EvaluateFacts.of(evaluation)
+    assert facts.new_classes == [NEW] and facts.labels == [*LABELS, NEW]
+    checks = facts.gate.checks
+    [new_check] = [check for check in checks if check.name == "new_classes"]
+    assert new_check.verdict == "skipped" and NEW in new_check.detail
+    assert not any(f"class {NEW}" in check.detail for check in checks if check.name.startswith("max_class"))
     report = store.local_path(evaluation.output("report").uri).read_text()
     assert ("New classes (the champion never had them; judged on their own rows, left out of the champion "
             f"comparisons): {NEW}") in report
@@ -148,12 +153,12 @@ def test_the_registry_records_the_label_set_of_every_version(two_days):
 
 def test_the_new_label_is_judged_on_its_own_rows(two_days):
     _, store, _, second = two_days
-    [judged] = [check for check in second["evaluate"].facts["gate"]["checks"]
-                if check["name"] == f"new_class:{NEW}:fresh.f1"]
+    [judged] = [check for check in EvaluateFacts.of(second["evaluate"]).gate.checks
+                if check.name == f"new_class:{NEW}:fresh.f1"]
     evaluation = json.loads(store.local_path(second["evaluate"].output("evaluation").uri).read_text())
     own_rows = evaluation["candidate"]["fresh"]["per_class"][NEW]
-    assert judged["value"] == own_rows["f1"]  # the candidate's F1 on the class's own fresh rows
+    assert judged.value == own_rows["f1"]  # the candidate's F1 on the class's own fresh rows
     if own_rows["support"] < 20:  # gate.min_class_support: too few rows to judge, reported with the reason
-        assert judged["verdict"] == "skipped" and "min_class_support=20" in judged["detail"]
+        assert judged.verdict == "skipped" and "min_class_support=20" in judged.detail
     else:
-        assert judged["verdict"] in ("passed", "failed")
+        assert judged.verdict in ("passed", "failed")

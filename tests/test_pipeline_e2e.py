@@ -114,11 +114,12 @@ def test_poisoned_day_is_rejected_and_champion_stays(pipeline):
     # Also held to the best champion so far, read back from version 1's registry tags (the tiny frozen
     # slice is too noisy to require that this check, rather than non-inferiority, rejects it).
     from tasks.contract import read_manifest
+    from tasks.evaluate import EvaluateFacts
     from tasks.store import ArtifactStore
 
-    gate = read_manifest(ArtifactStore(config.artifact_root), second["run_id"], "evaluate").facts["gate"]
-    [best] = [check for check in gate["checks"] if check["name"] == "max_drop_below_best:frozen.macro_f1"]
-    assert best["verdict"] in ("passed", "failed") and "below the best champion so far (version 1," in best["detail"], best
+    gate = EvaluateFacts.of(read_manifest(ArtifactStore(config.artifact_root), second["run_id"], "evaluate")).gate
+    [best] = [check for check in gate.checks if check.name == "max_drop_below_best:frozen.macro_f1"]
+    assert best.verdict in ("passed", "failed") and "below the best champion so far (version 1," in best.detail, best
 
 
 def test_decide_records_why_each_day_trained(pipeline):

@@ -6,6 +6,7 @@ import pytest
 
 from tasks import model_registry, register
 from tasks.manifest import StepError
+from tasks.register import RegisterFacts
 from tests.pipeline_support import LABELS
 
 
@@ -26,9 +27,10 @@ def test_register_checks_the_registered_model_in_a_fresh_process(two_rounds):
     config, _, first, second = two_rounds
     client = model_registry.client(config)
     for manifests in (first, second):
-        check = manifests["register"].facts["serving_check"]
+        registered = RegisterFacts.of(manifests["register"])
+        check = registered.serving_check
         assert check["passed"] is True and check["rows"] > 0, check
-        tags = client.get_model_version(config.mlflow.model_name, manifests["register"].facts["version"]).tags
+        tags = client.get_model_version(config.mlflow.model_name, registered.version).tags
         assert tags["freshet.serving_check"] == "passed" and float(tags["freshet.serving_check.max_abs_diff"]) <= 1e-3
 
 

@@ -12,6 +12,7 @@ from tasks import evaluate, score, train
 from tasks.config import ConfigError, PipelineConfig, load_config
 from tasks.records import read_rows
 from tasks.store import ArtifactStore
+from tasks.train import TrainFacts
 from tests.corpus_support import synthetic_corpus
 from tests.pipeline_support import LABELS, fake_upstream, run_model_steps, tiny_config
 
@@ -49,22 +50,24 @@ def two_days(tmp_path_factory):
 
 def test_the_champions_logged_answers_on_unlabelled_texts_become_tagged_rows(two_days):
     _, _, first, scored, trained, _, unlabelled, _ = two_days
-    facts = trained.facts["self_training"]
-    assert scored.facts["scored"] and facts["teacher_version"] == first["register"].facts["version"]
-    assert facts["candidates"] == len(unlabelled), "every distinct unlabelled text, the labelled one left out"
+    facts = TrainFacts.of(trained).self_training
+    assert facts is not None
+    assert scored.facts["scored"] and facts.teacher_version == first["register"].facts["version"]
+    assert facts.candidates == len(unlabelled), "every distinct unlabelled text, the labelled one left out"
     real = trained.metrics["rows_new"] + trained.metrics["rows_replay"]  # labelled rows, replayed ones included
-    assert 0 < facts["pseudo_rows"] <= 0.5 * real
-    assert facts["validation_macro_f1_without"] is not None and facts["validation_macro_f1_with"] is not None
-    assert facts["kept"] == (facts["validation_macro_f1_with"] > facts["validation_macro_f1_without"])
-    assert trained.metrics["self_training.kept"] == facts["kept"]
+    assert 0 < facts.pseudo_rows <= 0.5 * real
+    assert facts.validation_macro_f1_without is not None and facts.validation_macro_f1_with is not None
+    assert facts.kept == (facts.validation_macro_f1_with > facts.validation_macro_f1_without)
+    assert trained.metrics["self_training.kept"] == facts.kept
 
 
 def test_the_trained_rows_hold_pseudo_labels_only_when_kept_and_never_a_labelled_text(two_days):
     _, store, _, _, trained, second_day, unlabelled, _ = two_days
     rows = read_rows(store.local_path(trained.output("train_rows").uri))
     pseudo = [row for row in rows if row["pseudo_label"]]
-    facts = trained.facts["self_training"]
-    assert len(pseudo) == (facts["pseudo_rows"] if facts["kept"] else 0)
+    facts = TrainFacts.of(trained).self_training
+    assert facts is not None
+    assert len(pseudo) == (facts.pseudo_rows if facts.kept else 0)
     labelled = {row["text"] for row in second_day}
     assert not any(row["text"] in labelled for row in pseudo)
     assert all(row["text"] in {item["text"] for item in unlabelled} and row["label"] in LABELS for row in pseudo)
@@ -73,7 +76,7 @@ def test_the_trained_rows_hold_pseudo_labels_only_when_kept_and_never_a_labelled
 def test_the_baseline_learns_from_labels_only(two_days):
     _, store, _, _, trained, _, _, evaluated = two_days
     rows = read_rows(store.local_path(trained.output("train_rows").uri))
-    assert evaluated.facts["baseline_train_rows"] == sum(not row["pseudo_label"] for row in rows)
+    assert evaluate.EvaluateFacts.of(evaluated).baseline_train_rows == sum(not row["pseudo_label"] for row in rows)
 
 
 @pytest.mark.parametrize(("setting", "value"), [("min_confidence", 1.5), ("max_share", 2.0), ("window_days", 0)])

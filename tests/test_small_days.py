@@ -14,8 +14,8 @@ from tasks.config import ScheduleConfig
 from tasks.models.build import build_model
 from tasks.records import read_rows, split_of
 from tasks.store import ArtifactStore
-from tasks.train import TrainingData, fit
-from tasks.training.data import bucketed_batches
+from tasks.train import fit
+from tasks.training.data import TrainingData, bucketed_batches
 from tests.corpus_support import synthetic_corpus
 from tests.pipeline_support import CPU, LABELS, fake_upstream, tiny_config
 from tests.schedule_support import ingest

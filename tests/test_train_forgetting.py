@@ -15,7 +15,7 @@ import pytest
 
 from tasks.contract import read_manifest
 from tasks.models.inference import predict
-from tasks.records import read_rows
+from tasks.records import CleanFacts, read_rows
 from tasks.store import ArtifactStore
 from tasks.train import fit, gather_training_data
 from tests.corpus_support import synthetic_corpus
@@ -37,7 +37,7 @@ def training_data(config, store, run_id):
     clean, augment = read_manifest(store, run_id, "clean"), read_manifest(store, run_id, "augment")
     return gather_training_data(config, read_rows(store.local_path(augment.output("train").uri)),
                                 read_rows(store.local_path(clean.output("dataset").uri)),
-                                clean.facts.get("prior_snapshots", []), store)
+                                [entry.model_dump() for entry in CleanFacts.of(clean).prior_snapshots], store)
 
 
 def accuracy(result, rows) -> float:

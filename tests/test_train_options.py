@@ -11,7 +11,8 @@ from tasks.contract import read_manifest
 from tasks.models.build import build_model, load_classifier
 from tasks.models.inference import predict
 from tasks.store import ArtifactStore
-from tasks.train import TrainingData, fit
+from tasks.train import fit
+from tasks.training.data import TrainingData
 from tests.corpus_support import synthetic_corpus
 from tests.pipeline_support import CPU, LABELS, fake_upstream, max_difference, tiny_config
 

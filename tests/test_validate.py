@@ -217,7 +217,7 @@ def test_too_many_quarantined_rows_reject_the_batch_and_keep_the_evidence(tmp_pa
     report = (failed_dir / "validation_report.html").read_text()
     assert '<span class="failed">rejected</span>' in report and "Why the batch was rejected" in report
     assert "quarantined fraction 0.643 (9 of 14 rows) &gt; validate.max_quarantine_fraction=0.2" in report
-    assert read_manifest(store, "run-bad", validate.FAILED_STEP).facts["error"] in message
+    assert validate.RejectedBatchFacts.of(read_manifest(store, "run-bad", validate.FAILED_STEP)).error in message
     assert read_manifest(store, "run-bad", "validate") is None
     mlflow.set_tracking_uri(config.mlflow.tracking_uri)
     [run] = mlflow.search_runs(search_all_experiments=True, output_format="list",
@@ -236,13 +236,14 @@ def test_printable_ratio_failure_names_the_ratio(validated: dict[str, Any]) -> N
 
 
 def test_first_run_reports_drift_skipped_not_passed(validated: dict[str, Any]) -> None:
-    checks = {check["name"]: check for check in validated["manifest"].facts["batch_checks"]}
+    facts = validate.ValidateFacts.of(validated["manifest"])
+    checks = {check.name: check for check in facts.batch_checks}
     for name in ("drift.label_psi", "drift.length_psi"):
-        assert checks[name]["verdict"] == "skipped" and "first run" in checks[name]["detail"]
+        assert checks[name].verdict == "skipped" and "first run" in checks[name].detail
         assert validated["manifest"].metrics[name] is None
-    assert checks["duplicate_fraction"]["verdict"] == "passed"
+    assert checks["duplicate_fraction"].verdict == "passed"
     result = json.loads(validated["store"].local_path(validated["manifest"].output("gx_result").uri).read_text())
-    assert result["freshet_batch_checks"] == validated["manifest"].facts["batch_checks"]
+    assert result["freshet_batch_checks"] == [check.model_dump() for check in facts.batch_checks]
 
 
 def test_too_many_duplicate_texts_reject_the_batch(tmp_path: Path, tracking: Path) -> None:
@@ -297,7 +298,7 @@ def test_a_batch_like_the_reference_passes_with_drift_recorded(with_history: dic
              for number in range(300)]
     manifest = validate_against_history(with_history, "run-same", batch)
     assert 0 <= manifest.metrics["drift.label_psi"] < 0.01 and 0 <= manifest.metrics["drift.length_psi"] < 0.05
-    assert manifest.facts["drift_reference"] == {"snapshots": ["history-1"], "rows": 400}
+    assert validate.ValidateFacts.of(manifest).drift_reference == validate.DriftReference(snapshots=["history-1"], rows=400)
 
 
 @pytest.mark.parametrize(("check", "make_row"), [
@@ -321,9 +322,9 @@ def test_drift_rejects_the_batch_naming_the_psi_and_bound(with_history: dict[str
 def test_a_small_batch_skips_drift(with_history: dict[str, Any]) -> None:
     batch = [record(f"small-{number}", sized_text(number + 1000, 70), "libs") for number in range(50)]
     manifest = validate_against_history(with_history, "run-small", batch)  # would drift on both
-    checks = {check["name"]: check for check in manifest.facts["batch_checks"]}
-    assert checks["drift.label_psi"]["verdict"] == "skipped"
-    assert checks["drift.length_psi"]["detail"] == "50 valid rows < validate.drift_min_rows=200"
+    checks = {check.name: check for check in validate.ValidateFacts.of(manifest).batch_checks}
+    assert checks["drift.label_psi"].verdict == "skipped"
+    assert checks["drift.length_psi"].detail == "50 valid rows < validate.drift_min_rows=200"
     assert manifest.metrics["drift.label_psi"] is None
 
 
@@ -346,8 +347,8 @@ def test_an_empty_batch_is_rejected_unless_the_run_is_forced(tmp_path: Path, tra
     # A forced retry after a fix brings no new files: the empty batch passes, no check judges zero rows.
     accepted = validate.run(config, {"crawl": crawl}, run_id="run-empty", store=store, allow_empty=True)
     assert accepted.metrics["rows_in"] == 0 and accepted.output("valid").rows == 0
-    assert {check["name"]: check["verdict"] for check in accepted.facts["batch_checks"]}["duplicate_fraction"] == (
-        "skipped")
+    assert {check.name: check.verdict for check in validate.ValidateFacts.of(accepted).batch_checks}[
+        "duplicate_fraction"] == "skipped"
 
 
 def test_missing_columns_reject_the_batch(tmp_path: Path, tracking: Path) -> None:

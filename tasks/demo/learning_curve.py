@@ -61,6 +61,13 @@ def calendar_day(first_date: str, logical_date: str, fallback: int) -> int:
 
 def collect(store: ArtifactStore, run_ids: Sequence[str]) -> list[dict[str, Any]]:
     """One row per run, in the given order; the champion version is carried across runs that did not promote."""
+    # Here, not at the top: the step modules load torch, and the CLI's other commands need none of them.
+    from tasks.compress import CompressFacts
+    from tasks.decide import DecideFacts
+    from tasks.evaluate import EvaluateFacts
+    from tasks.promote import PromoteFacts
+    from tasks.register import RegisterFacts
+
     rows: list[dict[str, Any]] = []
     champion: str | None = None
     for day, run_id in enumerate(run_ids, start=1):
@@ -69,11 +76,12 @@ def collect(store: ArtifactStore, run_ids: Sequence[str]) -> list[dict[str, Any]
             raise FileNotFoundError(f"learning curve: run {run_id!r} has no step manifests under {store.uri('runs')}")
         any_manifest = next(iter(manifests.values()))
         metric = lambda step, name, manifests=manifests: manifests[step].metrics.get(name) if step in manifests else None
-        decision = manifests["decide"].facts if "decide" in manifests else None
-        gate = manifests["compress"].facts.get("gate") if "compress" in manifests else None
-        promoted = bool(manifests["promote"].facts.get("promoted")) if "promote" in manifests else False
-        if promoted:
-            champion = str(manifests["promote"].facts["champion"])
+        decision = DecideFacts.of(manifests["decide"]) if "decide" in manifests else None
+        gate = CompressFacts.of(manifests["compress"]).gate if "compress" in manifests else None
+        promotion = PromoteFacts.of(manifests["promote"]) if "promote" in manifests else None
+        promoted = promotion is not None and promotion.promoted
+        if promotion is not None and promotion.promoted:
+            champion = str(promotion.champion)
         logical_date = (any_manifest.logical_date or "")[:10]
         row: dict[str, Any] = {
             "day": calendar_day(rows[0]["logical_date"] if rows else logical_date, logical_date, day),
@@ -82,17 +90,17 @@ def collect(store: ArtifactStore, run_ids: Sequence[str]) -> list[dict[str, Any]
             "rows_valid": metric("validate", "rows_valid"), "rows_clean": metric("clean", "rows_out"),
             # Trained means a train manifest: a round decide started whose training failed did not train.
             "trained": "train" in manifests,
-            "decision": "" if not decision else decision["reason"] + (
-                "; training did not finish (the run failed)" if decision["train"] and "train" not in manifests else ""),
-            "gate": None if gate is None else ("pass" if gate["passed"] else "reject"),
-            "gate_reasons": "" if gate is None else "; ".join(gate["reasons"]),
-            "registered_version": manifests["register"].facts.get("version") if "register" in manifests else None,
+            "decision": "" if not decision else decision.reason + (
+                "; training did not finish (the run failed)" if decision.train and "train" not in manifests else ""),
+            "gate": None if gate is None else ("pass" if gate.passed else "reject"),
+            "gate_reasons": "" if gate is None else "; ".join(gate.reasons),
+            "registered_version": RegisterFacts.of(manifests["register"]).version if "register" in manifests else None,
             "promoted": promoted, "champion_version": champion,
         }
         for key in (*(f"{model}.{name}.macro_f1" for model in MODELS for name in SLICES), *COMPARISONS,
                     "blend_weight"):
             row[key] = _measured(metric("evaluate", key))
-        row["compared_version"] = (manifests["evaluate"].facts.get("champion_version") if "evaluate" in manifests
+        row["compared_version"] = (EvaluateFacts.of(manifests["evaluate"]).champion_version if "evaluate" in manifests
                                    else None)
         rows.append(row)
     return rows

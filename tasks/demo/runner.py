@@ -216,13 +216,23 @@ def with_model(config_path: Path, model: str, home: Path) -> Path:
 
 def describe_model(train: Manifest) -> str:
     """Which encoder a train step used and how it trained (family, max length, inputs, precision and why)."""
-    model = train.facts.get("model") or {}
-    precision = train.facts.get("precision") or {}
-    line = (f"  model: {model.get('source', '?')} ({model.get('family', '?')}, max length limit "
-            f"{model.get('max_length_limit')}, inputs {', '.join(model.get('input_names', []))})")
-    if precision:
-        line += f"; precision {precision.get('precision')}: {precision.get('reason')}"
-    return line
+    from tasks.train import TrainFacts  # the step modules load torch: only once there is a run to summarize
+
+    facts = TrainFacts.of(train)
+    return (f"  model: {facts.model.source} ({facts.model.family}, max length limit {facts.model.max_length_limit}, "
+            f"inputs {', '.join(facts.model.input_names)}); precision {facts.precision.precision}: "
+            f"{facts.precision.reason}")
+
+
+def training_lines(train: Manifest) -> list[str]:
+    """The encoder and precision, the steps, rows and speed, and the champion it warm-started from."""
+    from tasks.train import TrainFacts
+
+    metrics = train.metrics
+    return [describe_model(train),
+            (f"  trained {metrics.get('steps')} steps on {metrics.get('rows_train')} rows ({metrics.get('rows_replay')}"
+            f" replayed), {metrics.get('samples_per_second', 0):.0f} samples/s, warm start from version"
+            f" {TrainFacts.of(train).champion_version}")]
 
 
 def quoted(labels: Sequence[str]) -> str:
@@ -277,18 +287,35 @@ def macro_f1_table(evaluation: Manifest) -> list[str]:
 def summarize_run(store: ArtifactStore, run_id: str) -> list[str]:
     manifests: dict[str, Manifest] = {step: m for step in STEP_NAMES if (m := read_manifest(store, run_id, step))}
     lines = [f"run {run_id}: steps completed: {', '.join(manifests) or 'none'}"]
+    lines += data_lines(store, manifests)
+    decision = read_manifest(store, run_id, "decide")
+    lines += decision_lines(decision)
+    if "train" in manifests:
+        lines += training_lines(manifests["train"])
+    if "evaluate" in manifests:
+        lines += macro_f1_table(manifests["evaluate"])
+    if "compress" in manifests:
+        lines += gate_lines(manifests["compress"])
+    lines += release_lines(manifests)
+    return lines + new_label_fates(manifests, decision)
+
+
+def data_lines(store: ArtifactStore, manifests: dict[str, Manifest]) -> list[str]:
+    """What the day brought: crawled, quarantined (and why), new labels, cleaned, augmented."""
+    from tasks.validate import ValidateFacts  # the step modules load torch: only once there is a run to summarize
+
+    lines: list[str] = []
     crawl = manifests.get("crawl")
     if (crawl is not None and "validate" not in manifests and not crawl.metrics.get("rows_new")
             and not crawl.metrics.get("rows_quarantined")):
         lines.append("  ended at new_data: the crawl found nothing new")
-    if "crawl" in manifests:
-        lines.append(f"  rows crawled {manifests['crawl'].metrics.get('rows_new')}"
-                     f" (pages fetched {manifests['crawl'].metrics.get('pages_fetched')},"
-                     f" not modified {manifests['crawl'].metrics.get('pages_not_modified')})")
+    if crawl is not None:
+        lines.append(f"  rows crawled {crawl.metrics.get('rows_new')} (pages fetched {crawl.metrics.get('pages_fetched')},"
+                     f" not modified {crawl.metrics.get('pages_not_modified')})")
     if "validate" in manifests:
         lines.append(f"  quarantined by validation {manifests['validate'].metrics.get('rows_quarantined')},"
                      f" valid {manifests['validate'].metrics.get('rows_valid')}")
-        new_labels = manifests["validate"].facts.get("labels_new") or []
+        new_labels = ValidateFacts.of(manifests["validate"]).labels_new
         if new_labels:
             # Quoted: a folder name with spaces or odd characters becomes a label as it is spelled.
             lines.append(f"  new label(s) joined the label set (validate.new_labels: extend): {quoted(new_labels)}")
@@ -299,62 +326,79 @@ def summarize_run(store: ArtifactStore, run_id: str) -> list[str]:
                      f" validation {metrics.get('rows_validation')}, test {metrics.get('rows_test')})")
     if "augment" in manifests:
         lines.append(f"  augmented rows {manifests['augment'].metrics.get('rows_augmented')}")
-    decision = read_manifest(store, run_id, "decide")
-    if decision is not None:
-        lines.append(f"  training: {'yes' if decision.facts['train'] else 'no'} - {decision.facts['reason']}")
-        if not decision.facts["train"]:
-            lines.append("  ended at should_train")
-    if "train" in manifests:
-        metrics = manifests["train"].metrics
-        lines.append(describe_model(manifests["train"]))
-        lines.append(f"  trained {metrics.get('steps')} steps on {metrics.get('rows_train')} rows"
-                     f" ({metrics.get('rows_replay')} replayed), {metrics.get('samples_per_second', 0):.0f} samples/s,"
-                     f" warm start from version {manifests['train'].facts.get('champion_version')}")
-    if "evaluate" in manifests:
-        lines += macro_f1_table(manifests["evaluate"])
-    if "compress" in manifests:
-        compress = manifests["compress"]
-        gate = compress.facts["gate"]
-        lines.append(f"  gate: {'PASS' if gate['passed'] else 'REJECT'}"
-                     + ("" if gate["passed"] else " - " + "; ".join(gate["reasons"])))
-        for variant, facts in compress.facts.get("variants", {}).items():
-            if not facts.get("applicable", True):  # the family cannot have it (or it failed to build): why
-                lines.append(f"  {variant}: {facts.get('status')} - {facts.get('reason')}")
-                continue
-            lines.append(f"  {variant}: size x{facts['size_ratio']:.2f}, latency x{facts['latency_ratio_batch1']:.2f} (batch 1)"
-                         f" x{facts['latency_ratio_batch32']:.2f} (batch 32), macro-F1 delta"
-                         f" {facts['macro_f1_delta'].get('frozen', float('nan')):+.4f} (frozen)")
-        lines.append(f"  serving variant: {compress.facts['serving_variant']}")
+    return lines
+
+
+def decision_lines(decision: Manifest | None) -> list[str]:
+    """Whether the round trained and why."""
+    from tasks.decide import DecideFacts
+
+    if decision is None:
+        return []
+    facts = DecideFacts.of(decision)
+    return [f"  training: {'yes' if facts.train else 'no'} - {facts.reason}",
+            *([] if facts.train else ["  ended at should_train"])]
+
+
+def gate_lines(compress: Manifest) -> list[str]:
+    """The final gate verdict, each compressed variant's figures (or why the family cannot have it), the served one."""
+    from tasks.compress import CompressFacts
+
+    facts = CompressFacts.of(compress)
+    lines = [f"  gate: {'PASS' if facts.gate.passed else 'REJECT'}"
+             + ("" if facts.gate.passed else " - " + "; ".join(facts.gate.reasons))]
+    for variant, figures in facts.variants.items():
+        if not figures.get("applicable", True):  # the family cannot have it (or it failed to build): why
+            lines.append(f"  {variant}: {figures.get('status')} - {figures.get('reason')}")
+            continue
+        lines.append(f"  {variant}: size x{figures['size_ratio']:.2f}, latency x{figures['latency_ratio_batch1']:.2f}"
+                     f" (batch 1) x{figures['latency_ratio_batch32']:.2f} (batch 32), macro-F1 delta"
+                     f" {figures['macro_f1_delta'].get('frozen', float('nan')):+.4f} (frozen)")
+    lines.append(f"  serving variant: {facts.serving_variant}")
+    return lines
+
+
+def release_lines(manifests: dict[str, Manifest]) -> list[str]:
+    """The registered version, and whether it became champion (or why not)."""
+    from tasks.promote import PromoteFacts
+    from tasks.register import RegisterFacts
+
+    lines: list[str] = []
     if "register" in manifests:
-        lines.append(f"  registered version {manifests['register'].facts['version']}")
+        lines.append(f"  registered version {RegisterFacts.of(manifests['register']).version}")
     if "promote" in manifests:
-        facts = manifests["promote"].facts
-        lines.append(f"  promoted: champion -> {facts.get('champion')}, previous -> {facts.get('previous')}"
-                     if facts.get("promoted") else f"  not promoted: {'; '.join(facts.get('reasons', []))}")
+        facts = PromoteFacts.of(manifests["promote"])
+        lines.append(f"  promoted: champion -> {facts.champion}, previous -> {facts.previous}" if facts.promoted
+                     else f"  not promoted: {'; '.join(facts.reasons)}")
     elif "register" in manifests:
         lines.append("  promotion skipped by the gate")
-    return lines + new_label_fates(manifests, decision)
+    return lines
 
 
 def new_label_fates(manifests: dict[str, Manifest], decision: Manifest | None) -> list[str]:
     """What happened to each label the champion did not know: joined, trained, judged on its own rows, served,
     or where it stopped and why."""
-    labels = list(dict.fromkeys([*(manifests["validate"].facts.get("labels_new") or [] if "validate" in manifests
-                                  else []),
-                                 *(manifests["evaluate"].facts.get("new_classes") or [] if "evaluate" in manifests
-                                   else [])]))
+    from tasks.decide import DecideFacts
+    from tasks.evaluate import EvaluateFacts
+    from tasks.promote import PromoteFacts
+    from tasks.validate import ValidateFacts
+
+    validated = ValidateFacts.of(manifests["validate"]) if "validate" in manifests else None
+    evaluation = EvaluateFacts.of(manifests["evaluate"]) if "evaluate" in manifests else None
+    promotion = PromoteFacts.of(manifests["promote"]) if "promote" in manifests else None
+    labels = list(dict.fromkeys([*((validated.labels_new or []) if validated else []),
+                                 *(evaluation.new_classes if evaluation else [])]))
     lines = []
     for label in labels:
         if "train" not in manifests:
-            why = (decision.facts["reason"] if decision is not None and not decision.facts["train"]
-                   else "the round did not train")
+            decided = DecideFacts.of(decision) if decision is not None else None
+            why = decided.reason if decided is not None and not decided.train else "the round did not train"
             lines.append(f"  new label {quoted([label])}: joined, not trained yet ({why})")
             continue
-        checks = [check for check in manifests["evaluate"].facts["gate"]["checks"]
-                  if check["name"].startswith(f"new_class:{label}:")] if "evaluate" in manifests else []
-        judged = "; ".join(f"{check['detail']}: {check['verdict']}" for check in checks) or "no test rows of it yet"
-        promoted = "promote" in manifests and manifests["promote"].facts.get("promoted")
-        served = (f"served by champion v{manifests['promote'].facts.get('champion')}" if promoted
+        checks = [check for check in evaluation.gate.checks
+                  if check.name.startswith(f"new_class:{label}:")] if evaluation else []
+        judged = "; ".join(f"{check.detail}: {check.verdict}" for check in checks) or "no test rows of it yet"
+        served = (f"served by champion v{promotion.champion}" if promotion is not None and promotion.promoted
                   else "not served: the gate kept the champion" if "compress" in manifests
                   else "not served: the round stopped before the gate")
         lines.append(f"  new label {quoted([label])}: trained; {judged}; {served}")
@@ -393,31 +437,34 @@ def _psi(value: Any) -> str:
 
 def summarize_production(store: ArtifactStore, logical_date: dt.date, since: str) -> tuple[list[str], dict[str, Any]]:
     """Summary lines for the day's batch scoring and monitor runs, and the day's monitor figures."""
+    from tasks.monitor import MonitorFacts
+    from tasks.score import ScoreFacts
+
     lines: list[str] = []
     figures: dict[str, Any] = {"date": logical_date.isoformat()}
     score_run = find_run(store, logical_date, since, "score")
     scored = read_manifest(store, score_run, "score") if score_run else None
     if scored is not None:
-        facts = scored.facts
-        figures.update(version=facts.get("model_version"), rows=scored.metrics.get("rows"))
-        if facts.get("scored"):
+        facts = ScoreFacts.of(scored)
+        figures.update(version=facts.model_version, rows=scored.metrics.get("rows"))
+        if facts.scored:
             lines.append(f"  scored before its labels were used: {scored.metrics.get('rows')} newly published texts"
-                         f" in one batch request, served by version {facts['model_version']} ({facts.get('variant')})"
-                         + (f", version {facts['shadow_version']} in shadow (agreement"
-                            f" {scored.metrics.get('shadow_agreement', 0):.3f})" if facts.get("shadow_version") else ""))
+                         f" in one batch request, served by version {facts.model_version} ({facts.variant})"
+                         + (f", version {facts.shadow_version} in shadow (agreement"
+                            f" {scored.metrics.get('shadow_agreement', 0):.3f})" if facts.shadow_version else ""))
         else:
-            lines.append(f"  batch scoring: {facts.get('reason')}")
+            lines.append(f"  batch scoring: {facts.reason}")
     monitor_run = find_run(store, logical_date, since, "monitor")
     watched = read_manifest(store, monitor_run, "monitor") if monitor_run else None
     if watched is None:
         return lines, figures
-    metrics = watched.metrics
-    primary = watched.facts.get("primary_version")
-    figures.update(metrics, verdict=watched.facts.get("verdict"))
+    metrics, watch = watched.metrics, MonitorFacts.of(watched)
+    primary = watch.primary_version
+    figures.update(metrics, verdict=watch.verdict)
     if primary is None:
-        lines.append(f"  monitor: {watched.facts.get('verdict')}")
+        lines.append(f"  monitor: {watch.verdict}")
         return lines, figures
-    reference = watched.facts["versions"][primary]["measures"]
+    reference = watch.versions[primary]["measures"]
     lines.append(f"  monitor, version {primary} vs its reference ({reference.get('reference_rows')} test rows):"
                  f" label PSI {_psi(metrics.get('label_psi'))}, confidence PSI {_psi(metrics.get('confidence_psi'))},"
                  f" length PSI {_psi(metrics.get('length_psi'))}, OOV {_psi(metrics.get('oov_rate'))}"
@@ -428,7 +475,7 @@ def summarize_production(store: ArtifactStore, logical_date: dt.date, since: str
                     f" {_f1(metrics.get('estimated_macro_f1_labelled'))} vs real {_f1(real)}"
                     f" (error {metrics.get('estimate_error', 0):+.3f})" if real is not None
                     else " (real macro-F1: labels not in yet)"))
-    lines.append(f"    {watched.facts.get('verdict')}")
+    lines.append(f"    {watch.verdict}")
     return lines, figures
 
 
@@ -643,6 +690,81 @@ def prepare_labelling(config: PipelineConfig, corpus: Path, demo_site: bool, fre
     return labelling
 
 
+def serve_days(stack: contextlib.ExitStack, config: PipelineConfig, plan: DemoPlan, corpus: Path | None,
+               labelling: DemoLabelling | None) -> str | None:
+    """The demo site serving `corpus` for the planned days (its URL), or None when the config's own sources are
+    crawled; either way, which days this run covers."""
+    last_day = plan.first_day + plan.days - 1
+    if corpus is None:
+        print(f"crawling the config's own sources ({', '.join(s.name for s in config.crawl.sources)});"
+              f" this run: day(s) {plan.first_day + 1}..{last_day + 1}")
+        return None
+    source = urlsplit(config.crawl.sources[0].url)
+    # Every corpus row names its day, so the site publishes exactly the planned days.
+    site = stack.enter_context(serve(corpus, plan.start_date, days=last_day, initial_fraction=0.0,
+                                     host=str(source.hostname or "127.0.0.1"), port=source.port or 80))
+    print(f"demo site: {site.url} publishing about {plan.rows_per_day} packages a day from {plan.start_date}"
+          f"; this run: day(s) {plan.first_day + 1}..{last_day + 1}")
+    return str(site.url)
+
+
+def summarize_labelling(store: ArtifactStore, labelling: DemoLabelling, logical_date: dt.date, since: str,
+                        run_id: str | None, annotation: AnnotationRound | str | None) -> tuple[list[str], dict[str, Any]]:
+    """The day's labelling round: what was queued, what the annotator labelled, what the pipeline pulled back."""
+    label_run = find_run(store, logical_date, since, "label")
+    pipeline = {step: manifest for step in ("crawl", "clean")
+                if run_id and (manifest := read_manifest(store, run_id, step))}
+    lines, figures = summarize_day(store, labelling, read_manifest(store, label_run, "label") if label_run else None,
+                                   pipeline, annotation)
+    return lines, {"date": logical_date.isoformat(), **figures}
+
+
+def first_failure(day: int, logical_date: dt.date, failed: Sequence[DagOutcome],
+                  annotation: AnnotationRound | str | None) -> str | None:
+    """The day's first failure in words ("day N (date): task X ..."), None when the day went through."""
+    if failed:
+        first = failed[0]
+        reason = first.failures[0].describe() if first.failures else f"airflow exit {first.exit_code}"
+        return f"day {day + 1} ({logical_date}): {first.dag_id} {reason}"
+    if isinstance(annotation, str):
+        return f"day {day + 1} ({logical_date}): the demo's annotator: {annotation}"
+    return None
+
+
+def run_one_day(days: DaysRun, config: PipelineConfig, store: ArtifactStore, env: dict[str, str], home: Path,
+                plan: DemoPlan, day: int, site_url: str | None, since: str, conf: dict[str, Any] | None,
+                labelling: DemoLabelling | None) -> None:
+    """One planned day: its DAG runs, then its summary, monitor and labelling figures, and its failure into `days`."""
+    logical_date = plan.logical_date(day)
+    log_path = home / "logs" / f"dag-{logical_date}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    day_started = time.perf_counter()
+    # The day's texts are scored (by yesterday's champion) before the pipeline learns their labels.
+    production = site_url is not None and drop_published_texts(config, site_url, logical_date) is not None
+    outcomes, annotation = run_day_dags(env, logical_date, log_path, conf, production, labelling)
+    write_demo_state(home, plan, day + 1)
+    run_id = find_run(store, logical_date, since)
+    days.run_ids += [run_id] if run_id else []
+    failed = [outcome for outcome in outcomes if outcome.failed]
+    failed_parts = [outcome.dag_id for outcome in failed] + (["annotator"] if isinstance(annotation, str) else [])
+    verdict = ("FAILED: " + ", ".join(failed_parts)) if failed_parts else "ok"
+    days.summary += [f"--- day {day + 1}, {logical_date} ({time.perf_counter() - day_started:.0f} s): {verdict}"]
+    days.summary += summarize_run(store, run_id) if run_id else [f"  no run recorded; see {log_path}"]
+    if conf and conf.get("force_training") and run_id and read_manifest(store, run_id, "decide") is None:
+        days.summary.append("  force_training did not apply: the run ended before decide")
+    for outcome in failed:
+        days.summary += outcome.describe()
+    if production:
+        lines, figures = summarize_production(store, logical_date, since)
+        days.summary += lines
+        days.monitored.append(figures)
+    if production and labelling is not None:
+        lines, figures = summarize_labelling(store, labelling, logical_date, since, run_id, annotation)
+        days.summary += lines
+        days.labelled.append(figures)
+    days.failed = first_failure(day, logical_date, failed, annotation)
+
+
 def run_days(config: PipelineConfig, store: ArtifactStore, env: dict[str, str], home: Path, plan: DemoPlan,
              corpus: Path | None, since: str, conf: dict[str, Any] | None = None,
              labelling: DemoLabelling | None = None) -> DaysRun:
@@ -653,54 +775,9 @@ def run_days(config: PipelineConfig, store: ArtifactStore, env: dict[str, str], 
     days = DaysRun([], [], [])
     last_day = plan.first_day + plan.days - 1
     with contextlib.ExitStack() as stack:
-        if corpus is not None:
-            source = urlsplit(config.crawl.sources[0].url)
-            # Every corpus row names its day, so the site publishes exactly the planned days.
-            site = stack.enter_context(serve(corpus, plan.start_date, days=last_day, initial_fraction=0.0,
-                                             host=str(source.hostname or "127.0.0.1"), port=source.port or 80))
-            print(f"demo site: {site.url} publishing about {plan.rows_per_day} packages a day from {plan.start_date}"
-                  f"; this run: day(s) {plan.first_day + 1}..{last_day + 1}")
-        else:
-            print(f"crawling the config's own sources ({', '.join(s.name for s in config.crawl.sources)});"
-                  f" this run: day(s) {plan.first_day + 1}..{last_day + 1}")
+        site_url = serve_days(stack, config, plan, corpus, labelling)
         for day in range(plan.first_day, last_day + 1):
-            logical_date = plan.logical_date(day)
-            log_path = home / "logs" / f"dag-{logical_date}.log"
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            day_started = time.perf_counter()
-            # The day's texts are scored (by yesterday's champion) before the pipeline learns their labels.
-            production = corpus is not None and drop_published_texts(config, site.url, logical_date) is not None
-            outcomes, annotation = run_day_dags(env, logical_date, log_path, conf, production, labelling)
-            write_demo_state(home, plan, day + 1)
-            run_id = find_run(store, logical_date, since)
-            days.run_ids += [run_id] if run_id else []
-            failed = [outcome for outcome in outcomes if outcome.failed]
-            failed_parts = [outcome.dag_id for outcome in failed] + (["annotator"] if isinstance(annotation, str) else [])
-            verdict = ("FAILED: " + ", ".join(failed_parts)) if failed_parts else "ok"
-            days.summary += [f"--- day {day + 1}, {logical_date} ({time.perf_counter() - day_started:.0f} s): {verdict}"]
-            days.summary += summarize_run(store, run_id) if run_id else [f"  no run recorded; see {log_path}"]
-            if conf and conf.get("force_training") and run_id and read_manifest(store, run_id, "decide") is None:
-                days.summary.append("  force_training did not apply: the run ended before decide")
-            for outcome in failed:
-                days.summary += outcome.describe()
-            if production:
-                lines, figures = summarize_production(store, logical_date, since)
-                days.summary += lines
-                days.monitored.append(figures)
-            if production and labelling is not None:
-                label_run = find_run(store, logical_date, since, "label")
-                pipeline = {step: manifest for step in ("crawl", "clean")
-                            if run_id and (manifest := read_manifest(store, run_id, step))}
-                lines, figures = summarize_day(store, labelling, read_manifest(store, label_run, "label")
-                                               if label_run else None, pipeline, annotation)
-                days.summary += lines
-                days.labelled.append({"date": logical_date.isoformat(), **figures})
-            if isinstance(annotation, str) and not failed:
-                days.failed = f"day {day + 1} ({logical_date}): the demo's annotator: {annotation}"
-            elif failed:
-                first = failed[0]
-                reason = first.failures[0].describe() if first.failures else f"airflow exit {first.exit_code}"
-                days.failed = f"day {day + 1} ({logical_date}): {first.dag_id} {reason}"
+            run_one_day(days, config, store, env, home, plan, day, site_url, since, conf, labelling)
             if days.failed:
                 if day < last_day:
                     days.summary.append(f"  the day(s) after it ({day + 2}..{last_day + 1}) were not run")

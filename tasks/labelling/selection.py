@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.clean import SimilarityIndex, Sketches
 from tasks.config import CleanConfig
+from tasks.text import SimilarityIndex, Sketches
 
 UNCERTAINTY = "uncertainty"
 CONTROL = "control"

@@ -37,6 +37,7 @@ from tasks.monitoring.estimate import (
     fit_class_calibration,
 )
 from tasks.monitoring.scorer import Scorer
+from tasks.records import CleanFacts
 from tasks.store import ArtifactStore
 
 log = logging.getLogger("freshet.monitor.reference")
@@ -121,7 +122,7 @@ def training_texts(store: ArtifactStore, clean: Manifest) -> list[str]:
     """The train split of the day's dataset and of the snapshots before it: what the version learned from."""
     from tasks.records import read_rows
 
-    uris = [entry["uri"] for entry in clean.facts.get("prior_snapshots", [])] + [clean.output("dataset").uri]
+    uris = [snapshot.uri for snapshot in CleanFacts.of(clean).prior_snapshots] + [clean.output("dataset").uri]
     return [row["text"] for uri in uris for row in read_rows(store.local_path(uri)) if row.get("split") == "train"]
 
 

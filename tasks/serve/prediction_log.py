@@ -63,7 +63,7 @@ def text_digest(text: str) -> str:
 
 def pii_scrubber() -> Callable[[str], str]:
     # clean's scrubber, so the log hides what training data hides (imported only when asked for).
-    from tasks.clean import scrub_pii
+    from tasks.text import scrub_pii
 
     return lambda text: scrub_pii(text)[0]
 

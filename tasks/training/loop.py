@@ -51,6 +51,9 @@ class FitResult:
     metrics: dict[str, float]
     # What the preflight found (source, family, max length, inputs) and the label map, for the manifest.
     facts: dict[str, Any] = field(default_factory=dict)
+    # Rank 0's metric points while training ({"step", "timestamp" in ms, "metrics"}), a resumed run's included: the
+    # step replays them into its MLflow run after the commit (tasks/train.py).
+    metrics_history: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -120,6 +123,7 @@ class Trainer:
         self.use_bf16, self.native_bf16 = self.precision.use_bf16, self.precision.native_bf16
         self.progress = Progress()
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.metrics_history: list[dict[str, Any]] = []
         self.resumed_from = self._resume_from_checkpoint()
 
     def _encode_training_rows(self) -> None:
@@ -231,6 +235,7 @@ class Trainer:
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.progress = replace(self.progress, **checkpoint["progress"])
         self.best_state = checkpoint.get("best_model")
+        self.metrics_history = checkpoint.get("metrics_history", [])
         torch.set_rng_state(checkpoint["rng"]["torch"])
         progress = self.progress
         log.info("resumed from checkpoint at step %d (epoch %d, batch %d)",
@@ -243,6 +248,7 @@ class Trainer:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "progress": asdict(self.progress),
                 "best_model": self.best_state, "rng": {"torch": torch.get_rng_state()},
+                "metrics_history": self.metrics_history,
             })
 
     # ------------------------------------------------------------------------------------- loop
@@ -336,17 +342,23 @@ class Trainer:
         learning_rate = self.scheduler.get_last_lr()[0]
         log.info("step %d/%d epoch %d loss %.4f lr %.2e %.1f samples/s eta %.0fs", step, total_steps,
                  self.progress.epoch + 1, mean_loss, learning_rate, rate, remaining)
-        if self.log_metrics:
-            self.log_metrics({"loss": mean_loss, "learning_rate": learning_rate, "samples_per_second": rate}, step)
+        self._record_metrics({"loss": mean_loss, "learning_rate": learning_rate, "samples_per_second": rate}, step)
         window.restart(now)
+
+    def _record_metrics(self, values: dict[str, float], step: int) -> None:
+        """Rank 0: into the metrics history (kept in every checkpoint, so a resumed run's history is whole) and to
+        the `log_metrics` callback, if any."""
+        self.metrics_history.append({"step": step, "timestamp": int(time.time() * 1000), "metrics": values})
+        if self.log_metrics:
+            self.log_metrics(values, step)
 
     # ------------------------------------------------------------------- validation, early stop
 
     def _end_epoch(self) -> bool:
         """Validate, keep the best weights, advance to the next epoch; True: stop early."""
         score = self._agreed_validation_score()
-        if self.environment.is_main and self.log_metrics:
-            self.log_metrics({"validation_macro_f1": score}, self.progress.step)
+        if self.environment.is_main:
+            self._record_metrics({"validation_macro_f1": score}, self.progress.step)
         progress, stop_early = self.progress, False
         if math.isnan(score) or score > progress.best_f1:
             progress.best_f1, progress.epochs_without_gain = score, 0
@@ -395,7 +407,8 @@ class Trainer:
             model = model.merge_and_unload()
         facts = {"model": self.preflight.facts(), "precision": self.precision.facts(),
                  "label_map": {str(index): label for index, label in enumerate(self.labels)}}
-        return FitResult(model, self.tokenizer, self._metrics(elapsed, stopped_early, parameters_total), facts)
+        return FitResult(model, self.tokenizer, self._metrics(elapsed, stopped_early, parameters_total), facts,
+                         self.metrics_history)
 
     def _metrics(self, elapsed: float, stopped_early: bool, parameters_total: int) -> dict[str, Any]:
         progress = self.progress
