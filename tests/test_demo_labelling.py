@@ -36,12 +36,14 @@ from tasks.demo.annotator import CorpusTruth
 from tasks.demo.labelling import (
     QUEUE_VIEW,
     SOURCE_NAME,
+    UNLABELLED_FRACTION,
     DemoLabelling,
     LabellingSetupError,
     group_scores,
     project_title,
     with_label_studio,
 )
+from tasks.demo.site import is_unlabelled
 from tasks.labelling.label_studio import annotation_label
 from tasks.store import ArtifactStore
 from tests.conftest import REPO
@@ -254,13 +256,15 @@ def test_the_pipeline_pulls_the_annotations_as_rows_of_their_own_ids(demo):
     truth = {row["text"]: row["label"] for row in demo["rows"]}
     assert set(pulled["text"]) == set(queue["text"])
     assert all(truth[text] == label for text, label in zip(pulled["text"], pulled["label"]))
-    # The demo site published the same texts with their labels the same day: clean keeps one row per text.
+    # The demo site published the labelled half of those texts with their labels the same day: clean keeps one
+    # row per text.
     dataset = pd.read_parquet(store.local_path(day_manifest(demo, "run-2026-11-02", "clean").output("dataset").uri))
     for text in queue["text"]:
         assert (dataset["text"] == text).sum() == 1, text
     report = json.loads(store.local_path(day_manifest(demo, "run-2026-11-02", "clean").output("clean_report").uri)
                         .read_text())
-    assert report["counts"]["duplicates_in_batch"] >= BUDGET
+    site_also = sum(not is_unlabelled(identifier, UNLABELLED_FRACTION) for identifier in queue["id"])
+    assert report["counts"]["duplicates_in_batch"] >= site_also > 0
     # The next crawl of the project (the demo site has stopped) pulls nothing new.
     data = demo["config"].to_dict()
     data["crawl"]["sources"] = [source for source in data["crawl"]["sources"] if source["name"] == SOURCE_NAME]
@@ -387,3 +391,19 @@ def test_a_config_that_queues_without_pulling_is_refused(tmp_path):
     config = PipelineConfig.model_validate(data)
     with pytest.raises(LabellingSetupError, match=r"no crawl source of kind label_studio reads it \(crawl\.sources\)"):
         DemoLabelling.of(config, tmp_path / "corpus.jsonl")
+
+
+def test_texts_the_site_never_labels_reach_training_only_through_their_annotations(demo):
+    store, queue = demo["store"], queue_of(demo)
+    only_annotated = [text for identifier, text in zip(queue["id"], queue["text"])
+                      if is_unlabelled(identifier, UNLABELLED_FRACTION)]
+    assert only_annotated, "the queue holds no text of the site's unlabelled half"
+    crawled = day_manifest(demo, "run-2026-11-02", "crawl")
+    records = pd.read_parquet(store.local_path(crawled.output("records").uri))
+    site_texts = set(records.loc[records["source"] != SOURCE_NAME, "text"])
+    dataset = pd.read_parquet(store.local_path(day_manifest(demo, "run-2026-11-02", "clean").output("dataset").uri))
+    for text in only_annotated:
+        assert text not in site_texts
+        assert dataset.loc[dataset["text"] == text, "source"].tolist() == [SOURCE_NAME], text
+    summary = "\n".join(demo["days"].summary)
+    assert f"{len(only_annotated)} of them texts whose label only the annotation gives (new rows)" in summary

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tasks.demo.site import PRIVATE_PATH, DemoSite, publication_day, serve
+from tasks.demo.site import PRIVATE_PATH, DemoSite, is_unlabelled, publication_day, serve
 from tests.corpus_support import SITE_START, synthetic_corpus
 
 START = SITE_START
@@ -171,3 +171,23 @@ def test_other_views_carry_the_same_day_records(site: DemoSite, http: httpx.Clie
     # Deterministic bytes: a restarted site serves the same ETag, so conditional requests keep working.
     etag = http.get(site.url + f"debian/{date}/Packages.gz").headers["etag"]
     assert http.get(site.url + f"debian/{date}/Packages.gz", headers={"If-None-Match": etag}).status_code == 304
+
+
+def test_unlabelled_records_are_published_only_as_texts(corpus_path: Path, http: httpx.Client) -> None:
+    corpus = {record["id"]: record for record in map(json.loads, corpus_path.read_text().splitlines())}
+    with serve(corpus_path, START, DAYS, unlabelled_fraction=0.5) as site:
+        labelled, unlabelled = [], []
+        for day in range(DAYS + 1):
+            date = START + dt.timedelta(days=day)
+            labelled += _page_records(http, site, date)
+            response = http.get(f"{site.url}unlabelled/{date}.jsonl")
+            unlabelled += [json.loads(line) for line in response.text.splitlines()]
+        rss = "".join(http.get(f"{site.url}rss/{START + dt.timedelta(days=day)}.xml").text for day in range(DAYS + 1))
+    # The two partition the corpus; an unlabelled record has no label, and no other view names it.
+    assert sorted([record["id"] for record in labelled + unlabelled]) == sorted(corpus)
+    assert 0.35 < len(unlabelled) / len(corpus) < 0.65
+    assert all(set(record) == {"id", "text"} and record["text"] == corpus[record["id"]]["text"] for record in unlabelled)
+    assert all(is_unlabelled(record["id"], 0.5) for record in unlabelled)
+    assert not any(f"<guid isPermaLink=\"false\">{record['id']}</guid>" in rss for record in unlabelled)
+    with pytest.raises(ValueError, match="unlabelled_fraction"):
+        DemoSite(corpus_path, START, DAYS, unlabelled_fraction=1.0)

@@ -8,11 +8,13 @@ sampling picked and how many the random control, and the champion's accuracy and
 prediction in the queue vs the label that came back). The uncertainty picks are where the champion is unsure;
 its score on the control is an unbiased sample of how it does on the day's texts.
 
-In the demo every published text also arrives from the demo site with its label (the site stands for the
-feedback that production gets later). An annotation pulled the same day is therefore a second row of a text the
-batch already has, under another id (`annotations:task-<n>` vs the package name): clean keeps one row per text
-(the first in the batch, by id; the labels agree, the annotator answers from the same truth), and the summary
-says which copy it kept.
+With the loop on, the demo site keeps half of each day's texts unlabelled (`UNLABELLED_FRACTION`): production
+sees them (the score drop) but their labels never come from the site, so an annotation is the only way they
+reach training, and the summary counts the rows the annotations added. The other half still arrives from the
+site with its label (the site stands for the feedback that production gets later); an annotation of one of
+those is a second row of a text the batch already has, under another id (`annotations:task-<n>` vs the package
+name): clean keeps one row per text (the first in the batch, by id; the labels agree, the annotator answers
+from the same truth), and the summary says which copy it kept.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from urllib.parse import urlsplit
 
 from tasks.config import LabelStudioConnection, LabelStudioSource, PipelineConfig, load_config
 from tasks.demo.annotator import AnnotationRound, CorpusTruth, annotate_open_tasks
+from tasks.demo.site import is_unlabelled
 from tasks.label import LabelFacts
 from tasks.labelling.label_studio import LabelStudioClient
 from tasks.manifest import Manifest
@@ -48,6 +51,8 @@ GROUPS = (("uncertainty", "uncertainty"), ("control", "random control"))
 # a second row of a text the site publishes the same day, and validate rejects a batch over
 # validate.max_duplicate_fraction (0.2, and the synopses repeat ~3% on their own).
 BUDGET_SHARE = 0.05
+# The share of the demo site's texts published without a label (production traffic only) while the loop runs.
+UNLABELLED_FRACTION = 0.5
 # A control share large enough to measure the champion on (the product's default is 0.1).
 CONTROL_FRACTION = 0.3
 
@@ -248,6 +253,8 @@ def summarize_day(store: ArtifactStore, labelling: DemoLabelling, label_run: Man
         lines.append(f"    the demo's annotator FAILED: {annotation}")
     labels = pulled_labels(store, pipeline.get("crawl"), labelling.source)
     texts = [text for text in queue["text"].astype(str) if text in labels]
+    only_annotated = sum(is_unlabelled(str(identifier), UNLABELLED_FRACTION) and str(text) in labels
+                         for identifier, text in zip(queue["id"], queue["text"]))
     kept = kept_rows(store, pipeline.get("clean"), labelling.source, texts)
     pulled = (f"    the pipeline's crawl pulled {len(labels)} annotation(s) (source {labelling.source}), "
               f"{len(texts)} of them of today's queue")
@@ -256,7 +263,8 @@ def summarize_day(store: ArtifactStore, labelling: DemoLabelling, label_run: Man
         pulled += (f"; clean kept {kept['as_annotation']} as the annotation's row ({splits})"
                    + (f", {kept['as_other_row']} as the demo site's row of the same text (one row per text)"
                       if kept["as_other_row"] else "")
-                   + (f", dropped {kept['dropped']} (clean_report.json says why)" if kept["dropped"] else ""))
+                   + (f", dropped {kept['dropped']} (clean_report.json says why)" if kept["dropped"] else "")
+                   + f"; {only_annotated} of them texts whose label only the annotation gives (new rows)")
     lines.append(pulled)
     scores = group_scores(queue, labels)
     lines.append(f"    {champion}'s prediction vs the annotator's label: " + "; ".join(
@@ -264,7 +272,7 @@ def summarize_day(store: ArtifactStore, labelling: DemoLabelling, label_run: Man
         f"{_score(scores[group]['accuracy'])}, macro-F1 {_score(scores[group]['macro_f1'])}" for group, name in GROUPS))
     figures = {"version": facts.model_version, "queued": facts.picked, "pulled": len(texts),
                "annotated": annotation.annotated if isinstance(annotation, AnnotationRound) else None,
-               "kept": kept["as_annotation"] + kept["as_other_row"], "groups": scores}
+               "kept": kept["as_annotation"] + kept["as_other_row"], "new_rows": only_annotated, "groups": scores}
     return lines, figures
 
 
@@ -273,14 +281,14 @@ def labelling_table(days: Sequence[Mapping[str, Any]]) -> list[str]:
     title = ("Active learning in production (the champion's pre-annotation vs the annotator's label, per selection "
              "group; the control is a random sample of the day's texts):")
     header = ("| day | champion | uncertainty picks | accuracy | macro-F1 | control picks | accuracy | macro-F1 "
-              "| annotated | pulled | kept as rows |")
-    lines = ["", title, "", header, "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| annotated | pulled | kept as rows | new rows |")
+    lines = ["", title, "", header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for day in days:
         groups = day.get("groups") or {}
         cells = []
         for group, _ in GROUPS:
             scores = groups.get(group) or {}
             cells += [str(scores.get("labelled", "-")), _score(scores.get("accuracy")), _score(scores.get("macro_f1"))]
-        counts = ["-" if day.get(key) is None else str(day[key]) for key in ("annotated", "pulled", "kept")]
+        counts = ["-" if day.get(key) is None else str(day[key]) for key in ("annotated", "pulled", "kept", "new_rows")]
         lines.append(f"| {day['date']} | {day.get('version') or '-'} | " + " | ".join([*cells, *counts]) + " |")
     return lines

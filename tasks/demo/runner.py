@@ -53,6 +53,7 @@ from tasks.demo.dag_log import TaskFailure, failed_tasks, last_error_line
 from tasks.demo.labelling import (
     DEFAULT_TOKEN_ENV,
     QUEUE_VIEW,
+    UNLABELLED_FRACTION,
     DemoLabelling,
     LabellingSetupError,
     labelling_table,
@@ -417,15 +418,20 @@ def drop_folder(config: PipelineConfig, logical_date: dt.date) -> Path | None:
     return None if any(char in str(folder) for char in "*?[") else folder
 
 
-def drop_published_texts(config: PipelineConfig, site_url: str, logical_date: dt.date) -> int | None:
-    """The day's newly published texts, without their labels, into the score drop folder; how many."""
+def drop_published_texts(config: PipelineConfig, site_url: str, logical_date: dt.date,
+                         with_unlabelled: bool = False) -> int | None:
+    """The day's newly published texts, without their labels, into the score drop folder (with the site's
+    unlabelled texts: `with_unlabelled`); how many."""
     import urllib.request
 
     folder = drop_folder(config, logical_date)
     if folder is None:
         return None
-    with urllib.request.urlopen(f"{site_url.rstrip('/')}/feed/{logical_date.isoformat()}.jsonl", timeout=30) as page:
-        records = [json.loads(line) for line in page.read().decode("utf-8").splitlines() if line.strip()]
+    records = []
+    for part in ("feed", "unlabelled") if with_unlabelled else ("feed",):
+        with urllib.request.urlopen(f"{site_url.rstrip('/')}/{part}/{logical_date.isoformat()}.jsonl",
+                                    timeout=30) as page:
+            records += [json.loads(line) for line in page.read().decode("utf-8").splitlines() if line.strip()]
     text = "".join(json.dumps({"id": record["id"], "text": record["text"]}) + "\n" for record in records)
     atomic_write_text(folder / "published.jsonl", text)
     return len(records)
@@ -702,7 +708,8 @@ def serve_days(stack: contextlib.ExitStack, config: PipelineConfig, plan: DemoPl
     source = urlsplit(config.crawl.sources[0].url)
     # Every corpus row names its day, so the site publishes exactly the planned days.
     site = stack.enter_context(serve(corpus, plan.start_date, days=last_day, initial_fraction=0.0,
-                                     host=str(source.hostname or "127.0.0.1"), port=source.port or 80))
+                                     host=str(source.hostname or "127.0.0.1"), port=source.port or 80,
+                                     unlabelled_fraction=UNLABELLED_FRACTION if labelling else 0.0))
     print(f"demo site: {site.url} publishing about {plan.rows_per_day} packages a day from {plan.start_date}"
           f"; this run: day(s) {plan.first_day + 1}..{last_day + 1}")
     return str(site.url)
@@ -740,7 +747,8 @@ def run_one_day(days: DaysRun, config: PipelineConfig, store: ArtifactStore, env
     log_path.parent.mkdir(parents=True, exist_ok=True)
     day_started = time.perf_counter()
     # The day's texts are scored (by yesterday's champion) before the pipeline learns their labels.
-    production = site_url is not None and drop_published_texts(config, site_url, logical_date) is not None
+    production = site_url is not None and drop_published_texts(
+        config, site_url, logical_date, with_unlabelled=labelling is not None) is not None
     outcomes, annotation = run_day_dags(env, logical_date, log_path, conf, production, labelling)
     write_demo_state(home, plan, day + 1)
     run_id = find_run(store, logical_date, since)

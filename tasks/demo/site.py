@@ -17,6 +17,12 @@ The same day's records in the other shapes the crawler reads (source kinds other
     /rss/<YYYY-MM-DD>.xml          RSS 2.0: title = id, description = text, category = label
     /debian/<YYYY-MM-DD>/Packages[.gz|.xz]   a Debian Packages index: Package = id, Section = label
 
+With `unlabelled_fraction`, that share of the records (by a stable hash of the id) never appears in those
+shapes: the site publishes them only as production traffic, without a label, so an annotation is the only way
+their label reaches the pipeline (the demo's labelling loop):
+
+    /unlabelled/<YYYY-MM-DD>.jsonl  that day's unlabelled records, {"id", "text"} per line
+
 Every document carries an ETag (content hash) and Last-Modified and answers conditional requests
 with 304. `corrupt_labels_from` poisons pages dated on/after it (each label becomes the next one in
 sorted order), for tests of the validation gate. `stats` counts requests per (path, status).
@@ -99,6 +105,12 @@ def publication_day(record_id: str, days: int, initial_fraction: float) -> int:
     return min(days, 1 + int(later_position * days))
 
 
+def is_unlabelled(record_id: str, unlabelled_fraction: float) -> bool:
+    """Whether the site keeps the record's label to itself (a stable hash of its id, so restarts agree)."""
+    position = int.from_bytes(hashlib.sha256(f"demo-site-unlabelled:{record_id}".encode()).digest()[:8], "big") / 2**64
+    return position < unlabelled_fraction
+
+
 def read_corpus(path: str | Path) -> list[dict[str, str]]:
     records = []
     for line_number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
@@ -120,6 +132,7 @@ def build_documents(
     days: int,
     initial_fraction: float,
     corrupt_labels_from: dt.date | None,
+    unlabelled_fraction: float = 0.0,
 ) -> dict[str, Document]:
     """Every path the site serves, rendered once (the site is static for its lifetime)."""
     labels = sorted({record["label"] for record in records})
@@ -129,11 +142,17 @@ def build_documents(
         # A corpus that grows day by day names each record's day; otherwise a stable hash spreads them.
         day = int(record["day"]) if "day" in record else publication_day(record["id"], days, initial_fraction)
         by_day[min(day, days)].append(record)
+    unlabelled = {record["id"] for record in records if is_unlabelled(record["id"], unlabelled_fraction)}
 
     documents: dict[str, Document] = {}
     index_entries = []
-    for day_number, day_records in enumerate(by_day):
+    for day_number, day_all in enumerate(by_day):
         date = start_date + dt.timedelta(days=day_number)
+        day_records = [record for record in day_all if record["id"] not in unlabelled]
+        if unlabelled_fraction:
+            documents[f"/unlabelled/{date.isoformat()}.jsonl"] = Document("".join(
+                json.dumps({"id": record["id"], "text": record["text"]}, ensure_ascii=False) + "\n"
+                for record in day_all if record["id"] in unlabelled).encode(), NDJSON, _midnight_utc(date))
         poisoned = corrupt_labels_from is not None and date >= corrupt_labels_from
         served = [{"id": record["id"], "text": record["text"],
                    "label": next_label[record["label"]] if poisoned else record["label"]} for record in day_records]
@@ -281,17 +300,20 @@ class DemoSite:
         corrupt_labels_from: dt.date | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        unlabelled_fraction: float = 0.0,
     ) -> None:
         if days < 0:
             raise ValueError(f"days must be >= 0, got {days}")
         if not 0 <= initial_fraction < 1:
             raise ValueError(f"initial_fraction must be in [0, 1), got {initial_fraction}")
+        if not 0 <= unlabelled_fraction < 1:
+            raise ValueError(f"unlabelled_fraction must be in [0, 1), got {unlabelled_fraction}")
         self.start_date = start_date
         self.days = days
         self.host = host
         self.port = port
         self.documents = build_documents(read_corpus(corpus_path), start_date, days, initial_fraction,
-                                         corrupt_labels_from)
+                                         corrupt_labels_from, unlabelled_fraction)
         self.stats: Counter[tuple[str, int]] = Counter()
         self._stats_lock = threading.Lock()
         self._server: _DemoHTTPServer | None = None
@@ -347,9 +369,11 @@ def serve(
     corrupt_labels_from: dt.date | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
+    unlabelled_fraction: float = 0.0,
 ) -> Iterator[DemoSite]:
     """A started demo site for the duration of a `with` block."""
-    with DemoSite(corpus_path, start_date, days, initial_fraction, corrupt_labels_from, host, port) as site:
+    with DemoSite(corpus_path, start_date, days, initial_fraction, corrupt_labels_from, host, port,
+                  unlabelled_fraction) as site:
         yield site
 
 
@@ -364,6 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--initial-fraction", type=float, default=0.5, help="share published on day 0")
     parser.add_argument("--corrupt-labels-from", type=dt.date.fromisoformat, default=None,
                         help="serve shifted labels on pages dated on/after this day")
+    parser.add_argument("--unlabelled-fraction", type=float, default=0.0,
+                        help="share of the records published only as unlabelled texts (/unlabelled/<date>.jsonl)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -375,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     with serve(args.corpus, args.start_date, args.days, args.initial_fraction, args.corrupt_labels_from,
-               args.host, args.port) as site:
+               args.host, args.port, args.unlabelled_fraction) as site:
         # The first stdout line is the URL, for scripts that start the site on port 0.
         print(site.url, flush=True)
         stop_requested.wait()
