@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from tasks.contract import StepContext, execute
 from tasks.manifest import Manifest
 from tasks.monitoring.feedback import text_digest
 from tasks.records import write_parquet
+from tasks.score import ScoreFacts
 from tasks.store import ArtifactStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +72,10 @@ def scored_day(config: PipelineConfig, store: ArtifactStore, run_id: str, day: s
         rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
         write_parquet(rows, context.out_dir / "predictions.parquet")
         context.add_output("predictions", "predictions.parquet", "dataset", rows=len(rows), model_version=model_version)
-        context.facts.update({"scored": True, "model_version": model_version})
+        context.facts.update(ScoreFacts(
+            scored=True, reason=f"{len(rows)} rows scored by version {model_version}", input=config.score.input,
+            files=[], model=config.mlflow.model_name, model_version=model_version, variant="hf", shadow_version=None,
+            labels=dict(Counter(columns["label"])), invalid_rows=[]).dump())
         context.metrics["rows"] = len(rows)
 
     return execute("score", body, config, {}, run_id=run_id, store=store, logical_date=day,

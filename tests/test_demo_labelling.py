@@ -45,6 +45,7 @@ from tasks.demo.labelling import (
 )
 from tasks.demo.site import is_unlabelled
 from tasks.labelling.label_studio import annotation_label
+from tasks.score import ScoreFacts, nothing_to_score
 from tasks.store import ArtifactStore
 from tests.conftest import REPO
 from tests.corpus_support import synthetic_corpus
@@ -101,7 +102,10 @@ def in_process_dags(config: PipelineConfig, store: ArtifactStore, home: Path, tr
                          (home / "score-drop" / day / "published.jsonl").read_text().splitlines()]
             if store.read_json("demo-champion.json") is None:  # day 1: nothing trained yet, nothing scored
                 def nothing(context: StepContext) -> None:
-                    context.facts.update({"scored": False, "reason": "no champion yet"})
+                    context.facts.update(ScoreFacts(
+                        scored=False, reason=nothing_to_score(config.score.input, [{}], None, []) or "",
+                        input=config.score.input, files=[], model=config.mlflow.model_name, model_version=None,
+                        variant=None, shadow_version=None, labels={}, invalid_rows=[]).dump())
 
                 execute("score", nothing, config, {}, run_id=f"score-{day}", store=store, logical_date=day)
             else:
