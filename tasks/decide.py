@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tasks.config import PipelineConfig
-from tasks.contract import StepContext, cli, execute, manifest_only, parse_bool
+from tasks.contract import StepContext, cli, execute, manifest_only, parse_bool, read_manifest
 from tasks.manifest import Manifest, StepFacts
 from tasks.monitoring import breach as breaches
 from tasks.snapshots import last_training, untrained_snapshots
@@ -115,6 +115,27 @@ class DecideFacts(StepFacts):
     production_drift: dict[str, Any]
 
 
+def consumed_breaches(store: ArtifactStore, exclude_run_id: str | None = None) -> set[str]:
+    """Breach ids that a `decide` of another run trained on."""
+    ids: set[str] = set()
+    for directory in store.run_directories():
+        manifest = read_manifest(store, directory, STEP)
+        if manifest is None or manifest.run_id == exclude_run_id:
+            continue
+        facts = DecideFacts.of(manifest)
+        if facts.train:
+            ids.update(facts.production_drift.get("consumed", []))
+    return ids
+
+
+def pending_breaches(store: ArtifactStore, run_id: str, logical_date: str | None) -> list[dict[str, Any]]:
+    """The monitor's breaches no other run's `decide` trained on, of monitor days up to `logical_date`, oldest
+    first."""
+    taken = consumed_breaches(store, exclude_run_id=run_id)
+    return [item for item in breaches.read_breaches(store) if item["id"] not in taken
+            and (logical_date is None or str(item.get("logical_date") or "")[:10] <= logical_date[:10])]
+
+
 def has_champion(config: PipelineConfig) -> bool:
     from tasks import model_registry
 
@@ -128,7 +149,7 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
     since = previous.logical_date if previous else None
     snapshots = untrained_snapshots(store, since, run_id, logical_date)
     champion = has_champion(config) if champion is None else champion
-    pending = breaches.pending(store, run_id, logical_date) if config.monitor.retrain_on_breach else []
+    pending = pending_breaches(store, run_id, logical_date) if config.monitor.retrain_on_breach else []
     train_rows = train_split_rows(store, run_id, snapshots)
 
     def body(context: StepContext) -> None:

@@ -9,7 +9,8 @@ breach is filed after the monitor's manifest commits:
 - `state/monitor/breach.json`: the latest one (what an operator reads).
 
 `decide` trains on the breaches no earlier `decide` consumed (it records the ids it consumed in its
-manifest's `production_drift` facts); only breaches of monitor days up to the decide's logical date count.
+manifest's `production_drift` facts, and finds the pending ones itself: `tasks.decide.pending_breaches`); only
+breaches of monitor days up to the decide's logical date count.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from tasks.contract import read_manifest
 from tasks.store import ArtifactStore
 
 STATE = ("state", "monitor")
@@ -56,20 +56,3 @@ def publish(store: ArtifactStore, breach: Mapping[str, Any]) -> None:
     store.write_json(breaches, *BREACHES)
     store.write_json(breaches[-1], *LATEST)
 
-
-def consumed(store: ArtifactStore, exclude_run_id: str | None = None) -> set[str]:
-    """Breach ids that a `decide` of another run trained on."""
-    ids: set[str] = set()
-    for directory in store.run_directories():
-        manifest = read_manifest(store, directory, "decide")
-        if manifest is None or manifest.run_id == exclude_run_id or not manifest.facts.get("train"):
-            continue
-        ids.update((manifest.facts.get("production_drift") or {}).get("consumed", []))
-    return ids
-
-
-def pending(store: ArtifactStore, run_id: str, logical_date: str | None) -> list[dict[str, Any]]:
-    """Breaches no other run's `decide` trained on, of monitor days up to `logical_date`, oldest first."""
-    taken = consumed(store, exclude_run_id=run_id)
-    return [item for item in read_breaches(store) if item["id"] not in taken
-            and (logical_date is None or str(item.get("logical_date") or "")[:10] <= logical_date[:10])]
