@@ -9,7 +9,7 @@ text keep the first occurrence; if they disagree on the label all of them are qu
 (`clean.label_conflict`). Texts already in an earlier accepted snapshot are dropped and counted (known
 data); a known id with a new text is kept as an update, and so is a known id whose text is unchanged but whose
 label changed (an annotation edited in the labelling tool: `relabels_of_history`). The later version of an id
-supersedes the earlier one wherever snapshots are read (`tasks.snapshots.current_rows`).
+supersedes the earlier one wherever snapshots are read (`tasks.records.latest_versions`).
 
 Near-duplicates (`clean.near_duplicate_threshold`): MinHash LSH over shingles of the casefolded text
 finds candidates, and the exact Jaccard similarity of the shingle sets decides, so the threshold is

@@ -113,12 +113,6 @@ def concat_rows(parts: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return rows
 
 
-def current_rows(store: ArtifactStore, entries: Sequence[Mapping[str, Any]],
-                 newer_ids: Iterable[str] = ()) -> dict[str, list[dict[str, Any]]]:
-    """`latest_versions` of history entries ({run_id, logical_date, uri, digest, rows}), oldest first."""
-    return latest_versions(store, [entry["uri"] for entry in entries], newer_ids)
-
-
 def latest_versions(store: ArtifactStore, uris: Sequence[str],
                     newer_ids: Iterable[str] = ()) -> dict[str, list[dict[str, Any]]]:
     """Each snapshot's rows (by its uri) less those a later one supersedes: an id accepted again is an update (a new

@@ -37,7 +37,7 @@ from tasks.contract import StepContext, cli, execute, logical_day, read_manifest
 from tasks.label_set import run_labels
 from tasks.manifest import Manifest, StepError, StepFacts
 from tasks.models.families import resolve_model_source
-from tasks.records import CleanFacts, content_hash, current_rows, read_rows, write_parquet
+from tasks.records import CleanFacts, content_hash, latest_versions, read_rows, write_parquet
 from tasks.snapshots import last_training, read_history, untrained_snapshots
 from tasks.store import ArtifactStore, atomic_write_text
 from tasks.tracking import log_metric_history
@@ -72,7 +72,7 @@ def gather_training_data(config: PipelineConfig, augment_rows: list[dict[str, An
     # An id accepted again (a new text, an edited label) counts once, in its latest version.
     earlier = [*prior, *(entry for entry in waiting if entry["uri"] not in {item["uri"] for item in prior})]
     earlier.sort(key=lambda entry: (entry.get("logical_date") or "", entry["run_id"]))
-    latest = current_rows(store, earlier, (row["id"] for row in snapshot_rows))
+    latest = latest_versions(store, [entry["uri"] for entry in earlier], (row["id"] for row in snapshot_rows))
     waited = [row for entry in waiting for row in latest[entry["uri"]]]
     real = [row for row in augment_rows if not row.get("augmented_from")]
     real += [row for row in waited if row["split"] == "train"]
