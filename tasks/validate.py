@@ -27,7 +27,6 @@ quarantine, the batch checks and the report.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -41,14 +40,14 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from tasks.checks import Check
-from tasks.config import PipelineConfig, digest_json
+from tasks.config import PipelineConfig
 from tasks.contract import StepContext, cli, execute, parse_bool, read_manifest
 from tasks.inbox import pending_batches, set_aside, taken_elsewhere
 from tasks.label_set import extend_labels, snapshot_labels
 from tasks.manifest import ArtifactRef, Manifest, StepError, StepFacts
 from tasks.records import QUARANTINE_SCHEMA, RECORD_COLUMNS, RECORD_SCHEMA, write_parquet
 from tasks.snapshots import prior_snapshots
-from tasks.store import ArtifactStore, digest_path
+from tasks.store import ArtifactStore
 from tasks.tracking import log_dataset, log_manifest, step_run
 from tasks.validation import STEP
 from tasks.validation.batch_checks import batch_checks, batch_problems
@@ -124,29 +123,24 @@ def read_batch(path: Path) -> tuple[pa.Table, list[str]]:
 
 def persist_rejected_batch(context: StepContext, quarantine_table: pa.Table, result: Mapping[str, Any],
                            metrics: Mapping[str, Any], message: str, report: str) -> str:
-    """Keep what a rejected batch produced under `runs/<run_id>/validate.failed/` (its own manifest last)."""
-    store = context.store
-    with store.staging(context.run_id, FAILED_STEP) as staged:
-        write_parquet(quarantine_table, staged / "quarantine.parquet")
-        (staged / "gx_result.json").write_text(json.dumps(result, indent=2, allow_nan=False))
-        (staged / REPORT_FILE).write_text(report)
-        outputs = {
-            name: ArtifactRef(uri=store.step_uri(context.run_id, FAILED_STEP, file), kind=kind,
-                              digest=digest_path(staged / file), rows=rows)
-            for name, file, kind, rows in (("quarantine", "quarantine.parquet", "dataset", quarantine_table.num_rows),
-                                           ("gx_result", "gx_result.json", "report", None),
-                                           ("validation_report", REPORT_FILE, "report", None))
-        }
-        inputs = {name: manifest.fingerprint for name, manifest in context.inputs.items()}
-        manifest = Manifest(
-            step=FAILED_STEP, run_id=context.run_id, uri=store.step_uri(context.run_id, FAILED_STEP, "manifest.json"),
-            fingerprint=digest_json({"step": FAILED_STEP, "inputs": inputs, "config": context.config.section_hash(STEP)}),
-            config_hash=context.config.config_hash, logical_date=context.logical_date, inputs=inputs, outputs=outputs,
-            metrics=dict(metrics), facts=RejectedBatchFacts(error=message).dump(), created_at=dt.datetime.now(dt.UTC).isoformat(),
-        )
-        (staged / "manifest.json").write_text(manifest.model_dump_json(indent=2))
-        store.commit(staged, context.run_id, FAILED_STEP)
-    return store.step_uri(context.run_id, FAILED_STEP)
+    """Keep what a rejected batch produced as its own step, `validate.failed` (`runs/<run_id>/validate.failed/`),
+    through the contract like any step's outputs: staged, then committed with its manifest, once per validate
+    fingerprint. Its MLflow record is validate's own run, which ends FAILED (`record_rejection`)."""
+
+    def body(failed: StepContext) -> None:
+        write_parquet(quarantine_table, failed.out_dir / "quarantine.parquet")
+        (failed.out_dir / "gx_result.json").write_text(json.dumps(result, indent=2, allow_nan=False))
+        (failed.out_dir / REPORT_FILE).write_text(report)
+        failed.add_output("quarantine", "quarantine.parquet", "dataset", rows=quarantine_table.num_rows)
+        failed.add_output("gx_result", "gx_result.json", "report")
+        failed.add_output("validation_report", REPORT_FILE, "report")
+        failed.metrics.update(metrics)
+        failed.facts.update(RejectedBatchFacts(error=message).dump())
+
+    execute(FAILED_STEP, body, context.config, context.inputs, run_id=context.run_id, store=context.store,
+            logical_date=context.logical_date, config_sections=(STEP,),
+            extra_fingerprint={"validate": context.fingerprint})
+    return context.store.step_uri(context.run_id, FAILED_STEP)
 
 
 def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, store: ArtifactStore,

@@ -21,7 +21,7 @@ from tasks.manifest import Manifest, StepError
 from tasks.monitoring import drift
 from tasks.records import QUARANTINE_SCHEMA, RECORD_SCHEMA, read_rows, write_parquet
 from tasks.snapshots import record_snapshot
-from tasks.store import ArtifactStore
+from tasks.store import ArtifactStore, digest_path
 from tasks.validation.expectations import printable_ratio
 from tests.pipeline_support import dataset_inputs
 
@@ -218,6 +218,18 @@ def test_too_many_quarantined_rows_reject_the_batch_and_keep_the_evidence(tmp_pa
     assert '<span class="failed">rejected</span>' in report and "Why the batch was rejected" in report
     assert "quarantined fraction 0.643 (9 of 14 rows) &gt; validate.max_quarantine_fraction=0.2" in report
     assert validate.RejectedBatchFacts.of(read_manifest(store, "run-bad", validate.FAILED_STEP)).error in message
+    # Committed through the contract like a step's outputs (digests, no staging left), once per validate attempt:
+    # the retry of the same batch rejects it again and keeps the first record.
+    failed = read_manifest(store, "run-bad", validate.FAILED_STEP)
+    assert failed is not None and failed.step == validate.FAILED_STEP
+    assert {name: ref.digest for name, ref in failed.outputs.items()} == {
+        name: digest_path(failed_dir / file) for name, file in (("quarantine", "quarantine.parquet"),
+                                                                ("gx_result", "gx_result.json"),
+                                                                ("validation_report", "validation_report.html"))}
+    assert list(Path(config.artifact_root).glob("runs/run-bad/.*")) == []
+    with pytest.raises(StepError, match="quarantined fraction 0.643"):
+        validate.run(config, {"crawl": crawl}, run_id="run-bad", store=store)
+    assert read_manifest(store, "run-bad", validate.FAILED_STEP) == failed
     assert read_manifest(store, "run-bad", "validate") is None
     mlflow.set_tracking_uri(config.mlflow.tracking_uri)
     [run] = mlflow.search_runs(search_all_experiments=True, output_format="list",
