@@ -5,7 +5,8 @@ fault drill `FRESHET_FAULT_DRILL=<step>:<point>`: `staged` kills it with its out
 committed (register and promote have already changed the registry by then), `tracked` kills it after the
 commit with its MLflow run still open. Then the same command runs again, as the task's retry or a cleared
 task would. Two days: day 1 kills every step at `staged`, day 2 at `tracked`: the pipeline's steps, then
-batch scoring of the day's drop folder and the monitor (the label step needs a Label Studio, not here).
+batch scoring of the day's drop folder and the monitor (tests/test_labelling.py drills the label step
+against its Label Studio).
 Afterwards the registry, the data and MLflow must look as an uninterrupted run leaves them.
 """
 
@@ -41,7 +42,7 @@ from tests.corpus_support import synthetic_corpus
 pytestmark = pytest.mark.slow
 LABELS = ["alpha", "beta", "gamma"]
 DAYS = ("2026-11-01", "2026-11-02")
-PRODUCTION = ("score", "monitor")  # the production steps that run here (label queues in a Label Studio)
+PRODUCTION = ("score", "monitor")  # the production steps drilled here (label: tests/test_labelling.py)
 KILLED = (*PIPELINE_STEP_NAMES, *PRODUCTION)  # every one at both points
 DROP_ROWS = 40  # unlabelled texts in each day's drop folder
 

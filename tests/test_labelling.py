@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -24,7 +25,7 @@ import yaml
 
 from tasks import crawl, label, validate
 from tasks.config import CleanConfig, LabelStudioConnection, PipelineConfig
-from tasks.contract import FAULT_DRILL
+from tasks.contract import FAULT_DRILL, FAULT_POINTS, read_manifest
 from tasks.labelling.label_studio import (
     LabelStudioAuthError,
     LabelStudioClient,
@@ -38,6 +39,7 @@ from tasks.manifest import Manifest, StepError
 from tasks.pipeline import step as registered_step
 from tasks.records import read_rows
 from tasks.store import ArtifactStore
+from tasks.tracking import TRACKED_TAG
 from tests.label_studio_support import TOKEN, TOKEN_ENV, ensure_label_studio, scored_day
 
 LABELS = ["alpha", "beta", "gamma"]
@@ -488,3 +490,46 @@ def test_a_crawl_killed_before_its_commit_loses_and_doubles_nothing(labelled, tm
     assert pulled == project_now
     again = crawl.run(config, {}, run_id="crawl-after-kill", store=store, logical_date=DAY)
     assert again.output("records").rows == 0
+
+
+def test_the_label_step_killed_before_and_after_its_commit_queues_each_text_once(server, tmp_path, mlflow_uri):
+    """The kill drill on the label step (tests/test_kill_anywhere.py drills the others, without a Label Studio):
+    day one killed at `staged` (its tasks already imported, nothing committed), day two at `tracked` (committed,
+    its MLflow run open); each rerun finishes. The project then holds every queued text once, the queue state
+    lists it once, and each day's run holds its complete record."""
+    project = f"freshet-kill-{uuid.uuid4().hex[:10]}"
+    config = labelling_config(tmp_path, mlflow_uri, server, project)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    store = ArtifactStore(config.artifact_root)
+    days = ("2026-11-05", "2026-11-06")
+    rng = np.random.default_rng(7)
+    for number, (day, point) in enumerate(zip(days, FAULT_POINTS, strict=True)):
+        scored_day(config, store, f"score-{day}", day, texts(30, seed=20 + number), rng.dirichlet([1.0] * 3, size=30))
+        command = [sys.executable, "-m", "tasks.label", "--config", str(path), "--run-id", f"label-{day}",
+                   "--logical-date", day]
+        outcomes = [subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                                   env={**os.environ, **fault}, start_new_session=True, timeout=300, check=False)
+                    for fault in ({FAULT_DRILL: f"label:{point}"}, {})]
+        assert [outcome.returncode for outcome in outcomes] == [-9, 0], outcomes[-1].stderr[-2000:]
+    manifests = [read_manifest(store, f"label-{day}", "label") for day in days]
+    assert all(manifest is not None for manifest in manifests)
+    queued = [text_id for manifest in manifests
+              for text_id in pd.read_parquet(store.local_path(manifest.output("queue").uri))["id"]]
+    client = LabelStudioClient(config.label.label_studio, setting="label.label_studio")  # type: ignore[arg-type]
+    project_id = client.project(project)["id"]
+    try:
+        in_project = [task["data"]["freshet_id"] for task in client.tasks(project_id)]
+        assert len(queued) == 20 and sorted(in_project) == sorted(queued)
+        staged = label.LabelFacts.of(manifests[0])
+        assert (staged.tasks_imported, staged.tasks_already_in_project) == (0, 10)  # the killed run had sent them
+        assert sorted(entry["id"] for entry in label.read_queue_state(store)["entries"]) == sorted(queued)
+        mlflow.set_tracking_uri(mlflow_uri)
+        for manifest in manifests:
+            [run] = mlflow.search_runs(search_all_experiments=True, output_format="list", filter_string=(
+                f"tags.`freshet.step` = 'label' and tags.`freshet.run_id` = '{manifest.run_id}'"))
+            assert run.info.status == "FINISHED" and run.data.tags[TRACKED_TAG] == manifest.fingerprint
+            assert "label_report.json" in {item.path for item in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    finally:
+        client.delete_project(project_id)
+        client.close()
