@@ -38,6 +38,7 @@ import pyarrow as pa
 
 from tasks.config import AugmentConfig, ModelAugmenterConfig, PipelineConfig
 from tasks.contract import StepContext, cli, execute
+from tasks.label_set import run_labels
 from tasks.lexicon import Lexicon, WordNet
 from tasks.manifest import Manifest, StepError, StepFacts
 from tasks.records import DATASET_SCHEMA, content_hash, read_rows, write_parquet
@@ -333,8 +334,6 @@ def run(config: PipelineConfig, inputs: Mapping[str, Manifest], *, run_id: str, 
     model_used = config.augment.model_based.model_dump() if config.augment.model_based else NOT_CONFIGURED
 
     def body(context: StepContext) -> None:
-        from tasks.label_set import run_labels
-
         train_rows = [row for row in read_rows(context.input_path("clean", "dataset")) if row["split"] == "train"]
         augmenters = default_augmenters(config.augment, lexicon, model_augmenter(config.augment.model_based))
         # New labels (validate.new_labels: extend) are balanced like the configured ones.

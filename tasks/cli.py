@@ -27,6 +27,7 @@ USAGE = """freshet <command> [args]
 
 
 def rollback_main(argv: Sequence[str]) -> int:
+    # lazy: `freshet <command>` loads its own command's modules only (tasks.promote brings torch, 5 s measured)
     from tasks.config import load_config
     from tasks.manifest import StepError
     from tasks.promote import rollback
@@ -45,6 +46,7 @@ def rollback_main(argv: Sequence[str]) -> int:
 
 
 def history_main(argv: Sequence[str]) -> int:
+    # lazy: `freshet <command>` loads its own command's modules only (0.14 s measured for these)
     from tasks import model_registry
     from tasks.config import load_config
 

@@ -27,6 +27,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tasks import model_registry
 from tasks.config import PipelineConfig
 from tasks.contract import StepContext, cli, execute, manifest_only, parse_bool, read_manifest
 from tasks.manifest import Manifest, StepFacts
@@ -137,8 +138,6 @@ def pending_breaches(store: ArtifactStore, run_id: str, logical_date: str | None
 
 
 def has_champion(config: PipelineConfig) -> bool:
-    from tasks import model_registry
-
     return model_registry.version_by_alias(config, model_registry.CHAMPION) is not None
 
 

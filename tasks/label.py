@@ -33,7 +33,9 @@ from pydantic import BaseModel, ConfigDict
 from tasks.config import PipelineConfig, digest_json
 from tasks.contract import StepContext, cli, execute, logical_day, read_manifest
 from tasks.labelling.label_studio import LabelStudioClient, queue_task, write_tasks_file
+from tasks.labelling.selection import Candidate, margins, select
 from tasks.manifest import Manifest
+from tasks.records import write_parquet
 from tasks.snapshots import read_history
 from tasks.store import ArtifactStore
 
@@ -174,8 +176,6 @@ def pick_texts(config: PipelineConfig, store: ArtifactStore, frame: Any, queued:
     import numpy as np
     import pandas as pd
 
-    from tasks.labelling.selection import Candidate, margins, select
-
     frame = frame.dropna(subset=["text"]).drop_duplicates("id", keep="first").reset_index(drop=True)
     probability_columns = [name for name in frame.columns if name.startswith(PROBABILITY_PREFIX)]
     scored_labels = [name.removeprefix(PROBABILITY_PREFIX) for name in probability_columns]
@@ -221,8 +221,6 @@ def pick_texts(config: PipelineConfig, store: ArtifactStore, frame: Any, queued:
 def record_queue(context: StepContext, picks_frame: Any, tasks: Sequence[Mapping[str, Any]],
                  facts: LabelFacts) -> None:
     """The queue, its tasks file and the report as the step's outputs; the facts and metrics of the manifest."""
-    from tasks.records import write_parquet
-
     write_parquet(pa_table(picks_frame), context.out_dir / "queue.parquet")
     context.add_output("queue", "queue.parquet", "dataset", rows=len(picks_frame))
     write_tasks_file(context.out_dir / "tasks.json", tasks)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.config import PipelineConfig
+from tasks.tracking import configure
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -24,8 +25,6 @@ log = logging.getLogger("freshet.registry")
 
 def client(config: PipelineConfig):
     import mlflow
-
-    from tasks.tracking import configure
 
     configure(config)
     return mlflow.MlflowClient()

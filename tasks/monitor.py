@@ -42,7 +42,9 @@ from tasks.config import PipelineConfig
 from tasks.contract import StepContext, cli, execute, logical_day
 from tasks.manifest import Manifest, StepFacts
 from tasks.monitoring import breach as breaches
-from tasks.monitoring.feedback import feedback_runs, labelled_rows
+from tasks.monitoring import drift
+from tasks.monitoring.estimate import estimate, estimate_from_probabilities
+from tasks.monitoring.feedback import feedback_runs, join, labelled_rows
 from tasks.monitoring.predictions import log_parts, read_parts, window, with_probabilities
 from tasks.monitoring.reference import NoReference, load_or_build
 from tasks.monitoring.report import render_html, version_png
@@ -101,8 +103,6 @@ def performance_estimator(reference: Any, rows: Any) -> tuple[Callable[[Any], di
     """The label-free estimate of the metrics on a frame of rows, the same estimate on the reference, and whether
     it reads every class's probability (every row has them: batch scoring) rather than the top-1 confidence
     (served rows)."""
-    from tasks.monitoring.estimate import estimate, estimate_from_probabilities
-
     index = {label: position for position, label in enumerate(reference.label_names)}
     columns = [f"probability.{label}" for label in reference.label_names]
     if all(column in rows for column in columns) and bool(rows[columns].notna().all().all()) and len(rows) > 0:
@@ -126,8 +126,6 @@ def drift_measures(config: PipelineConfig, reference: Any, scorer: Any, rows: An
                    reference_estimate: Mapping[str, Any], full: bool) -> dict[str, Any]:
     """Drift of the predictions, confidences, lengths and vocabulary from the reference, and the estimated metrics."""
     import numpy as np
-
-    from tasks.monitoring import drift
 
     settings = config.monitor
     confidence = rows["confidence"].to_numpy(dtype=float)
@@ -157,8 +155,8 @@ def feedback_measures(config: PipelineConfig, reference: Any, rows: Any, labelle
                       expected: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
     """The labels that came back for these rows: how many, and with enough of them the real metrics and the
     estimate's error on the same rows."""
+    # lazy: scikit-learn (1.0 s measured), needed only on days when labels came back for the rows
     from tasks.models.metrics import classification_metrics
-    from tasks.monitoring.feedback import join
 
     index = {label: position for position, label in enumerate(reference.label_names)}
     matched = join(rows, labelled)

@@ -135,3 +135,33 @@ def test_no_shared_module_imports_a_step():
               if name not in steps | orchestrators and not name.startswith("tasks.demo")}
     importers = {name: sorted(imported_modules(path) & steps) for name, path in shared.items()}
     assert {name: targets for name, targets in importers.items() if targets} == {}
+
+
+def lazy_imports_without_a_reason() -> list[str]:
+    """Every import of one of our modules inside a function, in tasks/ and plugins/, whose line or the comment and
+    import lines right above it carry no `# lazy:` reason."""
+    unexplained: set[str] = set()
+    for path in sorted([*TASKS.rglob("*.py"), *(REPO / "plugins").rglob("*.py")]):
+        lines = path.read_text().splitlines()
+        for function in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                         else [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
+                if not any(name.split(".")[0] in ("tasks", "freshet_airflow") for name in names):
+                    continue
+                number = node.lineno - 1
+                block = [lines[number]]
+                while number > 0 and lines[number - 1].strip().startswith(("#", "from ", "import ")):
+                    number -= 1
+                    block.append(lines[number])
+                if not any("# lazy:" in line for line in block):
+                    unexplained.add(f"{path.relative_to(REPO)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    return sorted(unexplained)
+
+
+def test_a_lazy_import_of_our_modules_says_what_it_saves():
+    """An import inside a function stays only where it saves a measured cost (torch in the DAG parse, the model
+    stack in a command that does not need it) and says so in a `# lazy:` comment; the rest sit at the top."""
+    assert lazy_imports_without_a_reason() == []

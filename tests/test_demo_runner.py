@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from tasks.demo.corpus import extend_debian_corpus
-from tasks.demo.runner import DemoError, find_run, plan_days, summarize_run, write_demo_state
+from tasks.demo.runner import DemoError, find_run, plan_days, write_demo_state
 from tasks.demo.site import build_documents
+from tasks.demo.summary import summarize_run
 from tasks.store import ArtifactStore
 
 START = dt.date(2026, 11, 1)

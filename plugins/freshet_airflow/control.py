@@ -106,7 +106,7 @@ def should_train(config_path: str, **operator_kwargs: Any) -> BaseOperator:
 def gate_facts(manifest: dict[str, Any] | str) -> GateFacts:
     """The gate verdict in the compress manifest (gate_policy.final_verdict), read through the type that wrote
     it, so a check's verdict is one of that type's words, not a string this module guesses."""
-    # Here, not at the top: tasks.compress brings torch (6 s measured) into every DAG parse; this runs in the task.
+    # lazy: tasks.compress brings torch (6 s measured) into every DAG parse; this runs in the task.
     from tasks.compress import CompressFacts
 
     return CompressFacts.of(xcom_manifest(manifest, "compress")).gate
@@ -185,7 +185,7 @@ def approve(config_path: str, **operator_kwargs: Any) -> BaseOperator | None:
 def _watch(config_path: str, **context: Any) -> dict[str, list[str]]:
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from tasks.sources.watch import pending_pages  # here: it brings the crawl's HTTP stack (0.6 s) into DAG parsing
+    from tasks.sources.watch import pending_pages  # lazy: it brings the crawl's HTTP stack (0.6 s) into DAG parsing
 
     config = pipeline_config(config_path)
     # Pages dated up to today: a source may list future days (the demo site does), which no run would crawl yet.
@@ -245,7 +245,7 @@ def predictions_scored(config_path: str, **operator_kwargs: Any) -> BaseOperator
 
 
 def monitor_facts(manifest: dict[str, Any] | str) -> MonitorFacts:
-    # Here, not at the top: tasks.monitor brings the scorer (blend, scikit-learn, torch; 1.3-1.5 s measured) into
+    # lazy: tasks.monitor brings the scorer (blend, scikit-learn, torch; 1.3-1.5 s measured) into
     # every DAG parse; this runs in the task.
     from tasks.monitor import MonitorFacts
 
@@ -286,7 +286,7 @@ def production_drift(config_path: str, **operator_kwargs: Any) -> BaseOperator:
 # ------------------------------------------------------------------------------------------ rollback
 
 def _rollback(config_path: str, **context: Any) -> dict[str, str]:
-    # Here, not at the top: tasks.promote brings register's and compress's torch (5.5 s measured) into DAG parsing.
+    # lazy: tasks.promote brings register's and compress's torch (5.5 s measured) into DAG parsing.
     from tasks.promote import rollback as move_back
 
     params, ti = context["params"], context["ti"]

@@ -21,10 +21,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tasks.compress import CompressFacts
 from tasks.config import PipelineConfig, load_config
 from tasks.contract import read_manifest
+from tasks.decide import DecideFacts
+from tasks.evaluate import EvaluateFacts
 from tasks.manifest import Manifest
+from tasks.promote import PromoteFacts
+from tasks.register import RegisterFacts
 from tasks.store import ArtifactStore
+from tasks.tracking import configure
 
 log = logging.getLogger("freshet.learning_curve")
 SLICES = ("frozen", "fresh", "old")
@@ -61,13 +67,6 @@ def calendar_day(first_date: str, logical_date: str, fallback: int) -> int:
 
 def collect(store: ArtifactStore, run_ids: Sequence[str]) -> list[dict[str, Any]]:
     """One row per run, in the given order; the champion version is carried across runs that did not promote."""
-    # Here, not at the top: the step modules load torch, and the CLI's other commands need none of them.
-    from tasks.compress import CompressFacts
-    from tasks.decide import DecideFacts
-    from tasks.evaluate import EvaluateFacts
-    from tasks.promote import PromoteFacts
-    from tasks.register import RegisterFacts
-
     rows: list[dict[str, Any]] = []
     champion: str | None = None
     for day, run_id in enumerate(run_ids, start=1):
@@ -303,8 +302,6 @@ def write_report(rows: Sequence[dict[str, Any]], out_dir: Path, title: str) -> d
 def log_to_mlflow(config: PipelineConfig, rows: Sequence[dict[str, Any]], paths: dict[str, Path]) -> str:
     """A `learning-curve` run in the pipeline's experiment; returns its MLflow run id."""
     import mlflow
-
-    from tasks.tracking import configure
 
     experiment_id = configure(config)
     tags = {"freshet.kind": "learning_curve", "freshet.runs": ",".join(row["run_id"] for row in rows)}

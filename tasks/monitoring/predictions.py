@@ -19,7 +19,8 @@ from typing import Any
 import fsspec
 import pandas as pd
 
-from tasks.serve.prediction_log import COLUMNS, FOLDER
+from tasks.contract import read_manifest
+from tasks.serve.prediction_log import COLUMNS, FOLDER, arrow_schema
 from tasks.store import ArtifactStore, safe_run_id
 
 BATCH_PREFIX = "part-batch-"
@@ -95,8 +96,6 @@ def publish_batch(store: ArtifactStore, day: dt.date, run_id: str, rows: Sequenc
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tasks.serve.prediction_log import arrow_schema
-
     if not rows:
         return None
     table = pa.Table.from_pylist([{column: row.get(column) for column in COLUMNS} for row in rows], schema=arrow_schema())
@@ -109,8 +108,6 @@ def publish_batch(store: ArtifactStore, day: dt.date, run_id: str, rows: Sequenc
 def with_probabilities(store: ArtifactStore, frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` with `probability.<label>` columns for its batch-scored rows, from each scoring run's
     predictions (the same text scored by the same run has the same probabilities); served rows get none."""
-    from tasks.contract import read_manifest
-
     if frame.empty or "endpoint" not in frame:
         return frame
     extra = []

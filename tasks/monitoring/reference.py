@@ -36,8 +36,9 @@ from tasks.monitoring.estimate import (
     fit_calibration,
     fit_class_calibration,
 )
+from tasks.monitoring.predictions import put_file
 from tasks.monitoring.scorer import Scorer
-from tasks.records import CleanFacts
+from tasks.records import CleanFacts, evaluation_slices, read_rows, write_parquet
 from tasks.store import ArtifactStore
 
 log = logging.getLogger("freshet.monitor.reference")
@@ -105,8 +106,6 @@ def clean_manifest(config: PipelineConfig, model_version: Any) -> Manifest:
 
 def test_rows(store: ArtifactStore, clean: Manifest, max_rows: int) -> list[dict[str, Any]]:
     """The version's test slices (frozen, fresh, old), each row once, at most `max_rows` (seeded sample)."""
-    from tasks.records import evaluation_slices
-
     seen: dict[str, dict[str, Any]] = {}
     for rows in evaluation_slices(clean, store).values():
         for row in rows:
@@ -120,8 +119,6 @@ def test_rows(store: ArtifactStore, clean: Manifest, max_rows: int) -> list[dict
 
 def training_texts(store: ArtifactStore, clean: Manifest) -> list[str]:
     """The train split of the day's dataset and of the snapshots before it: what the version learned from."""
-    from tasks.records import read_rows
-
     uris = [snapshot.uri for snapshot in CleanFacts.of(clean).prior_snapshots] + [clean.output("dataset").uri]
     return [row["text"] for uri in uris for row in read_rows(store.local_path(uri)) if row.get("split") == "train"]
 
@@ -151,6 +148,7 @@ def build(config: PipelineConfig, store: ArtifactStore, scorer: Scorer, model_ve
            for position, label in enumerate(scorer.label_names)},
     })
     calibration = fit_calibration(truth, predicted, scored.confidence, scorer.label_names)
+    # lazy: scikit-learn (1.0 s measured), needed only when a version's reference is built, once per version
     from tasks.models.metrics import classification_metrics
 
     real = classification_metrics(truth.tolist(), predicted, scorer.label_names)
@@ -175,8 +173,6 @@ def build(config: PipelineConfig, store: ArtifactStore, scorer: Scorer, model_ve
 
 def load_or_build(config: PipelineConfig, store: ArtifactStore, scorer: Scorer, model_version: Any) -> Reference:
     """The version's cached reference, built (and cached) on first use."""
-    from tasks.records import write_parquet
-
     folder = (*FOLDER, f"v{model_version.version}-{reference_key(config, model_version)}")
     location = store.uri(*folder)
     cached = store.read_json(*folder, "reference.json")
@@ -193,8 +189,6 @@ def load_or_build(config: PipelineConfig, store: ArtifactStore, scorer: Scorer, 
     reference = build(config, store, scorer, model_version)
     import tempfile
     from pathlib import Path
-
-    from tasks.monitoring.predictions import put_file
 
     with tempfile.TemporaryDirectory() as directory:
         local = Path(directory) / "reference.parquet"

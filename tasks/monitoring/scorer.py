@@ -42,6 +42,7 @@ class Scorer:
     blend: Blend | None = None  # the lexical blend the version serves with its transformer
 
     def score(self, texts: Sequence[str]) -> ScoredTexts:
+        # lazy: the monitor builds a Scorer from a cached reference without scoring; torch is 1.0 s measured
         from tasks.models.inference import predict
 
         if not texts:

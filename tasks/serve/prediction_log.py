@@ -33,6 +33,7 @@ import fsspec
 from tasks.config import PipelineConfig, PredictionLogConfig
 from tasks.serve.metrics import ServeMetrics
 from tasks.store import ArtifactStore
+from tasks.text import scrub_pii
 
 log = logging.getLogger("freshet.serve.prediction_log")
 FOLDER = "predictions"
@@ -62,9 +63,7 @@ def text_digest(text: str) -> str:
 
 
 def pii_scrubber() -> Callable[[str], str]:
-    # clean's scrubber, so the log hides what training data hides (imported only when asked for).
-    from tasks.text import scrub_pii
-
+    # clean's scrubber, so the log hides what training data hides.
     return lambda text: scrub_pii(text)[0]
 
 
