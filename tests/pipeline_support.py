@@ -115,7 +115,7 @@ def run_model_steps(config, store, run_id, day, upstream, *, gated: bool = False
                                          run_id=run_id, store=store, logical_date=day)
     manifests["register"] = register.run(config, {k: manifests[k] for k in ("train", "evaluate", "compress", "validate", "clean")},
                                          run_id=run_id, store=store, logical_date=day)
-    if gated and not manifests["compress"].facts["gate"]["passed"]:
+    if gated and not compress.CompressFacts.of(manifests["compress"]).gate.passed:
         return manifests
     manifests["promote"] = promote.run(config, {"register": manifests["register"]}, run_id=run_id, store=store,
                                        logical_date=day)

@@ -17,6 +17,7 @@ from tasks.gate_policy import compare_paired, judge_candidate
 from tasks.models.blend import Blend, choose_weight, load_blend
 from tasks.models.lexical import BaselineSkipped, LexicalModel
 from tasks.models.metrics import classification_metrics
+from tasks.register import RegisterFacts
 from tests.corpus_support import synthetic_corpus
 
 LABELS = ["alpha", "beta", "gamma", "delta"]
@@ -158,9 +159,10 @@ def test_every_round_reports_the_baseline_and_serves_the_chosen_blend(two_rounds
         assert "TF-IDF baseline" in report and "Served candidate:" in report
         # Register serves what evaluate measured: the version carries the blend when there is one, and the
         # fresh-process serving check (compress's sample, blended) passed.
-        version = round_["register"].facts["version"]
+        registered = RegisterFacts.of(round_["register"])
+        version = registered.version
         blend_dir = model_registry.blend_dir(config, version)
         assert (blend_dir is not None) is (weight < 1.0)
         if blend_dir is not None:
             assert load_blend(blend_dir).weight == weight
-        assert round_["register"].facts["serving_check"]["passed"] is True
+        assert registered.serving_check["passed"] is True

@@ -15,6 +15,7 @@ from tasks.compress import (
     ONNX_FP32,
     ONNX_INT8,
     PRUNED,
+    CompressFacts,
     select_serving_variant,
 )
 from tasks.config import TrainConfig
@@ -257,7 +258,7 @@ def test_pyfunc_serves_the_distilled_student(deep_teacher, tmp_path):
 
 def test_int8_variant_is_re_evaluated_and_smaller(two_rounds):
     _, _, first, _ = two_rounds
-    variant = first["compress"].facts["variants"]["int8-dynamic"]
+    variant = CompressFacts.of(first["compress"]).variants["int8-dynamic"]
     assert 0 < variant["size_ratio"] < 1
     assert set(variant["macro_f1_delta"]) >= {"frozen", "fresh"}
 
@@ -265,7 +266,7 @@ def test_int8_variant_is_re_evaluated_and_smaller(two_rounds):
 def test_distilled_variants_are_trained_stored_safely_and_re_evaluated(two_rounds):
     _, store, first, _ = two_rounds
     manifest = first["compress"]
-    variants = manifest.facts["variants"]
+    variants = CompressFacts.of(manifest).variants
     for name in ("distilled", "distilled-onnx-int8"):
         row = variants[name]
         assert row["servable"] and set(row["macro_f1_delta"]) >= {"frozen", "fresh"}

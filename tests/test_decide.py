@@ -7,6 +7,7 @@ import pytest
 from tasks import decide
 from tasks.config import ScheduleConfig
 from tasks.contract import StepContext, execute
+from tasks.decide import DecideFacts
 from tasks.store import ArtifactStore
 from tests.pipeline_support import LABELS, tiny_config
 from tests.schedule_support import ingest
@@ -61,29 +62,33 @@ def test_new_rows_add_up_over_skipped_days_and_backfill_sees_only_its_past(tmp_p
     upstream = {run_id: ingest(config, store, run_id, day, rows) for run_id, (day, rows) in days.items()}
 
     first = decide_for(config, store, "run-1", "2026-11-01", upstream["run-1"], champion=False)
-    assert first.facts["train"] and first.facts["last_training"] is None
+    facts = DecideFacts.of(first)
+    assert facts.train and facts.last_training is None
     mark_trained(config, store, "run-1", "2026-11-01")
 
     second = decide_for(config, store, "run-2", "2026-11-02", upstream["run-2"])
-    assert not second.facts["train"]
+    facts = DecideFacts.of(second)
+    assert not facts.train
     assert second.metrics["rows_since_last_training"] == 40
-    assert second.facts["last_training"] == {"run_id": "run-1", "logical_date": "2026-11-01"}
-    assert "only 40 new rows" in second.facts["reason"]
+    assert facts.last_training == {"run_id": "run-1", "logical_date": "2026-11-01"}
+    assert "only 40 new rows" in facts.reason
 
     third = decide_for(config, store, "run-3", "2026-11-03", upstream["run-3"])
-    assert third.facts["train"], third.facts["reason"]
+    facts = DecideFacts.of(third)
+    assert facts.train, facts.reason
     assert third.metrics["rows_since_last_training"] == 110
-    assert [entry["run_id"] for entry in third.facts["untrained_snapshots"]] == ["run-2", "run-3"]
+    assert [entry["run_id"] for entry in facts.untrained_snapshots] == ["run-2", "run-3"]
     mark_trained(config, store, "run-3", "2026-11-03")
 
     fourth = decide_for(config, store, "run-4", "2026-11-04", upstream["run-4"])
-    assert not fourth.facts["train"] and fourth.metrics["rows_since_last_training"] == 10
+    assert not DecideFacts.of(fourth).train and fourth.metrics["rows_since_last_training"] == 10
 
     # A backfill (or catch-up) of day 2 after days 3 and 4 ran: it counts only what had arrived by day 2,
     # and day 3's training (later) does not count as its last training.
     again = decide_for(config, store, "run-2", "2026-11-02", upstream["run-2"])
-    assert not again.facts["train"] and again.metrics["rows_since_last_training"] == 40
-    assert again.facts["last_training"]["run_id"] == "run-1"
+    facts = DecideFacts.of(again)
+    assert not facts.train and again.metrics["rows_since_last_training"] == 40
+    assert facts.last_training is not None and facts.last_training["run_id"] == "run-1"
 
 
 def test_drift_trains_on_few_rows_and_the_manifest_records_why(tmp_path):
@@ -97,9 +102,12 @@ def test_drift_trains_on_few_rows_and_the_manifest_records_why(tmp_path):
     mark_trained(config, store, "run-1", "2026-11-01")
     upstream = ingest(config, store, "run-2", "2026-11-02", corpus[300:330], psi=0.18)
     manifest = decide_for(config, store, "run-2", "2026-11-02", upstream)
-    assert manifest.facts["train"] and "drift.label_psi=0.180 >= schedule.retrain_on_psi=0.1" in manifest.facts["reason"]
+    facts = DecideFacts.of(manifest)
+    assert facts.train and "drift.label_psi=0.180 >= schedule.retrain_on_psi=0.1" in facts.reason
     stored = read_manifest(store, "run-2", "decide")
-    assert stored.facts["reason"] == manifest.facts["reason"] and stored.facts["drift"]["drift.label_psi"] == 0.18
+    assert stored is not None
+    recorded = DecideFacts.of(stored)
+    assert recorded.reason == facts.reason and recorded.drift["drift.label_psi"] == 0.18
 
 
 def test_the_rows_decide_counted_train_as_new_rows_not_as_a_replay_sample(tmp_path):
@@ -116,9 +124,9 @@ def test_the_rows_decide_counted_train_as_new_rows_not_as_a_replay_sample(tmp_pa
             "run-3": ("2026-11-03", corpus[360:460])}
     upstream = {run_id: ingest(config, store, run_id, day, rows) for run_id, (day, rows) in days.items()}
     mark_trained(config, store, "run-1", "2026-11-01")
-    assert not decide_for(config, store, "run-2", "2026-11-02", upstream["run-2"]).facts["train"]
+    assert not DecideFacts.of(decide_for(config, store, "run-2", "2026-11-02", upstream["run-2"])).train
     third = decide_for(config, store, "run-3", "2026-11-03", upstream["run-3"])
-    assert third.facts["train"] and third.metrics["rows_since_last_training"] == 160
+    assert DecideFacts.of(third).train and third.metrics["rows_since_last_training"] == 160
 
     waiting = waiting_snapshots(store, "run-3", "2026-11-03")
     assert [entry["run_id"] for entry in waiting] == ["run-2"]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from tasks import model_registry, register
+from tasks.compress import CompressFacts
 from tasks.evaluate import EvaluateFacts
+from tasks.promote import PromoteFacts
+from tasks.register import RegisterFacts
 from tasks.train import TrainFacts
 
 
@@ -17,8 +20,9 @@ def test_first_round_trains_gates_on_floors_and_becomes_champion(two_rounds):
     # No champion: the floors and the lexical baseline fitted on the same train rows decide.
     assert {check.name.split(":")[0] for check in gate.checks} <= {"floor", "over_baseline"}
     assert any(check.name.startswith("floor:") for check in gate.checks)
-    assert first["promote"].facts["promoted"] is True
-    assert first["promote"].facts["champion"] == first["register"].facts["version"] == "1"
+    promoted = PromoteFacts.of(first["promote"])
+    assert promoted.promoted is True
+    assert promoted.champion == RegisterFacts.of(first["register"]).version == "1"
 
 
 def test_second_round_warm_starts_replays_and_compares_with_champion(two_rounds):
@@ -30,7 +34,7 @@ def test_second_round_warm_starts_replays_and_compares_with_champion(two_rounds)
     assert "old" in facts.gate.checks[-1].name or any(
         check.name.startswith("non_inferiority:") for check in facts.gate.checks)
     champion = model_registry.version_by_alias(config, model_registry.CHAMPION)
-    if second["compress"].facts["gate"]["passed"]:
+    if CompressFacts.of(second["compress"]).gate.passed:
         assert str(champion.version) == "2"
         assert str(model_registry.version_by_alias(config, model_registry.PREVIOUS).version) == "1"
     else:

@@ -9,6 +9,7 @@ import pytest
 
 from tasks import decide
 from tasks.config import CompressConfig, ScheduleConfig
+from tasks.decide import DecideFacts
 from tasks.demo import learning_curve
 from tasks.store import ArtifactStore
 from tests.corpus_support import synthetic_corpus
@@ -21,7 +22,7 @@ DAYS = {"run-1": "2026-11-01", "run-2": "2026-11-02", "run-3": "2026-11-03"}
 def run_day(config, store, run_id, day, rows):
     manifests = ingest(config, store, run_id, day, rows)
     decision = decide.run(config, {"validate": manifests["validate"]}, run_id=run_id, store=store, logical_date=day)
-    if decision.facts["train"]:
+    if DecideFacts.of(decision).train:
         run_model_steps(config, store, run_id, day, manifests, gated=True)
 
 

@@ -15,8 +15,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from tasks.compress import CompressFacts
 from tasks.config import PipelineConfig
 from tasks.contract import read_manifest
+from tasks.register import RegisterFacts
 from tasks.store import ArtifactStore
 from tasks.train import TrainFacts
 from tests.conftest import REPO
@@ -104,7 +106,8 @@ def test_family_trains_evaluates_compresses_registers_and_serves(family, pipelin
     # What the forward takes (DistilBERT's and ModernBERT's take no token_type_ids), whatever the tokenizer returns.
     assert ("token_type_ids" in facts.model.input_names) == (family not in ("distilbert", "modernbert"))
     assert facts.labels == LABELS and "label_map" in trained.outputs
-    variants = compressed.facts["variants"]
+    compression = CompressFacts.of(compressed)
+    variants = compression.variants
     assert set(variants) == set(ALL_VARIANTS)
     for name, row in variants.items():
         if family in NO_LAYER_COPY and name.startswith("distilled"):
@@ -112,13 +115,14 @@ def test_family_trains_evaluates_compresses_registers_and_serves(family, pipelin
         else:
             assert row.get("applicable", True), (name, row)
             assert row["size_ratio"] > 0 and set(row["macro_f1"]) == {"frozen", "fresh"}
-    assert compressed.facts["serving_variant"] in {"fp32", *[name for name, row in variants.items()
-                                                              if row.get("applicable", True)]}
+    assert compression.serving_variant in {"fp32", *[name for name, row in variants.items()
+                                                    if row.get("applicable", True)]}
     mlflow.set_tracking_uri(config.mlflow.tracking_uri)
-    served = mlflow.pyfunc.load_model(f"models:/{config.mlflow.model_name}/{registered.facts['version']}")
+    registered_version = RegisterFacts.of(registered).version
+    served = mlflow.pyfunc.load_model(f"models:/{config.mlflow.model_name}/{registered_version}")
     result = served.predict(pd.DataFrame({"text": [row["text"] for row in rows[:6]]}))
     assert set(result["label"]) <= set(LABELS) and result["probability"].between(0, 1).all()
-    version = mlflow.MlflowClient().get_model_version(config.mlflow.model_name, registered.facts["version"])
+    version = mlflow.MlflowClient().get_model_version(config.mlflow.model_name, registered_version)
     assert json.loads(version.tags["freshet.labels"]) == LABELS
 
 
@@ -144,7 +148,7 @@ def test_every_family_reproduces_its_serving_sample_in_a_fresh_process(pipeline,
     for family in FAMILIES:
         config, steps = pipeline(family)
         store = ArtifactStore(config.artifact_root)
-        uri = f"models:/{config.mlflow.model_name}/{steps['register'].facts['version']}"
+        uri = f"models:/{config.mlflow.model_name}/{RegisterFacts.of(steps['register']).version}"
         samples[uri] = json.loads(store.local_path(steps["compress"].output("serving_sample").uri).read_text())
     source, target = tmp_path / "texts.json", tmp_path / "served.json"
     source.write_text(json.dumps({uri: sample["texts"] for uri, sample in samples.items()}))

@@ -18,8 +18,12 @@ import pytest
 from tasks import decide, model_registry, monitor, score
 from tasks.config import ScheduleConfig
 from tasks.contract import read_manifest
+from tasks.decide import DecideFacts
+from tasks.monitor import MonitorFacts
 from tasks.monitoring import breach as breaches
 from tasks.monitoring.predictions import log_parts, read_parts
+from tasks.promote import PromoteFacts
+from tasks.score import ScoreFacts
 from tasks.store import ArtifactStore
 from tests.monitor_support import ambiguous_corpus, drop_day, labels_arrive, monitor_config
 
@@ -52,7 +56,8 @@ def production(tmp_path_factory):
     training = ambiguous_corpus(2400, seed=1, prefix="train")
     steps = run_model_steps(config, store, "run-1", "2026-11-01",
                             fake_upstream(config, store, "run-1", "2026-11-01", training))
-    assert steps["promote"].facts["promoted"], steps["promote"].facts
+    promoted = PromoteFacts.of(steps["promote"])
+    assert promoted.promoted, promoted
     days = {day: one_day(config, store, day, day_rows(day)) for day in UNSHIFTED}
     days[SHIFTED] = one_day(config, store, SHIFTED, day_rows(SHIFTED, only="alpha"))
     # An hour later the monitor runs again (the prediction log's Asset): the same breach, inside the cooldown.
@@ -65,7 +70,7 @@ def production(tmp_path_factory):
         upstream = ingest(strict, store, f"pipe-{number}", day, ambiguous_corpus(10, seed=number, prefix="new"))
         decisions[day] = decide.run(strict, {"validate": upstream["validate"]}, run_id=f"pipe-{number}",
                                     store=store, logical_date=day, champion=True)
-        if decisions[day].facts["train"]:
+        if DecideFacts.of(decisions[day]).train:
             stand_in_training(strict, store, f"pipe-{number}", day)
     again = decide.run(strict, {"validate": read_manifest(store, "pipe-8", "validate")}, run_id="pipe-8", store=store,
                        logical_date="2026-11-08", champion=True)
@@ -94,23 +99,25 @@ def test_unshifted_days_raise_no_alarm_and_the_shifted_day_does(production):
     days = production["days"]
     false_alarms = [day for day in UNSHIFTED if days[day]["monitor"].metrics["breach"]]
     print({day: figures(days[day]["monitor"]) for day in days})
-    assert false_alarms == [], {day: days[day]["monitor"].facts["verdict"] for day in false_alarms}
+    assert false_alarms == [], {day: MonitorFacts.of(days[day]["monitor"]).verdict for day in false_alarms}
     for day in UNSHIFTED:
-        facts = days[day]["monitor"].facts
-        assert facts["primary_version"] == "1" and facts["versions"]["1"]["rows"] == ROWS_PER_DAY
-        assert facts["verdict"] == "no breach" and not breaches_of(facts)
+        facts = MonitorFacts.of(days[day]["monitor"])
+        assert facts.primary_version == "1" and facts.versions["1"]["rows"] == ROWS_PER_DAY
+        assert facts.verdict == "no breach" and not breaches_of(facts)
     shifted = days[SHIFTED]["monitor"]
-    assert shifted.metrics["breach"] and shifted.facts["breach_emitted"]
-    failed = {check["name"] for check in shifted.facts["versions"]["1"]["checks"] if check["verdict"] == "failed"}
-    assert "label_psi" in failed, shifted.facts["verdict"]
+    judged = MonitorFacts.of(shifted)
+    assert shifted.metrics["breach"] and judged.breach_emitted
+    failed = {check["name"] for check in judged.versions["1"]["checks"] if check["verdict"] == "failed"}
+    assert "label_psi" in failed, judged.verdict
     assert shifted.metrics["label_psi"] > 0.25 > max(days[day]["monitor"].metrics["label_psi"] for day in UNSHIFTED)
     (emitted,) = breaches.read_breaches(production["store"])
-    assert emitted["id"] == shifted.facts["breach"]["id"] and emitted["logical_date"] == SHIFTED
+    assert judged.breach is not None
+    assert emitted["id"] == judged.breach["id"] and emitted["logical_date"] == SHIFTED
     assert production["store"].read_json(*breaches.LATEST)["id"] == emitted["id"]
 
 
-def breaches_of(facts) -> list:
-    return [facts["breach"]] if facts.get("breach") else []
+def breaches_of(facts: MonitorFacts) -> list:
+    return [facts.breach] if facts.breach else []
 
 
 def test_the_label_free_estimate_is_within_3_points_of_the_real_macro_f1(production):
@@ -127,19 +134,23 @@ def test_the_label_free_estimate_is_within_3_points_of_the_real_macro_f1(product
 
 def test_a_breach_makes_the_next_decide_train_once_and_the_cooldown_holds(production):
     later = production["later"]
-    assert later.metrics["breach"] and not later.facts["breach_emitted"], later.facts["verdict"]
-    assert "held back by the cooldown" in later.facts["breach"]["suppressed"]
+    held = MonitorFacts.of(later)
+    assert later.metrics["breach"] and not held.breach_emitted, held.verdict
+    assert held.breach is not None and "held back by the cooldown" in held.breach["suppressed"]
     assert len(breaches.read_breaches(production["store"])) == 1, "the cooldown let a second breach out"
 
     trained, after = production["decisions"]["2026-11-08"], production["decisions"]["2026-11-09"]
-    breach_id = production["days"][SHIFTED]["monitor"].facts["breach"]["id"]
-    assert trained.facts["train"] and trained.facts["reason"].startswith("production drift: version 1: label_psi")
-    assert breach_id in trained.facts["reason"]
-    assert trained.facts["production_drift"]["consumed"] == [breach_id]
+    breach = MonitorFacts.of(production["days"][SHIFTED]["monitor"]).breach
+    assert breach is not None
+    breach_id = breach["id"]
+    decision, skipped = DecideFacts.of(trained), DecideFacts.of(after)
+    assert decision.train and decision.reason.startswith("production drift: version 1: label_psi")
+    assert breach_id in decision.reason
+    assert decision.production_drift["consumed"] == [breach_id]
     assert trained.metrics["production_drift"] is True
-    assert not after.facts["train"], after.facts["reason"]
-    assert after.facts["production_drift"] == {"pending": [], "consumed": [], "latest": None}
-    assert "only 10 new rows" in after.facts["reason"]
+    assert not skipped.train, skipped.reason
+    assert skipped.production_drift == {"pending": [], "consumed": [], "latest": None}
+    assert "only 10 new rows" in skipped.reason
     # The same run again (a retry): the same breach, so the stored manifest, not a second consumption.
     assert production["decide_again"].reused and production["decide_again"].facts == trained.facts
 
@@ -148,7 +159,7 @@ def test_batch_scoring_writes_the_version_and_is_idempotent_per_run(production):
     config, store = production["config"], production["store"]
     day = UNSHIFTED[0]
     first = production["days"][day]["score"]
-    assert first.facts["model_version"] == "1" and first.metrics["rows"] == ROWS_PER_DAY
+    assert ScoreFacts.of(first).model_version == "1" and first.metrics["rows"] == ROWS_PER_DAY
     import pandas as pd
 
     predictions = pd.read_parquet(store.local_path(first.output("predictions").uri))
@@ -190,7 +201,8 @@ def test_the_challenger_scores_in_shadow_when_it_is_another_version(production):
     import pandas as pd
 
     predictions = pd.read_parquet(store.local_path(scored.output("predictions").uri))
-    assert scored.facts["shadow_version"] == str(copy.version) and predictions["shadow_version"].eq(str(copy.version)).all()
+    assert ScoreFacts.of(scored).shadow_version == str(copy.version)
+    assert predictions["shadow_version"].eq(str(copy.version)).all()
     assert scored.metrics["shadow_agreement"] == 1.0  # the same weights: the shadow agrees everywhere
     logged = read_parts(store, log_parts(store, [dt.date.fromisoformat(day)]))
     assert set(logged["model_version"]) == {"1"}, "the shadow's answers must not enter the prediction log"
@@ -199,10 +211,11 @@ def test_the_challenger_scores_in_shadow_when_it_is_another_version(production):
 def test_nothing_to_score_or_monitor_is_a_reason_not_a_failure(production):
     config, store = production["config"], production["store"]
     quiet = score.run(config, {}, run_id="score-quiet", store=store, logical_date="2026-12-25")
-    assert quiet.metrics["rows"] == 0 and not quiet.facts["scored"]
-    assert quiet.facts["reason"].startswith("no file matches")
+    unscored = ScoreFacts.of(quiet)
+    assert quiet.metrics["rows"] == 0 and not unscored.scored
+    assert unscored.reason.startswith("no file matches")
     watched = monitor.run(config, {}, run_id="monitor-quiet", store=store, logical_date="2026-12-25")
-    assert watched.facts["verdict"] == "no predictions in the window" and not watched.metrics["breach"]
+    assert MonitorFacts.of(watched).verdict == "no predictions in the window" and not watched.metrics["breach"]
 
 
 def test_monitor_reruns_reuse_their_manifest_and_its_report_is_in_mlflow(production):
@@ -221,7 +234,7 @@ def test_monitor_reruns_reuse_their_manifest_and_its_report_is_in_mlflow(product
     assert {"monitor/monitor_report.html", "monitor/monitor_v1.png", "monitor/monitor.json"} <= names
     assert run.data.metrics["v1.label_psi"] == pytest.approx(first.metrics["label_psi"])
     # The reference was built once (cached in the store) and names where it came from.
-    reference = first.facts["versions"]["1"]["reference"]
+    reference = MonitorFacts.of(first).versions["1"]["reference"]
     assert reference.startswith(store.uri("state", "monitor", "reference"))
 
 

@@ -10,11 +10,14 @@ from pathlib import Path
 import pytest
 
 from tasks import validate
+from tasks.compress import CompressFacts
 from tasks.config import PipelineConfig
 from tasks.evaluate import EvaluateFacts
 from tasks.label_set import extend_labels
 from tasks.models.metrics import in_label_space
+from tasks.promote import PromoteFacts
 from tasks.records import read_rows
+from tasks.register import RegisterFacts
 from tasks.store import ArtifactStore
 from tasks.train import TrainFacts
 from tests.corpus_support import synthetic_corpus
@@ -85,7 +88,7 @@ def two_days(tmp_path_factory):
 def test_day_one_is_the_champion_with_the_configured_labels(two_days):
     _, _, first, _ = two_days
     assert TrainFacts.of(first["train"]).labels == LABELS
-    assert first["promote"].facts["promoted"] is True
+    assert PromoteFacts.of(first["promote"]).promoted is True
 
 
 def test_day_two_grows_the_head_and_the_candidate_predicts_the_new_label(two_days):
@@ -131,7 +134,7 @@ def test_evaluate_and_the_gate_report_the_class_as_new_not_as_a_regression(two_d
     assert scored["champion"]["fresh"]["per_class"][NEW]["f1"] == 0.0
     assert scored["candidate"]["fresh"]["per_class"][NEW]["support"] > 0
     # The distilled student learns the grown label set too.
-    assert second["compress"].facts["variants"]["distilled"].get("applicable", True)
+    assert CompressFacts.of(second["compress"]).variants["distilled"].get("applicable", True)
 
 
 def test_the_registry_records_the_label_set_of_every_version(two_days):
@@ -144,11 +147,11 @@ def test_the_registry_records_the_label_set_of_every_version(two_days):
     fate = json.loads(evaluated.data.tags["freshet.new_classes"])[NEW]  # the audit names the new label's fate
     assert f"new_class:{NEW}:fresh.f1" in fate and fate.endswith(("gate passed", "gate rejected the candidate"))
     name = config.mlflow.model_name
-    first_version = client.get_model_version(name, first["register"].facts["version"])
+    first_version = client.get_model_version(name, RegisterFacts.of(first["register"]).version)
     assert json.loads(first_version.tags["freshet.labels"]) == LABELS
-    version = second["register"].facts["version"]
-    assert json.loads(client.get_model_version(name, version).tags["freshet.labels"]) == [*LABELS, NEW]
-    assert second["register"].facts["serving_check"]["passed"] is True
+    registered = RegisterFacts.of(second["register"])
+    assert json.loads(client.get_model_version(name, registered.version).tags["freshet.labels"]) == [*LABELS, NEW]
+    assert registered.serving_check["passed"] is True
 
 
 def test_the_new_label_is_judged_on_its_own_rows(two_days):

@@ -124,14 +124,18 @@ def test_poisoned_day_is_rejected_and_champion_stays(pipeline):
 
 def test_decide_records_why_each_day_trained(pipeline):
     from tasks.contract import read_manifest
+    from tasks.decide import DecideFacts
     from tasks.store import ArtifactStore
 
     config, runs = pipeline
     store = ArtifactStore(config.artifact_root)
     first = read_manifest(store, runs[DAYS[0]]["run_id"], "decide")
     second = read_manifest(store, runs[DAYS[1]]["run_id"], "decide")
-    assert first.facts["train"] and "no champion yet" in first.facts["reason"]
-    assert second.facts["train"] and second.facts["last_training"]["run_id"] == runs[DAYS[0]]["run_id"]
+    assert first is not None and second is not None
+    day_one, day_two = DecideFacts.of(first), DecideFacts.of(second)
+    assert day_one.train and "no champion yet" in day_one.reason
+    assert day_two.train and day_two.last_training is not None
+    assert day_two.last_training["run_id"] == runs[DAYS[0]]["run_id"]
     assert second.metrics["rows_since_last_training"] > 0
 
 

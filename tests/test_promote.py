@@ -6,13 +6,14 @@ import pytest
 
 from tasks import model_registry, promote
 from tasks.manifest import StepError
+from tasks.register import RegisterFacts
 
 
 def test_promotion_refuses_when_champion_changed_since_the_gate(two_rounds):
     config, _, first, _ = two_rounds
     current = model_registry.version_by_alias(config, model_registry.CHAMPION).version
     with pytest.raises(StepError, match="refusing"):
-        promote.move_champion(config, first["register"].facts["version"] if current != "1" else "2",
+        promote.move_champion(config, RegisterFacts.of(first["register"]).version if current != "1" else "2",
                               expected_champion="not-the-champion", reason="test")
 
 

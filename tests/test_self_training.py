@@ -11,6 +11,8 @@ import pytest
 from tasks import evaluate, score, train
 from tasks.config import ConfigError, PipelineConfig, load_config
 from tasks.records import read_rows
+from tasks.register import RegisterFacts
+from tasks.score import ScoreFacts
 from tasks.store import ArtifactStore
 from tasks.train import TrainFacts
 from tests.corpus_support import synthetic_corpus
@@ -52,7 +54,7 @@ def test_the_champions_logged_answers_on_unlabelled_texts_become_tagged_rows(two
     _, _, first, scored, trained, _, unlabelled, _ = two_days
     facts = TrainFacts.of(trained).self_training
     assert facts is not None
-    assert scored.facts["scored"] and facts.teacher_version == first["register"].facts["version"]
+    assert ScoreFacts.of(scored).scored and facts.teacher_version == RegisterFacts.of(first["register"]).version
     assert facts.candidates == len(unlabelled), "every distinct unlabelled text, the labelled one left out"
     real = trained.metrics["rows_new"] + trained.metrics["rows_replay"]  # labelled rows, replayed ones included
     assert 0 < facts.pseudo_rows <= 0.5 * real

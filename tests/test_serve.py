@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tasks import model_registry, promote
+from tasks.register import RegisterFacts
 from tasks.serve.batching import DynamicBatcher
 from tasks.serve.payloads import BadRequest, texts_from_csv, texts_from_predict, texts_from_scoring
 from tests.pipeline_support import tiny_config
@@ -205,7 +206,7 @@ def registry(two_rounds, tmp_path_factory):
     client = model_registry.client(config)
     name = config.mlflow.model_name
     saved = {alias: model_registry.version_by_alias(config, alias) for alias in ("champion", "previous")}
-    one, two = first["register"].facts["version"], second["register"].facts["version"]
+    one, two = RegisterFacts.of(first["register"]).version, RegisterFacts.of(second["register"]).version
     three = register_copy(client, name, one, run_id_tag="run-1")
     samples = {version: json.loads(store.local_path(manifests["compress"].output("serving_sample").uri).read_text())
                for version, manifests in ((one, first), (two, second))}

@@ -11,6 +11,7 @@ import torch
 
 from tasks import decide
 from tasks.config import ScheduleConfig
+from tasks.decide import DecideFacts
 from tasks.models.build import build_model
 from tasks.records import read_rows, split_of
 from tasks.store import ArtifactStore
@@ -111,11 +112,12 @@ def test_a_day_without_train_rows_is_not_trained_even_without_a_champion_or_forc
     for force in (False, True):
         manifest = decide.run(config, {"validate": upstream["validate"]}, run_id="run-1", store=store,
                               logical_date="2026-11-01", champion=False, force=force)
-        assert manifest.facts["train"] is False
+        facts = DecideFacts.of(manifest)
+        assert facts.train is False
         assert manifest.metrics["train_split_rows"] == 0
-        assert manifest.facts["reason"].startswith("the snapshots waiting to train have 0 train-split rows, fewer "
-                                                   "than the 1 a round needs"), manifest.facts["reason"]
-        assert ("even though forced" in manifest.facts["reason"]) is force
+        assert facts.reason.startswith("the snapshots waiting to train have 0 train-split rows, fewer "
+                                       "than the 1 a round needs"), facts.reason
+        assert ("even though forced" in facts.reason) is force
 
 
 def test_a_small_day_with_train_rows_trains_when_its_rows_add_up(tmp_path):
@@ -127,7 +129,8 @@ def test_a_small_day_with_train_rows_trains_when_its_rows_add_up(tmp_path):
                           logical_date="2026-11-01", champion=True)
     train_rows = sum(row["split"] == "train" for row in upstream_rows(store, upstream))
     assert manifest.metrics["train_split_rows"] == train_rows > 0
-    assert manifest.facts["train"] and "13 new rows" in manifest.facts["reason"]
+    facts = DecideFacts.of(manifest)
+    assert facts.train and "13 new rows" in facts.reason
 
 
 def upstream_rows(store, upstream):

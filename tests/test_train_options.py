@@ -11,7 +11,7 @@ from tasks.contract import read_manifest
 from tasks.models.build import build_model, load_classifier
 from tasks.models.inference import predict
 from tasks.store import ArtifactStore
-from tasks.train import fit
+from tasks.train import TrainFacts, fit
 from tasks.training.data import TrainingData
 from tests.corpus_support import synthetic_corpus
 from tests.pipeline_support import CPU, LABELS, fake_upstream, max_difference, tiny_config
@@ -118,8 +118,10 @@ def test_precision_auto_follows_the_cpu_flags_and_records_why(tmp_path, rows, mo
     monkeypatch.setenv("FRESHET_CPU_FLAGS", flags)  # what the trainer reads, injected
     _, result = train(tmp_path, rows, epochs=1)
     assert result.metrics["precision_bf16"] == int(precision == "bf16")
-    assert result.facts["precision"]["precision"] == precision
-    reason = result.facts["precision"]["reason"]
+    # fit's facts are the trainer's part of train's facts (the step adds the champion and the labels).
+    chosen = TrainFacts(champion_version=None, labels=LABELS, **result.facts).precision
+    assert chosen.precision == precision
+    reason = chosen.reason
     assert reason.startswith("train.precision=auto: ") and why in reason
 
 
