@@ -11,9 +11,11 @@ stratified by class, then each of `--rounds` (10) rounds labels `--batch` (100) 
   settings, called as the label step calls it: TF-IDF clusters for diversity, class-balanced turns, no
   near-duplicate of a labelled text, and its random control share.
 
-The model that scores the pool and the test set each round is a logistic regression on frozen sentence embeddings
-of the `--model` encoder (all-MiniLM-L6-v2, mean-pooled), computed once per corpus and cached under `--cache-dir`
-by the corpus digest, so a round takes seconds. After the last round, each strategy's labelled rows are fine-tuned
+The model that scores the pool and the test set each round stands in for the champion, fast enough for seconds a
+round: a logistic regression on frozen sentence embeddings of the `--model` encoder (all-MiniLM-L6-v2,
+mean-pooled; computed once per corpus and cached under `--cache-dir` by the corpus digest), beside (`--scorer
+blend`, the default) a 256-dimension SVD of the pool's word TF-IDF, as the champion serves its transformer blended
+with a lexical model; `--scorer embeddings` uses the embeddings alone. After the last round, each strategy's labelled rows are fine-tuned
 with freshet's recipe (bench/label_efficiency.py's `freshet` method: trainer, lexical baseline, blend) and scored
 on the same test set: the final points.
 
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
     from tasks.config import CleanConfig, LabelConfig
 
 STRATEGIES = ("random", "margin", "freshet")
+SCORERS = ("blend", "embeddings")
 ANCHOR = "random"
 # Quick mode trains the tiny model for a few epochs, as label_efficiency.py's --quick does.
 QUICK_RECIPE: dict[str, Any] = {"epochs": 3, "early_stopping_patience": 1}
@@ -148,6 +151,21 @@ def stratified_seed(targets: np.ndarray, size: int, label_count: int, seed: int)
     return sorted(position for label in range(label_count)
                   for position in generator.sample(np.flatnonzero(targets == label).tolist(),
                                                    int(min(take[label], counts[label]))))
+
+
+def lexical_features(fit_texts: Sequence[str], *texts: Sequence[str], dimensions: int = 256) -> list[np.ndarray]:
+    """Each text set as unit-length rows of a `dimensions` SVD of word 1-2 gram TF-IDF (sublinear tf, words in at
+    least two texts) fitted on `fit_texts`: the lexical half of the blend stand-in, dense so it sits beside the
+    embeddings."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2).fit(fit_texts)
+    svd = TruncatedSVD(min(dimensions, len(vectorizer.vocabulary_) - 1), random_state=0).fit(
+        vectorizer.transform(fit_texts))
+    projected = [svd.transform(vectorizer.transform(list(part))) for part in texts]
+    return [(part / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-9)).astype(np.float32)
+            for part in projected]
 
 
 def fit_classifier(pool: Pool, labelled: Sequence[int]) -> Any:
@@ -304,14 +322,20 @@ def measure(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     digest = corpus_digest(corpus, args.model, args.max_length)
     vectors, embedding = corpus_embeddings(args, labels, corpus, digest)
     row_of = {row["id"]: index for index, row in enumerate(corpus)}
-    pool = Pool(labels, pool_rows, vectors[[row_of[row["id"]] for row in pool_rows]],
-                np.array([labels.index(row["label"]) for row in pool_rows]),
-                vectors[[row_of[row["id"]] for row in test]], np.array([labels.index(row["label"]) for row in test]),
-                config.label, config.clean)
+    pool_vectors, test_vectors = (vectors[[row_of[row["id"]] for row in rows]] for rows in (pool_rows, test))
+    if args.scorer == "blend":
+        pool_texts = [row["text"] for row in pool_rows]
+        lexical = lexical_features(pool_texts, pool_texts, [row["text"] for row in test])
+        pool_vectors, test_vectors = (np.hstack([semantic, words]) for semantic, words in
+                                      zip((pool_vectors, test_vectors), lexical, strict=True))
+    pool = Pool(labels, pool_rows, pool_vectors, np.array([labels.index(row["label"]) for row in pool_rows]),
+                test_vectors, np.array([labels.index(row["label"]) for row in test]), config.label, config.clean)
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     base = {"text": args.text, "model": args.model, "corpus": digest, "test_rows": len(test),
             "seed_labels": args.seed_labels, "batch": args.batch}
+    if args.scorer != "embeddings":  # records from before the option was made with the embeddings alone
+        base["scorer"] = args.scorer
     records = [record for record in efficiency.done_points(results) if matches(record, base)]
     if not any(record["kind"] == "embeddings" for record in records):
         append(results, base | {"kind": "embeddings"} | embedding)
@@ -388,8 +412,9 @@ class Curves:
                 for number in range(self.rounds + 1)]
 
 
-def curve_table(curves: Curves) -> list[str]:
-    lines = ["", "macro-F1 of logistic regression on the frozen embeddings after each round, mean ± sd over seeds "
+def curve_table(curves: Curves, scorer: str) -> list[str]:
+    features = "the frozen embeddings" + (" and the TF-IDF SVD" if scorer == "blend" else "")
+    lines = ["", f"macro-F1 of logistic regression on {features} after each round, mean ± sd over seeds "
              + ", ".join(map(str, curves.seeds)),
              "| round | labels | " + " | ".join(curves.strategies) + " |", "|---:|---:|" + "---|" * len(curves.strategies)]
     for number in range(curves.rounds + 1):
@@ -524,7 +549,7 @@ def summary(records: Sequence[dict[str, Any]], base: dict[str, Any], rounds: int
     curves = Curves(chosen, rounds)
     if ANCHOR not in curves.strategies or not curves.seeds:
         return "\n".join([*lines, "no complete random curve yet: nothing to compare against"])
-    lines += curve_table(curves) + reach_table(curves)
+    lines += curve_table(curves, base.get("scorer", "embeddings")) + reach_table(curves)
     lines += final_table(chosen, rounds, recipe, efficiency_curve(efficiency_records, base, recipe))
     lines += finetuned_reach_table(chosen, rounds, recipe)
     return "\n".join(lines)
@@ -540,6 +565,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default="minilm", help="minilm, tiny (smoke tests) or a model directory")
     parser.add_argument("--max-length", type=int, default=48)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--scorer", choices=SCORERS, default="blend",
+                        help="the champion's stand-in that scores the pool each round: logistic regression on the "
+                             "frozen embeddings beside the pool's TF-IDF (blend), or on the embeddings alone")
     parser.add_argument("--seed-labels", type=int, default=100, help="stratified labels before the first round")
     parser.add_argument("--batch", type=int, default=100, help="labels per round")
     parser.add_argument("--rounds", type=int, default=10)

@@ -896,8 +896,8 @@ class LabelConfig(_Section):
     control_fraction: float = Field(0.1, ge=0, le=1, description="share of the budget picked at random")
     # The most uncertain `candidate_pool_factor` x (uncertainty picks) texts are clustered; each pick comes
     # from another cluster while one is left. 20: random sampling's final F1 with 61% of its labels on the
-    # three seeds of the sweep in bench/active_learning.py (5: 73%, 10: 62%; margin alone 69%); 75% on eight
-    # seeds, 63% fine-tuned (docs/benchmarks.md).
+    # three seeds of the sweep in bench/active_learning.py (5: 73%, 10: 62%; margin alone 69%); on eight seeds
+    # 75% (embeddings stand-in), 60% (blend stand-in), 87% fine-tuned (docs/benchmarks.md).
     candidate_pool_factor: float = Field(20.0, ge=1)
     near_duplicate_threshold: float = Field(0.85, gt=0, le=1)
     seed: int = 0

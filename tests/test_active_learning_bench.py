@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from bench import active_learning
@@ -122,6 +123,8 @@ def test_a_cut_short_curve_is_replayed_from_its_ids_and_goes_on(runs):
 
 def test_the_summary_compares_every_strategy_with_random(runs):
     output = runs["first_output"]
+    assert "macro-F1 of logistic regression on the frozen embeddings and the TF-IDF SVD after each round" in output
+    assert {record.get("scorer") for record in runs["first"]} == {"blend"}
     assert "| round | labels | random | margin | freshet |" in output
     assert f"| {ROUNDS} | {SEED_LABELS + BATCH * ROUNDS} | " in output
     assert f"| random | {SEED_LABELS + BATCH * ROUNDS} | 100% | 100%, 100% |" in output
@@ -131,6 +134,17 @@ def test_the_summary_compares_every_strategy_with_random(runs):
     fine_tuned = f"{SEED_LABELS + BATCH * FINETUNED}: "
     assert all(any(line.startswith(f"| {s} | 0, 1 | ") and fine_tuned in line for line in output.splitlines())
                for s in ("margin", "freshet"))
+
+
+def test_the_blend_stand_in_s_lexical_half_is_unit_rows_fitted_on_the_pool():
+    pool = ["python module for parsing yaml", "perl module for parsing xml", "haskell library for parsing json",
+            "rust crate for yaml files", "documentation of the python module"]
+    fitted, unseen = active_learning.lexical_features(pool, pool, ["yaml parsing in python", "zzz"], dimensions=3)
+    assert fitted.shape == (5, 3) and unseen.shape == (2, 3)
+    assert np.allclose(np.linalg.norm(fitted, axis=1), 1.0, atol=1e-5)
+    assert not unseen[1].any()  # no word the pool knows: a zero row, not a division by zero
+    nearest = int(np.argmax(fitted @ unseen[0]))
+    assert "yaml" in pool[nearest]
 
 
 def test_labels_to_reach_interpolates_between_rounds():
