@@ -75,7 +75,7 @@ def test_gate_rejection_notifies_its_failed_checks_and_still_short_circuits(tmp_
     assert control.gate_outcome(rejected, config_path, ti=ti) is False
     (rejection,) = receiver.events("gate_rejected")
     assert rejection["run_id"] == "scheduled__2026-11-02" and rejection["task_id"] == "gate"
-    assert rejection["reason"] == "; ".join(rejected["facts"]["gate"]["reasons"])
+    assert rejection["reason"] == "; ".join(CompressFacts.model_validate(rejected["facts"]).gate.reasons)
     assert "frozen.macro_f1" in rejection["reason"] and "0.21" in rejection["reason"]
     (failed,) = rejection["checks"]
     assert Check.model_validate(failed) == Check(
