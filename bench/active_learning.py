@@ -15,9 +15,9 @@ The model that scores the pool and the test set each round stands in for the cha
 round: a logistic regression on frozen sentence embeddings of the `--model` encoder (all-MiniLM-L6-v2,
 mean-pooled; computed once per corpus and cached under `--cache-dir` by the corpus digest), beside (`--scorer
 blend`, the default) a 256-dimension SVD of the pool's word TF-IDF, as the champion serves its transformer blended
-with a lexical model; `--scorer embeddings` uses the embeddings alone. After the last round, each strategy's labelled rows are fine-tuned
-with freshet's recipe (bench/label_efficiency.py's `freshet` method: trainer, lexical baseline, blend) and scored
-on the same test set: the final points.
+with a lexical model; `--scorer embeddings` uses the embeddings alone. After the last round, each strategy's
+labelled rows are fine-tuned with freshet's recipe (bench/label_efficiency.py's `freshet` method: trainer,
+lexical baseline, blend) and scored on the same test set: the final points.
 
 Each finished point (a round of one strategy and seed, or a final fine-tune) is appended to `--results` (JSON
 lines). A round keeps the ids it labelled, so a rerun replays them and goes on where it stopped. Ends with the
@@ -303,8 +303,12 @@ def recipe_key(args: argparse.Namespace) -> str:
     return json.dumps(efficiency.RECIPE | args.recipe, sort_keys=True)
 
 
+# Records from before `--scorer` existed were made with the embeddings alone.
+RECORD_DEFAULTS = {"scorer": "embeddings"}
+
+
 def matches(record: dict[str, Any], base: dict[str, Any]) -> bool:
-    return all(record.get(key) == value for key, value in base.items())
+    return all(record.get(key, RECORD_DEFAULTS.get(key)) == value for key, value in base.items())
 
 
 def measure(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
@@ -333,9 +337,7 @@ def measure(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     base = {"text": args.text, "model": args.model, "corpus": digest, "test_rows": len(test),
-            "seed_labels": args.seed_labels, "batch": args.batch}
-    if args.scorer != "embeddings":  # records from before the option was made with the embeddings alone
-        base["scorer"] = args.scorer
+            "seed_labels": args.seed_labels, "batch": args.batch, "scorer": args.scorer}
     records = [record for record in efficiency.done_points(results) if matches(record, base)]
     if not any(record["kind"] == "embeddings" for record in records):
         append(results, base | {"kind": "embeddings"} | embedding)
@@ -549,7 +551,7 @@ def summary(records: Sequence[dict[str, Any]], base: dict[str, Any], rounds: int
     curves = Curves(chosen, rounds)
     if ANCHOR not in curves.strategies or not curves.seeds:
         return "\n".join([*lines, "no complete random curve yet: nothing to compare against"])
-    lines += curve_table(curves, base.get("scorer", "embeddings")) + reach_table(curves)
+    lines += curve_table(curves, base["scorer"]) + reach_table(curves)
     lines += final_table(chosen, rounds, recipe, efficiency_curve(efficiency_records, base, recipe))
     lines += finetuned_reach_table(chosen, rounds, recipe)
     return "\n".join(lines)
