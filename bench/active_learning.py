@@ -160,7 +160,12 @@ def lexical_features(fit_texts: Sequence[str], *texts: Sequence[str], dimensions
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2).fit(fit_texts)
+    try:
+        vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2).fit(fit_texts)
+    except ValueError as error:  # no word in two texts: nothing lexical to stand in with
+        raise SystemExit(f"--scorer blend: the pool's texts share no word ({error}); use --scorer embeddings") from error
+    if len(vectorizer.vocabulary_) < 2:
+        raise SystemExit("--scorer blend: the pool's texts share fewer than 2 words; use --scorer embeddings")
     svd = TruncatedSVD(min(dimensions, len(vectorizer.vocabulary_) - 1), random_state=0).fit(
         vectorizer.transform(fit_texts))
     projected = [svd.transform(vectorizer.transform(list(part))) for part in texts]
